@@ -1,0 +1,1 @@
+"""Lightning glue (thin): see halo/ for the method itself."""
