@@ -182,7 +182,9 @@ def _raise_if_parallel(sin_values: torch.Tensor, what: str) -> None:
     bad = sin_values < _MIN_SIN
     if bool(bad.any()):
         b = int(bad.nonzero()[0])
-        raise CanonicalizationError(f"keypoints: sample {b}: {what} are parallel; the hand frame is undefined")
+        raise CanonicalizationError(
+            f"keypoints: sample {b}: {what} are parallel; the hand frame is undefined"
+        )
 
 
 # ----------------------------------------------------------------------------- global normalization

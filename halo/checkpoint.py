@@ -68,7 +68,9 @@ def convert_original_state_dict(state: dict[str, torch.Tensor], source: str = "<
         if sorted(parts[k]) != list(range(num_layers)):
             raise CheckpointError(f"{source}: part {k} has layers {sorted(parts[k])}, expected {num_layers}")
         for layer in range(num_layers):
-            out[f"network.weights.{layer}"] = torch.stack([parts[p][layer]["weight"] for p in range(num_parts)])
+            out[f"network.weights.{layer}"] = torch.stack(
+                [parts[p][layer]["weight"] for p in range(num_parts)]
+            )
             out[f"network.biases.{layer}"] = torch.stack([parts[p][layer]["bias"] for p in range(num_parts)])
     out["network.global_proj_weight"] = torch.stack([glob[p]["weight"] for p in range(num_parts)])
     out["network.global_proj_bias"] = torch.stack([glob[p]["bias"] for p in range(num_parts)])
@@ -97,7 +99,9 @@ def _torch_load(path: Path, trusted: bool):
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported the same way
         if not trusted:
             return None
-        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(
+            f"{path}: cannot be read as a torch checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def load_original_checkpoint(path: str | Path) -> tuple[HaloModel, dict]:
@@ -139,7 +143,9 @@ def save_checkpoint(model: HaloModel, path: str | Path, metadata: dict | None = 
 def _model_from_payload(payload: dict, path: Path) -> tuple[HaloModel, dict]:
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})"
+        )
     for key in ("network_config", "state_dict"):
         if key not in payload:
             raise CheckpointError(f"{path}: missing key {key!r}")

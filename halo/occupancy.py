@@ -97,7 +97,10 @@ class PartOccupancyNetwork(nn.Module):
 
     def reset_parameters(self) -> None:
         # Same init as one nn.Linear per part (kaiming-uniform(a=sqrt 5), fan-in bias bound).
-        for w, b in [(self.global_proj_weight, self.global_proj_bias), *zip(self.weights, self.biases, strict=True)]:
+        for w, b in [
+            (self.global_proj_weight, self.global_proj_bias),
+            *zip(self.weights, self.biases, strict=True),
+        ]:
             bound = 1.0 / w.shape[-1] ** 0.5
             nn.init.uniform_(w, -bound, bound)
             nn.init.uniform_(b, -bound, bound)

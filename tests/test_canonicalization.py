@@ -33,8 +33,52 @@ def test_joint_order_conversions_round_trip_and_match_documented_arrays():
     x = torch.arange(21 * 3.0).reshape(1, 21, 3)
     assert torch.equal(skeleton.biomech_to_mano(skeleton.mano_to_biomech(x)), x)
     assert torch.equal(skeleton.halo_to_mano(skeleton.mano_to_halo(x)), x)
-    assert skeleton._BIOMECH_TO_MANO == (0, 1, 6, 11, 16, 2, 7, 12, 17, 3, 8, 13, 18, 4, 9, 14, 19, 5, 10, 15, 20)
-    assert skeleton._HALO_TO_MANO == (0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20)
+    assert skeleton._BIOMECH_TO_MANO == (
+        0,
+        1,
+        6,
+        11,
+        16,
+        2,
+        7,
+        12,
+        17,
+        3,
+        8,
+        13,
+        18,
+        4,
+        9,
+        14,
+        19,
+        5,
+        10,
+        15,
+        20,
+    )
+    assert skeleton._HALO_TO_MANO == (
+        0,
+        13,
+        14,
+        15,
+        16,
+        1,
+        2,
+        3,
+        17,
+        4,
+        5,
+        6,
+        18,
+        10,
+        11,
+        12,
+        19,
+        7,
+        8,
+        9,
+        20,
+    )
     mats = torch.randn(2, 21, 4, 4)
     assert torch.equal(skeleton.mano_to_halo(mats, joint_axis=1)[:, 13], mats[:, 1])
 
@@ -55,7 +99,9 @@ def test_normalized_frame_conventions():
     middle = kp[:, 9] / kp[:, 9].norm(dim=-1, keepdim=True)
     assert torch.allclose(middle, torch.tensor([-1.0, 0, 0], dtype=kp.dtype).expand_as(middle), atol=1e-10)
     normal = torch.linalg.cross(kp[:, 9], kp[:, 5], dim=-1)
-    assert torch.all(normal[:, 1] > 0) and torch.allclose(normal[:, [0, 2]], torch.zeros(5, 2, dtype=kp.dtype))
+    assert torch.all(normal[:, 1] > 0) and torch.allclose(
+        normal[:, [0, 2]], torch.zeros(5, 2, dtype=kp.dtype)
+    )
 
 
 def test_canonical_hand_is_straight_with_normalized_root_angles():
@@ -138,7 +184,10 @@ def test_detached_quantities_carry_no_gradient():
     [
         (lambda k: k[:, :20], r"shape \(B, 21, 3\)"),
         (lambda k: k.reshape(1, -1), r"shape \(B, 21, 3\)"),
-        (lambda k: k.index_fill(1, torch.tensor([7]), float("nan")), r"sample 0 joint 7 \(index_dip\) is NaN"),
+        (
+            lambda k: k.index_fill(1, torch.tensor([7]), float("nan")),
+            r"sample 0 joint 7 \(index_dip\) is NaN",
+        ),
         (lambda k: torch.cat([k, k.index_fill(1, torch.tensor([3]), float("inf"))]), r"sample 1 joint 3"),
         (lambda k: _set(k, 6, k[0, 5]), r"sample 0 has a zero-length index bone index_mcp -> index_pip"),
         (lambda k: _set(k, 9, k[0, 0]), r"zero-length middle bone wrist -> middle_mcp"),
@@ -180,7 +229,9 @@ def test_matches_original_code_on_reference_keypoints(halo_reference):
     pose = canonicalize(torch.from_numpy(ref["keypoints"]).double())
     np.testing.assert_allclose(pose.normalization.numpy(), ref["normalization"], atol=1e-6)
     np.testing.assert_allclose(pose.bone_lengths.numpy(), ref["bone_lengths"], atol=1e-7)
-    np.testing.assert_allclose(pose.normalized_keypoints.numpy() * 100, ref["normalized_keypoints_cm"], atol=1e-5)
+    np.testing.assert_allclose(
+        pose.normalized_keypoints.numpy() * 100, ref["normalized_keypoints_cm"], atol=1e-5
+    )
     mats = pose.part_transforms.numpy()
     diff = np.abs(mats - ref["matrices_unscaled"])
     # The original ran in float32, and acos(x) near x = 1 amplifies float32 rounding
