@@ -61,7 +61,7 @@ def extract_hand_mesh(
     padding: float = 0.1,
     part_labels: bool = False,
     dense: bool = False,
-    cull: bool = False,
+    cull: bool | str = "radius",
     batch_size: int = 100_000,
 ) -> HandMesh:
     """Mesh of the hand described by ``keypoints`` (21,3) metres, MANO order.
@@ -73,12 +73,15 @@ def extract_hand_mesh(
         padding: the box is the unit cube grown by ``padding`` (model units).
         part_labels: colour vertices by the part attaining the max (``mesh.visual``).
         dense: evaluate the full grid instead of MISE (reference / debugging).
-        cull: skip parts by interval bounds (exact; see :mod:`halo.hand_field`).
+        cull: part culling: "radius" (calibrated canonical-space bounds, default), "ibp"
+            (interval bounds, exact but slow for the released model) or False (all parts).
     """
     kp = torch.as_tensor(np.asarray(keypoints, dtype=np.float32))
     if kp.shape != (21, 3):
         raise ValueError(f"keypoints must have shape (21, 3) in metres, got {tuple(kp.shape)}")
-    field = HandOccupancyField(model, kp, is_left=is_left, cull=cull)
+    field = HandOccupancyField(
+        model, kp, is_left=is_left, cull=cull, coarse_spacing=(1.0 + padding) / resolution_0
+    )
     lo, hi = _box(padding)
     if dense:
         res = resolution_0 * 2**upsampling_steps
@@ -93,6 +96,8 @@ def extract_hand_mesh(
     with torch.no_grad():
         inv = torch.linalg.inv(field.pose.normalization[0].double()).numpy()
     verts_m = verts / MODEL_UNITS_PER_METRE @ inv[:3, :3].T + inv[:3, 3]
+    if np.linalg.det(inv[:3, :3]) < 0:  # left hands: the mirror flips the winding
+        faces = faces[:, ::-1].copy()
     mesh = trimesh.Trimesh(verts_m, faces, process=False)
     if labels is not None:
         mesh.visual.vertex_colors = PART_COLORS[labels % len(PART_COLORS)]

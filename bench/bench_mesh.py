@@ -1,0 +1,132 @@
+"""Benchmark: HALO hand-mesh extraction speed and fidelity on this machine.
+
+Prints, for the original checkpoint (or --checkpoint) and a few hands:
+  * dense 16-part occupancy throughput: batched over parts, and the per-part loop;
+  * field throughput with part culling on 1M near-surface points, and its label
+    agreement with the full 16-part evaluation;
+  * MISE mesh time at effective 128 / 256 / 512, evaluated points, parts per point,
+    and symmetric Chamfer-L1 to the dense-grid mesh at the same resolution
+    (the 512 dense reference is slow: enable with --dense-512).
+
+Usage:  python bench/bench_mesh.py [--checkpoint PATH] [--hands 3] [--repeats 3] [--dense-512]
+The original code's timings on this CPU class (19-27 s at 64/3, 1.4-1.5 s at 32/3,
+0.4 s at 32/2 per hand) are the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from pykdtree.kdtree import KDTree
+
+from halo.cli import _default_checkpoint
+from halo.checkpoint import load_model
+from halo.hand_field import HandOccupancyField
+from halo.mesh import extract_hand_mesh
+from halo.sequences import random_skeletons
+
+
+def chamfer_l1_mm(a, b, n: int = 100_000, seed: int = 0) -> float:
+    """Symmetric Chamfer-L1 (mean of both mean NN distances) on area-uniform samples, mm."""
+    rng = np.random.default_rng(seed)
+    pa = a.sample(n, seed=rng) if "seed" in a.sample.__code__.co_varnames else a.sample(n)
+    pb = b.sample(n, seed=rng) if "seed" in b.sample.__code__.co_varnames else b.sample(n)
+    da, _ = KDTree(pb).query(pa)
+    db, _ = KDTree(pa).query(pb)
+    return float((da.mean() + db.mean()) / 2 * 1000)
+
+
+def timed(fn, repeats: int):
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), statistics.median(times), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=_default_checkpoint())
+    ap.add_argument("--hands", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dense-512", action="store_true", help="also build the (slow) dense 512 reference")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.checkpoint is None:
+        raise SystemExit("no checkpoint: pass --checkpoint or set HALO_CHECKPOINT")
+    model, _ = load_model(args.checkpoint)
+    hands = random_skeletons(args.hands, seed=0, max_flexion=0.8)
+    print(f"checkpoint {args.checkpoint}; {args.hands} hands; torch threads {args.threads}")
+
+    # ---------------------------------------------------------------- raw network throughput
+    kp = torch.tensor(hands[:1], dtype=torch.float32)
+    pose = model.canonicalize(kp)
+    mats, lengths = model.model_inputs(pose)
+    pts = (torch.rand(1, 200_000, 3) - 0.5) * 1.1
+    with torch.inference_mode():
+        tb, _, _ = timed(lambda: model.network(pts, mats, lengths), args.repeats)
+        tl, _, _ = timed(lambda: model.network.per_part_logits(pts, mats, lengths), args.repeats)
+    print("\n## dense 16-part evaluation (200k points, 1 hand)")
+    print(f"batched over parts : {200_000 / tb / 1e6:6.3f} M points/s")
+    print(f"per-part loop      : {200_000 / tl / 1e6:6.3f} M points/s")
+
+    # ---------------------------------------------------------------- field throughput near the surface
+    print("\n## field throughput on 1M near-surface points (culled vs full 16-part)")
+    for i, hk in enumerate(hands):
+        ref = extract_hand_mesh(model, hk, resolution_0=32, upsampling_steps=2)
+        field0 = HandOccupancyField(model, hk, cull=False)
+        inv = field0.pose.normalization[0].double().numpy()
+        v = ref.mesh.vertices @ inv[:3, :3].T + inv[:3, 3]  # back to the normalized frame, metres
+        rng = np.random.default_rng(i)
+        near = v[rng.integers(0, len(v), 1_000_000)] * 2.5 + rng.normal(scale=0.01, size=(1_000_000, 3))
+        near = torch.tensor(near, dtype=torch.float32)
+        coarse = torch.tensor(np.stack(np.meshgrid(*[np.linspace(-0.55, 0.55, 33)] * 3, indexing="ij"), -1))
+        coarse = coarse.reshape(-1, 3).float()
+        culled = HandOccupancyField(model, hk, cull="radius")
+        culled(coarse)  # calibration pass, as MISE's coarse level does
+        culled.stats.points = culled.stats.part_evaluations = 0
+        t_full, _, full = timed(lambda f=field0, p=near: f(p), 1)
+        t_cull, _, fast = timed(lambda f=culled, p=near: f(p), 1)
+        agree = float(((full > 0.5) == (fast > 0.5)).mean())
+        print(
+            f"hand {i}: full {1e6 / t_full / 1e6:5.2f} M pts/s | culled {1e6 / t_cull / 1e6:5.2f} M pts/s "
+            f"({culled.stats.parts_per_point:.2f} parts/pt) | label agreement {agree:.6f} "
+            f"| max |occ diff| where occ>1e-4: {np.abs(full - fast)[full > 1e-4].max():.1e}"
+        )
+
+    # ---------------------------------------------------------------- meshes
+    print("\n## mesh extraction per hand (min / median of repeats)")
+    print("| config | eff. res | cull | seconds | evaluated pts | parts/pt | Chamfer-L1 to dense (mm) |")
+    print("|---|---|---|---|---|---|---|")
+    for r0, steps in [(32, 2), (32, 3), (64, 3)]:
+        res = r0 * 2**steps
+        for i, hk in enumerate(hands):
+            dense = None
+            if res <= 256 or args.dense_512:
+                dense = extract_hand_mesh(model, hk, resolution_0=res, upsampling_steps=0, cull="radius").mesh
+            for cull in (False, "radius"):
+                tmin, tmed, hm = timed(
+                    lambda c=cull, k=hk: extract_hand_mesh(
+                        model, k, resolution_0=r0, upsampling_steps=steps, cull=c
+                    ),
+                    args.repeats,
+                )
+                cd = f"{chamfer_l1_mm(hm.mesh, dense):.3f}" if dense is not None else "n/a"
+                field = HandOccupancyField(model, hk, cull=cull)
+                from halo.mesh_extraction import extract_isosurface
+
+                extract_isosurface(field, [-0.55] * 3, [0.55] * 3, r0, steps)
+                print(
+                    f"| {r0}/{steps} hand {i} | {res} | {cull or 'off'} | {tmin:.3f} / {tmed:.3f} | "
+                    f"{hm.stats.n_evaluated:,} | {field.stats.parts_per_point:.2f} | {cd} |"
+                )
+
+
+if __name__ == "__main__":
+    main()
