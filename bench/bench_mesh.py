@@ -21,23 +21,14 @@ import time
 
 import numpy as np
 import torch
-from pykdtree.kdtree import KDTree
 
-from halo.cli import _default_checkpoint
 from halo.checkpoint import load_model
+from halo.cli import _default_checkpoint
 from halo.hand_field import HandOccupancyField
 from halo.mesh import extract_hand_mesh
+from halo.mesh_extraction import extract_isosurface
+from halo.metrics import chamfer_l1_mm
 from halo.sequences import random_skeletons
-
-
-def chamfer_l1_mm(a, b, n: int = 100_000, seed: int = 0) -> float:
-    """Symmetric Chamfer-L1 (mean of both mean NN distances) on area-uniform samples, mm."""
-    rng = np.random.default_rng(seed)
-    pa = a.sample(n, seed=rng) if "seed" in a.sample.__code__.co_varnames else a.sample(n)
-    pb = b.sample(n, seed=rng) if "seed" in b.sample.__code__.co_varnames else b.sample(n)
-    da, _ = KDTree(pb).query(pa)
-    db, _ = KDTree(pa).query(pb)
-    return float((da.mean() + db.mean()) / 2 * 1000)
 
 
 def timed(fn, repeats: int):
@@ -86,10 +77,7 @@ def main() -> None:
         rng = np.random.default_rng(i)
         near = v[rng.integers(0, len(v), 1_000_000)] * 2.5 + rng.normal(scale=0.01, size=(1_000_000, 3))
         near = torch.tensor(near, dtype=torch.float32)
-        coarse = torch.tensor(np.stack(np.meshgrid(*[np.linspace(-0.55, 0.55, 33)] * 3, indexing="ij"), -1))
-        coarse = coarse.reshape(-1, 3).float()
-        culled = HandOccupancyField(model, hk, cull="radius")
-        culled(coarse)  # calibration pass, as MISE's coarse level does
+        culled = HandOccupancyField(model, hk, cull="radius")  # includes the 33^3 calibration pass
         culled.stats.points = culled.stats.part_evaluations = 0
         t_full, _, full = timed(lambda f=field0, p=near: f(p), 1)
         t_cull, _, fast = timed(lambda f=culled, p=near: f(p), 1)
@@ -109,18 +97,16 @@ def main() -> None:
         for i, hk in enumerate(hands):
             dense = None
             if res <= 256 or args.dense_512:
-                dense = extract_hand_mesh(model, hk, resolution_0=res, upsampling_steps=0, cull="radius").mesh
+                dense = extract_hand_mesh(model, hk, resolution_0=res, upsampling_steps=0, cull=False).mesh
             for cull in (False, "radius"):
                 tmin, tmed, hm = timed(
-                    lambda c=cull, k=hk: extract_hand_mesh(
+                    lambda c=cull, k=hk, r0=r0, steps=steps: extract_hand_mesh(
                         model, k, resolution_0=r0, upsampling_steps=steps, cull=c
                     ),
                     args.repeats,
                 )
                 cd = f"{chamfer_l1_mm(hm.mesh, dense):.3f}" if dense is not None else "n/a"
                 field = HandOccupancyField(model, hk, cull=cull)
-                from halo.mesh_extraction import extract_isosurface
-
                 extract_isosurface(field, [-0.55] * 3, [0.55] * 3, r0, steps)
                 print(
                     f"| {r0}/{steps} hand {i} | {res} | {cull or 'off'} | {tmin:.3f} / {tmed:.3f} | "

@@ -109,13 +109,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from halo import render
     from halo.keypoints_io import load_keypoints
     from halo.mesh import extract_hand_mesh
-    from halo.sequences import builtin_sequence
+    from halo.sequences import synthetic_hand_sequence
 
     if args.keypoints:
         seq = load_keypoints(args.keypoints, units=args.units)
         keypoints, left = seq.keypoints, seq.is_left
     else:
-        keypoints = builtin_sequence(args.frames)
+        keypoints = synthetic_hand_sequence(max(args.frames, 6))
         left = np.zeros(len(keypoints), dtype=bool)
     if args.frames and len(keypoints) > args.frames:
         keep = np.linspace(0, len(keypoints) - 1, args.frames).round().astype(int)
@@ -123,9 +123,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model, _ = _load_model(args.checkpoint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    # One camera for the whole sequence so the hand does not jump between frames.
+    # One camera for the whole sequence so the hand does not jump between frames,
+    # looking at the palm with the fingers up.
     centre = keypoints.reshape(-1, 3).mean(0)
-    camera = render.Camera.framing(keypoints.reshape(-1, 3) - centre, fill=0.7)
+    camera = render.Camera.framing(keypoints.reshape(-1, 3) - centre, fill=0.7, view=_palm_view(keypoints))
     frames = []
     for i in _progress(range(len(keypoints)), len(keypoints), "demo"):
         hand = extract_hand_mesh(
@@ -141,6 +142,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     anim = render.write_animation(frames, out / "demo.gif", fps=args.fps)
     print(f"wrote {len(frames)} frames and {anim}")
     return 0
+
+
+def _palm_view(keypoints: np.ndarray) -> np.ndarray:
+    """Camera rotation (rows = camera x, y, z) looking at the palm, fingers pointing up in the image."""
+    fingers = (keypoints[:, 9] - keypoints[:, 0]).mean(0)
+    normal = np.cross(keypoints[:, 9] - keypoints[:, 0], keypoints[:, 5] - keypoints[:, 0]).mean(0)
+    z = normal / np.linalg.norm(normal)
+    y = -(fingers - fingers @ z * z)
+    y /= np.linalg.norm(y)
+    return np.stack([np.cross(y, z), y, z])
 
 
 # ----------------------------------------------------------------------------- halo convert-checkpoint
@@ -187,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="render a keypoint sequence to frames + GIF")
     p.description = (
         "Render a keypoint sequence as [skeleton | hand] frames and an animated GIF (the original demo). "
-        "Without --keypoints a built-in sequence (open -> fist -> pinch -> point -> open) is used."
+        "Without --keypoints a built-in sequence is used: the synthetic MANO-format hand moving through "
+        "sampled poses (open -> fist -> pinch -> point -> grasp -> open)."
     )
     p.add_argument(
         "--checkpoint", default=_default_checkpoint(), help="HALO base checkpoint (original or own)"

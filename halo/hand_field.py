@@ -34,7 +34,7 @@ import torch
 from torch.nn import functional as F
 
 from halo.occupancy import HaloModel
-from halo.skeleton import MODEL_UNITS_PER_METRE
+from halo.skeleton import MODEL_BOX_HALF_SIDE, MODEL_UNITS_PER_METRE
 
 
 @dataclass
@@ -65,7 +65,8 @@ class HandOccupancyField:
         cull: bool | str = "radius",
         prob_floor: float = 1e-3,
         radius_margin: float = 0.02,
-        coarse_spacing: float | None = None,
+        calibration_resolution: int = 32,
+        half_side: float = MODEL_BOX_HALF_SIDE,
         cull_cell_size: float = 0.0172,
         chunk_size: int = 65536,
     ):
@@ -99,15 +100,18 @@ class HandOccupancyField:
             from halo.skeleton import PART_BONES
 
             kp_model = self.pose.normalized_keypoints[0].float() * MODEL_UNITS_PER_METRE
-            ends = torch.stack([kp_model[[a for a, _ in PART_BONES]], kp_model[[b for _, b in PART_BONES]]], 1)
+            ends = torch.stack(
+                [kp_model[[a for a, _ in PART_BONES]], kp_model[[b for _, b in PART_BONES]]], 1
+            )
             self.segments = ends @ self.rot.transpose(-1, -2) + self.trans[:, None]  # (P,2,3)
         self.radius_margin = radius_margin
-        self.coarse_spacing = coarse_spacing
-        self.part_radius: torch.Tensor | None = None  # (P,) set by the first (full) evaluation
+        self.part_radius: torch.Tensor | None = None  # (P,) canonical radius per part, model units
         self.floor_logit = float(np.log(prob_floor / (1 - prob_floor)))
         self.stats = FieldStats(num_parts=self.num_parts)
         self.cull_cell_size = cull_cell_size
         self.bounded_cells = 0
+        if self.cull == "radius":
+            self.calibrate_radii(calibration_resolution, half_side)
 
     # ------------------------------------------------------------------ interval bounds
     def part_logit_bounds(self, centres: torch.Tensor, half: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,7 +178,6 @@ class HandOccupancyField:
             mask = self.candidate_parts(points)
         elif self.cull == "radius" and self.part_radius is not None:
             mask = self.segment_distances(points) <= self.part_radius
-        calibrate = self.cull == "radius" and self.part_radius is None
         for k in range(self.num_parts):
             idx = mask[:, k].nonzero().squeeze(-1) if mask is not None else None
             if idx is not None and idx.numel() == 0:
@@ -196,8 +199,6 @@ class HandOccupancyField:
                 sel = idx[better]
                 best[sel] = out[better]
                 label[sel] = k
-        if calibrate:
-            self.calibrate_radii(points, best, label)
         best = torch.where(torch.isinf(best), torch.full_like(best, self.floor_logit - 10.0), best)
         return best, label
 
@@ -209,32 +210,35 @@ class HandOccupancyField:
         t = (((x - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
         return (x - a - t[..., None] * ab).norm(dim=-1)
 
-    def calibrate_radii(self, points: torch.Tensor, best: torch.Tensor, label: torch.Tensor) -> None:
-        """Per-part radius around its canonical bone beyond which it never wins (from a full evaluation).
+    def calibrate_radii(self, resolution: int = 32, half_side: float = MODEL_BOX_HALF_SIDE) -> None:
+        """Per-part radius around its canonical bone beyond which the part never wins.
 
-        Called on the first (coarse MISE) call with every part evaluated: the
-        radius is the farthest distance at which the part attains the max with
-        occupancy >= ``prob_floor``, plus ``radius_margin`` (model units) and one
-        coarse cell to cover what the coarse grid cannot see between its nodes.
-        Measured on 6 hands x 100k near-surface points (bench/bench_mesh.py):
-        identical labels and identical MISE meshes at ~3.9 parts per point.  Parts that never win get the largest
-        radius seen.  A data-driven bound: the benchmark reports its agreement
-        with the full evaluation.
+        Evaluates every part on a full (resolution+1)^3 grid over the query box
+        and records, per part, the farthest canonical distance from its bone at
+        which it attains the max with occupancy >= ``prob_floor``; adds
+        ``radius_margin`` (model units) plus one grid cell for what the grid
+        cannot see between its nodes.  Parts that never win get the largest
+        radius seen.  Measured on 6 hands x 100k near-surface points
+        (bench/bench_mesh.py): identical labels and identical MISE meshes at
+        ~4 parts per point.
         """
-        dist = self.segment_distances(points)
+        axis = torch.linspace(-half_side, half_side, resolution + 1)
+        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+        cull, self.cull = self.cull, False
+        try:
+            best, label = self.logits(grid)
+        finally:
+            self.cull = cull
+        dist = self.segment_distances(grid)
         win = best >= self.floor_logit
         radius = torch.full((self.num_parts,), float("nan"))
         for k in range(self.num_parts):
             sel = win & (label == k)
             if bool(sel.any()):
                 radius[k] = dist[sel, k].max()
-        fallback = torch.nan_to_num(radius, nan=0.0).max()
-        spacing = self.coarse_spacing
-        if spacing is None:  # infer the grid spacing of the calibration points
-            xs = torch.unique(points[:, 0])
-            spacing = float((xs[1:] - xs[:-1]).min()) if xs.numel() > 1 else 0.0
-        margin = self.radius_margin + spacing
-        self.part_radius = torch.nan_to_num(radius, nan=float(fallback)) + margin
+        fallback = float(torch.nan_to_num(radius, nan=0.0).max())
+        margin = self.radius_margin + 2 * half_side / resolution
+        self.part_radius = torch.nan_to_num(radius, nan=fallback) + margin
 
     def __call__(self, points: np.ndarray | torch.Tensor) -> np.ndarray:
         """Occupancy probabilities (N,) float32 at model-space points (N,3)."""

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from halo.safe_pickle import ArrayUnpickler
+
 _UNIT_SCALE = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 
 
@@ -31,32 +33,9 @@ class KeypointSequence:
     source: Path
 
 
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that admits numpy arrays and plain containers only."""
-
-    def __init__(self, file, source: str, allowed=frozenset(_ALLOWED_GLOBALS)):
-        super().__init__(file, encoding="latin1")
-        self._source = source
-        self._allowed = allowed
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self._allowed:
-            return super().find_class(module, name)
-        raise KeypointFileError(
-            f"{self._source}: refusing to unpickle {module}.{name} (only numpy arrays and plain "
-            "containers are allowed in keypoint pickles)"
-        )
+class _KeypointUnpickler(ArrayUnpickler):
+    error_type = KeypointFileError
+    what = "keypoint pickle"
 
 
 def _pick(obj, path: Path):
@@ -84,7 +63,7 @@ def _read(path: Path):
             return _pick(json.load(f), path)
     if suffix in (".pkl", ".pickle"):
         with open(path, "rb") as f:
-            return _pick(RestrictedUnpickler(f, str(path)).load(), path)
+            return _pick(_KeypointUnpickler(f, str(path)).load(), path)
     raise KeypointFileError(
         f"{path}: unsupported keypoint file type {suffix!r} (use .npy, .npz, .json or .pkl)"
     )

@@ -30,7 +30,6 @@ order (``halo.skeleton.JOINT_NAMES``).
 from __future__ import annotations
 
 import copyreg
-import io
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from halo.safe_pickle import ArrayUnpickler
 from halo.skeleton import halo_to_mano
 
 __all__ = [
@@ -336,32 +336,6 @@ def _stub_class(base: type, module: str, name: str) -> type:
     return _STUB_CACHE[key]
 
 
-def _latin1_encode(text: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
-    # Python-3 protocol-2 pickles spell bytes as _codecs.encode(str, 'latin1');
-    # only that benign use is admitted.
-    if encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1", "l1"):
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
-    return text.encode("latin1", errors)
-
-
-def _numpy_reconstructors() -> dict[str, Any]:
-    # Ask numpy itself which callables its pickles name, so this works across
-    # numpy 1.x (numpy.core) and 2.x (numpy._core).
-    arr = np.zeros(1)
-    return {
-        "_reconstruct": arr.__reduce__()[0],
-        "scalar": np.float64(0.0).__reduce__()[0],
-        "_frombuffer": arr.__reduce_ex__(5)[0],
-    }
-
-
-_NUMPY_FUNCS = _numpy_reconstructors()
-_NUMPY_MODULES = (
-    "numpy.core.multiarray",
-    "numpy._core.multiarray",
-    "numpy.core.numeric",
-    "numpy._core.numeric",
-)
 _SPARSE_MODULES = (
     "scipy.sparse.csc",
     "scipy.sparse._csc",
@@ -374,20 +348,13 @@ _SPARSE_NAMES = ("csc_matrix", "csr_matrix", "csc_array", "csr_array")
 _SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "object": object, "slice": slice, "complex": complex}
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(ArrayUnpickler):
     """Unpickler that resolves only allow-listed globals (see module docstring)."""
 
-    def __init__(self, file: io.BufferedIOBase, source: str) -> None:
-        super().__init__(file, encoding="latin1")
-        self._source = source
+    error_type = None  # set below (ManoModelError is defined above)
+    what = "MANO model file"
 
-    def find_class(self, module: str, name: str) -> Any:
-        if module in _NUMPY_MODULES and name in _NUMPY_FUNCS:
-            return _NUMPY_FUNCS[name]
-        if module == "numpy" and name == "ndarray":
-            return np.ndarray
-        if module == "numpy" and name == "dtype":
-            return np.dtype
+    def find_extra(self, module: str, name: str) -> Any:
         if module in _SPARSE_MODULES and name in _SPARSE_NAMES:
             return _stub_class(_SparseStub, module, name)
         if module == "chumpy" or module.startswith("chumpy."):
@@ -397,16 +364,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module in ("copy_reg", "copyreg") and name == "_reconstructor":
             # Builds objects of classes that themselves passed this allow-list.
             return copyreg._reconstructor
-        if module == "_codecs" and name == "encode":
-            return _latin1_encode
-        raise ManoModelError(
+        return None
+
+    def refusal(self, module: str, name: str) -> Exception:
+        return ManoModelError(
             f"{self._source}: refusing to load global '{module}.{name}': it is not on the MANO loader's "
             "allow-list (numpy arrays, scipy CSC/CSR matrices, chumpy arrays); the file may be corrupt "
             "or malicious, nothing from it was executed"
         )
 
-    def persistent_load(self, pid: Any) -> Any:
-        raise ManoModelError(f"{self._source}: persistent ids are not allowed in a MANO model file")
+
+_RestrictedUnpickler.error_type = ManoModelError
 
 
 def _find_arrays(obj: Any, seen: set[int], depth: int = 0) -> np.ndarray | None:

@@ -79,9 +79,7 @@ def extract_hand_mesh(
     kp = torch.as_tensor(np.asarray(keypoints, dtype=np.float32))
     if kp.shape != (21, 3):
         raise ValueError(f"keypoints must have shape (21, 3) in metres, got {tuple(kp.shape)}")
-    field = HandOccupancyField(
-        model, kp, is_left=is_left, cull=cull, coarse_spacing=(1.0 + padding) / resolution_0
-    )
+    field = HandOccupancyField(model, kp, is_left=is_left, cull=cull, half_side=(1.0 + padding) / 2)
     lo, hi = _box(padding)
     if dense:
         res = resolution_0 * 2**upsampling_steps

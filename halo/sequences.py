@@ -86,3 +86,37 @@ def random_skeletons(n: int, seed: int = 0, max_flexion: float = 0.6) -> np.ndar
         rot = _rotation(rng.normal(size=3), rng.uniform(0, np.pi))
         out[i] = kp @ rot.T + rng.normal(scale=0.1, size=3)
     return out
+
+
+def synthetic_hand_sequence(
+    n_frames: int = 24,
+    kinds: tuple[str, ...] = ("open", "fist", "pinch", "point", "grasp", "open"),
+    seed: int = 0,
+) -> np.ndarray:
+    """(n_frames,21,3) float32 metres: the synthetic MANO-format hand moving through sampled poses.
+
+    Key poses come from :func:`halo.synthetic_hand.sample_hand_poses` (one per
+    kind, anatomical limits), interpolated per joint and posed by the MANO layer.
+    """
+    import torch
+
+    from halo.mano import ManoLayer
+    from halo.synthetic_hand import get_synthetic_hand_model, interpolate_poses, sample_hand_poses
+
+    if n_frames < len(kinds):
+        raise ValueError(f"n_frames must be >= {len(kinds)} (one per key pose), got {n_frames}")
+    keys = [sample_hand_poses(1, seed=seed + i, kind=k)[0] for i, k in enumerate(kinds)]
+    per_segment = np.diff(np.linspace(0, n_frames, len(kinds)).round().astype(int))
+    poses = []
+    for k, n in enumerate(per_segment):
+        seg = interpolate_poses(keys[k], keys[k + 1], int(n) + 1)
+        poses.append(seg if k == len(per_segment) - 1 else seg[:-1])
+    pose = np.concatenate(poses)[:n_frames]
+    turn = 0.5 * np.sin(np.linspace(0, 2 * np.pi, len(pose)))
+    orient = np.stack([np.zeros_like(turn), turn, np.zeros_like(turn)], -1)
+    layer = ManoLayer(get_synthetic_hand_model())
+    with torch.no_grad():
+        out = layer(
+            torch.tensor(pose, dtype=torch.float32), global_orient=torch.tensor(orient, dtype=torch.float32)
+        )
+    return out.keypoints.numpy().astype(np.float32)

@@ -1,0 +1,79 @@
+"""Allow-listed unpickling: numpy arrays and plain containers only, never arbitrary code.
+
+Pickled model and keypoint files are common in this field (MANO's .pkl, the
+original demo's keypoint pickle), and ``pickle.load`` on them would run any
+callable the file names.  :class:`ArrayUnpickler` resolves only numpy's array
+reconstruction functions (asked from numpy itself, so numpy 1.x and 2.x both
+work) and the latin-1 ``_codecs.encode`` that Python-3 protocol-2 pickles use
+for bytes; subclasses extend the allow-list in ``find_extra``.  Anything else
+raises ``error_type`` naming the file and the refused ``module.name``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import IO, Any
+
+import numpy as np
+
+
+def _latin1_encode(text: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
+    # Python-3 protocol-2 pickles spell bytes as _codecs.encode(str, 'latin1');
+    # only that benign use is admitted.
+    if encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1", "l1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
+    return text.encode("latin1", errors)
+
+
+def _numpy_reconstructors() -> dict[str, Any]:
+    arr = np.zeros(1)
+    return {
+        "_reconstruct": arr.__reduce__()[0],
+        "scalar": np.float64(0.0).__reduce__()[0],
+        "_frombuffer": arr.__reduce_ex__(5)[0],
+    }
+
+
+NUMPY_FUNCS = _numpy_reconstructors()
+NUMPY_MODULES = (
+    "numpy.core.multiarray",
+    "numpy._core.multiarray",
+    "numpy.core.numeric",
+    "numpy._core.numeric",
+)
+
+
+class ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that admits numpy arrays (and what ``find_extra`` adds) and nothing else."""
+
+    error_type: type[Exception] = pickle.UnpicklingError
+    what = "file"
+
+    def __init__(self, file: IO[bytes], source: str) -> None:
+        super().__init__(file, encoding="latin1")
+        self._source = source
+
+    def find_extra(self, module: str, name: str) -> Any | None:
+        """Subclass hook: return the object for an extra allowed global, or None."""
+        return None
+
+    def refusal(self, module: str, name: str) -> Exception:
+        return self.error_type(
+            f"{self._source}: refusing to unpickle {module}.{name}: only numpy arrays and plain containers "
+            f"are allowed in a {self.what}; nothing from it was executed"
+        )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in NUMPY_MODULES and name in NUMPY_FUNCS:
+            return NUMPY_FUNCS[name]
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        if module == "_codecs" and name == "encode":
+            return _latin1_encode
+        extra = self.find_extra(module, name)
+        if extra is not None:
+            return extra
+        raise self.refusal(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise self.error_type(f"{self._source}: persistent ids are not allowed in a {self.what}")
