@@ -49,6 +49,9 @@ def main() -> None:
     ap.add_argument("--dense-512", action="store_true", help="also build the (slow) dense 512 reference")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from halo.perf import tune_allocator
+
+    print(f"allocator tuning applied: {tune_allocator()}")
     if args.checkpoint is None:
         raise SystemExit("no checkpoint: pass --checkpoint or set HALO_CHECKPOINT")
     model, _ = load_model(args.checkpoint)
@@ -61,7 +64,7 @@ def main() -> None:
     mats, lengths = model.model_inputs(pose)
     pts = (torch.rand(1, 200_000, 3) - 0.5) * 1.1
     with torch.inference_mode():
-        tb, _, _ = timed(lambda: model.network(pts, mats, lengths), args.repeats)
+        tb, _, _ = timed(lambda: model.network(pts, mats, lengths, chunk_size=4096), args.repeats)
         tl, _, _ = timed(lambda: model.network.per_part_logits(pts, mats, lengths), args.repeats)
     print("\n## dense 16-part evaluation (200k points, 1 hand)")
     print(f"batched over parts : {200_000 / tb / 1e6:6.3f} M points/s")

@@ -224,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     from halo.canonicalization import CanonicalizationError
     from halo.checkpoint import CheckpointError
     from halo.keypoints_io import KeypointFileError
+    from halo.perf import tune_allocator
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_allocator()
     try:
         return args.func(args)
     except (CliError, KeypointFileError, CheckpointError, CanonicalizationError, FileNotFoundError) as exc:

@@ -34,6 +34,7 @@ import torch
 from torch.nn import functional as F
 
 from halo.occupancy import HaloModel
+from halo.perf import tune_allocator
 from halo.skeleton import MODEL_BOX_HALF_SIDE, MODEL_UNITS_PER_METRE
 
 
@@ -68,8 +69,9 @@ class HandOccupancyField:
         calibration_resolution: int = 32,
         half_side: float = MODEL_BOX_HALF_SIDE,
         cull_cell_size: float = 0.0172,
-        chunk_size: int = 65536,
+        chunk_size: int = 4096,
     ):
+        tune_allocator()  # big evaluations: keep freed blocks instead of re-faulting pages (see halo.perf)
         kp = torch.as_tensor(keypoints, dtype=torch.float32).reshape(1, 21, 3)
         self.model = model
         net = model.network
