@@ -499,6 +499,16 @@ def _mesh_blocks(
 # public API
 
 
+def _stats(ev: _CountingEvaluator, res: int, t_start: float) -> ExtractionStats:
+    return ExtractionStats(
+        n_evaluated=ev.n_evaluated,
+        n_dense_equivalent=(res + 1) ** 3,
+        resolution=res,
+        seconds=time.perf_counter() - t_start,
+        seconds_eval=ev.seconds,
+    )
+
+
 def extract_isosurface_dense(
     evaluate: Evaluator,
     bounds_min: Sequence[float],
@@ -541,14 +551,7 @@ def extract_isosurface_dense(
         verts = _to_box(verts, lo, hi, res)
     else:
         verts, faces = _empty_mesh()
-    stats = ExtractionStats(
-        n_evaluated=ev.n_evaluated,
-        n_dense_equivalent=(res + 1) ** 3,
-        resolution=res,
-        seconds=time.perf_counter() - t_start,
-        seconds_eval=ev.seconds,
-    )
-    return verts, faces, stats
+    return verts, faces, _stats(ev, res, t_start)
 
 
 def extract_isosurface(
@@ -648,11 +651,4 @@ def extract_isosurface(
 
     verts, faces = _mesh_blocks(values, coords, n, nb, res, thr, _sanitize_margin(thr, ev.max_abs_dev))
     verts = _to_box(verts, lo, hi, res)
-    stats = ExtractionStats(
-        n_evaluated=ev.n_evaluated,
-        n_dense_equivalent=(res + 1) ** 3,
-        resolution=res,
-        seconds=time.perf_counter() - t_start,
-        seconds_eval=ev.seconds,
-    )
-    return verts, faces, stats
+    return verts, faces, _stats(ev, res, t_start)
