@@ -34,14 +34,19 @@ from dataclasses import dataclass
 
 import torch
 
-from halo.skeleton import FINGER_NAMES, JOINT_NAMES, NUM_JOINTS, PART_BONES
+from halo.skeleton import (
+    BONES,
+    FINGER_JOINTS,
+    FINGER_NAMES,
+    JOINT_NAMES,
+    NUM_JOINTS,
+    bone_lengths_from_keypoints,
+)
 
 # Target angles of the canonical pose, radians (fixed by the released model).
 ROOT_PLANE_ANGLES = (0.8, 0.2, 0.2)  # thumb|index, middle|ring, ring|pinky plane dihedrals
 ROOT_BONE_ANGLES = (0.4, 0.2, 0.2, 0.2)  # thumb-index, index-middle, middle-ring, ring-pinky
 
-#: Fingers in the order thumb, index, middle, ring, pinky; joints root -> tip.
-_FINGER_JOINTS = ((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (17, 18, 19, 20))
 #: (finger, level) of each non-palm part in part order; level 1 = proximal phalanx.
 _PART_FINGER_LEVEL = (
     (1, 1), (1, 2), (1, 3),  # index
@@ -164,18 +169,17 @@ def validate_keypoints(keypoints: torch.Tensor, name: str = "keypoints") -> None
         b, j = (~finite).nonzero()[0].tolist()
         raise CanonicalizationError(f"{name}: sample {b} joint {j} ({JOINT_NAMES[j]}) is NaN or infinite")
     kp = keypoints.detach()
-    for f, joints in enumerate(_FINGER_JOINTS):
-        chain = (0, *joints)
-        for parent, child in zip(chain[:-1], chain[1:], strict=True):
-            length = (kp[:, child] - kp[:, parent]).norm(dim=-1)
-            bad = length < _MIN_BONE_LENGTH_M
-            if bool(bad.any()):
-                b = int(bad.nonzero()[0])
-                raise CanonicalizationError(
-                    f"{name}: sample {b} has a zero-length {FINGER_NAMES[f]} bone "
-                    f"{JOINT_NAMES[parent]} -> {JOINT_NAMES[child]} "
-                    f"({float(length[b]) * 1000:.4f} mm; coincident joints?)"
-                )
+    bones = torch.tensor(BONES, device=kp.device)  # (20,2): finger-major, root bone first
+    lengths = (kp[:, bones[:, 1]] - kp[:, bones[:, 0]]).norm(dim=-1)  # (B,20)
+    bad = lengths < _MIN_BONE_LENGTH_M
+    if bool(bad.any()):
+        b, i = bad.nonzero()[0].tolist()
+        parent, child = BONES[i]
+        raise CanonicalizationError(
+            f"{name}: sample {b} has a zero-length {FINGER_NAMES[i // 4]} bone "
+            f"{JOINT_NAMES[parent]} -> {JOINT_NAMES[child]} "
+            f"({float(lengths[b, i]) * 1000:.4f} mm; coincident joints?)"
+        )
 
 
 def _raise_if_parallel(sin_values: torch.Tensor, what: str) -> None:
@@ -214,7 +218,7 @@ def global_normalization(keypoints: torch.Tensor, is_left: torch.Tensor | None =
     rot = torch.stack([ex, ey, ez], dim=-2) * flip[:, None, :]  # fold the mirror in: R @ diag(flip)
     out = torch.zeros(kp.shape[0], 4, 4, dtype=kp.dtype, device=kp.device)
     out[:, :3, :3] = rot
-    out[:, :3, 3] = -_mv(rot, keypoints.detach()[:, 0])
+    out[:, :3, 3] = -_mv(rot, keypoints[:, 0].detach())
     out[:, 3, 3] = 1.0
     return out
 
@@ -314,16 +318,17 @@ def detached_quantities(keypoints: torch.Tensor, is_left: torch.Tensor | None = 
 
 
 def _normalized_bones(keypoints: torch.Tensor, norm: torch.Tensor):
+    """Normalized keypoints, per-finger bone lengths (B,5,4), root-normalized root directions (B,5,3),
+    root-normalized non-root directions (B,5,3,3) and the finger root rotations (B,5,3,3)."""
     kp_n = apply_transform(norm, keypoints)
-    chains = torch.tensor(_FINGER_JOINTS, device=keypoints.device)  # (5,4)
-    joints = kp_n[:, chains]  # (B,5,4,3)
+    joints = kp_n[:, torch.tensor(FINGER_JOINTS, device=keypoints.device)]  # (B,5,4,3)
     parents = torch.cat([kp_n[:, None, None, 0].expand(-1, 5, 1, 3), joints[:, :, :3]], dim=2)
     bones = joints - parents  # (B,5,4,3): level 0 = root bone
     lengths = bones.norm(dim=-1).clamp_min(1e-9)
     dirs = bones / lengths[..., None]
     root = _root_normalization(dirs[:, :, 0])  # (B,5,3,3)
     dirs_n = (root[:, :, None] @ dirs.unsqueeze(-1)).squeeze(-1)  # root-normalized directions
-    return kp_n, lengths, dirs_n[:, :, 0], dirs_n[:, :, 1:], (root, parents)
+    return kp_n, lengths, dirs_n[:, :, 0], dirs_n[:, :, 1:], root
 
 
 # ----------------------------------------------------------------------------- the layer
@@ -351,7 +356,7 @@ def canonicalize(
     if validate:
         validate_keypoints(keypoints)
     norm = fixed.normalization if fixed is not None else global_normalization(keypoints, is_left)
-    kp_n, lengths, root_dirs, finger_dirs, (root, _) = _normalized_bones(keypoints, norm)
+    kp_n, lengths, root_dirs, finger_dirs, root = _normalized_bones(keypoints, norm)
     if validate:
         _raise_if_parallel(
             _cross(root_dirs[:, :4], root_dirs[:, 1:]).norm(dim=-1).amin(dim=-1),
@@ -378,7 +383,7 @@ def canonicalize(
     canon_joints = torch.cumsum(steps, dim=2)  # canonical positions of joints root..tip
 
     rot = unpose @ root[:, :, None]  # (B,5,3,3,3)
-    posed_parent = kp_n[:, torch.tensor(_FINGER_JOINTS, device=keypoints.device)[:, :3]]  # (B,5,3,3)
+    posed_parent = kp_n[:, torch.tensor(FINGER_JOINTS, device=keypoints.device)[:, :3]]  # (B,5,3,3)
     trans = canon_joints[:, :, :3] - (rot @ posed_parent.unsqueeze(-1)).squeeze(-1)
 
     bsz = keypoints.shape[0]
@@ -391,12 +396,10 @@ def canonicalize(
     palm = torch.eye(4, dtype=keypoints.dtype, device=keypoints.device).expand(bsz, 1, 4, 4)
     part_transforms = torch.cat([palm, mats[:, fingers, levels]], dim=1)
 
-    pb = torch.tensor(PART_BONES, device=keypoints.device)
-    bone_lengths = (keypoints[:, pb[:, 1]] - keypoints[:, pb[:, 0]]).norm(dim=-1)
     return CanonicalPose(
         normalization=norm,
         part_transforms=part_transforms,
-        bone_lengths=bone_lengths,
+        bone_lengths=bone_lengths_from_keypoints(keypoints),
         bone_angles=torch.stack([flex, abd], dim=-1).reshape(bsz, 15, 2),
         normalized_keypoints=kp_n,
     )

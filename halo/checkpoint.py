@@ -9,8 +9,7 @@ Original (``model_best.pt`` of korrawe/halo): a torch pickle dict with
 Own format (``halo-base``, version 1): a dict with ``format``,
 ``format_version``, ``network_config`` (plain dict), ``state_dict`` (the
 :class:`~halo.occupancy.HaloModel` state dict) and ``metadata``; it loads with
-``weights_only=True``.  Lightning checkpoints written by this project's
-training code carry the same fields under ``halo_base`` and are accepted too.
+``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -92,6 +91,7 @@ def _config_from_original(converted: dict[str, torch.Tensor]) -> NetworkConfig:
 
 
 def _torch_load(path: Path, trusted: bool):
+    """``torch.load`` on CPU; untrusted loads are weights-only and return None when that is not enough."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -104,10 +104,7 @@ def _torch_load(path: Path, trusted: bool):
         ) from exc
 
 
-def load_original_checkpoint(path: str | Path) -> tuple[HaloModel, dict]:
-    """Load the released original checkpoint. Returns the model and its metadata (epoch, it, best val IoU)."""
-    path = Path(path)
-    ckpt = _torch_load(path, trusted=True)
+def _model_from_original(ckpt: object, path: Path) -> tuple[HaloModel, dict]:
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path}: expected the original format (a dict with key 'model')")
     converted = convert_original_state_dict(ckpt["model"], str(path))
@@ -121,6 +118,12 @@ def load_original_checkpoint(path: str | Path) -> tuple[HaloModel, dict]:
         "best_val_iou": float(ckpt.get("loss_val_best", float("nan"))),
     }
     return model.eval(), meta
+
+
+def load_original_checkpoint(path: str | Path) -> tuple[HaloModel, dict]:
+    """Load the released original checkpoint. Returns the model and its metadata (epoch, it, best val IoU)."""
+    path = Path(path)
+    return _model_from_original(_torch_load(path, trusted=True), path)
 
 
 def save_checkpoint(model: HaloModel, path: str | Path, metadata: dict | None = None) -> Path:
@@ -158,29 +161,24 @@ def _model_from_payload(payload: dict, path: Path) -> tuple[HaloModel, dict]:
 
 
 def load_model(path: str | Path, *, trust_pickle: bool = True) -> tuple[HaloModel, dict]:
-    """Load any supported HALO base checkpoint: own format, a Lightning checkpoint, or the original.
+    """Load any supported HALO base checkpoint: this project's format or the original release.
 
     Own-format files load with ``weights_only=True``.  The original release needs
     full unpickling (it stores a numpy scalar); ``trust_pickle=False`` refuses that.
     """
     path = Path(path)
     payload = _torch_load(path, trusted=False)
+    if payload is None:  # weights_only refused it: the original release stores a numpy scalar
+        if not trust_pickle:
+            raise CheckpointError(
+                f"{path}: not a '{FORMAT}' checkpoint readable with weights_only=True; "
+                "pass trust_pickle=True only for files you trust (e.g. the original release)"
+            )
+        payload = _torch_load(path, trusted=True)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         return _model_from_payload(payload, path)
-    if isinstance(payload, dict) and isinstance(payload.get("halo_base"), dict):
-        return _model_from_payload(payload["halo_base"], path)
-    if not trust_pickle:
-        raise CheckpointError(
-            f"{path}: not a '{FORMAT}' checkpoint readable with weights_only=True; "
-            "pass trust_pickle=True only for files you trust (e.g. the original release)"
-        )
-    payload = _torch_load(path, trusted=True)
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        return _model_from_payload(payload, path)
-    if isinstance(payload, dict) and isinstance(payload.get("halo_base"), dict):
-        return _model_from_payload(payload["halo_base"], path)
     if isinstance(payload, dict) and "model" in payload:
-        return load_original_checkpoint(path)
+        return _model_from_original(payload, path)
     keys = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
     raise CheckpointError(f"{path}: unrecognised checkpoint layout (top-level keys: {keys})")
 

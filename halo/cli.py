@@ -43,6 +43,15 @@ def _load_model(path: str | None):
     return model, meta
 
 
+def _add_io_args(p: argparse.ArgumentParser, keypoints_help: str, keypoints_required: bool = False) -> None:
+    p.add_argument(
+        "--checkpoint", default=_default_checkpoint(), help="HALO base checkpoint (original or own)"
+    )
+    p.add_argument("--keypoints", required=keypoints_required, help=keypoints_help)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--units", default="m", choices=["m", "cm", "mm"], help="units of the keypoint file")
+
+
 def _add_extraction_args(p: argparse.ArgumentParser, r0: int, steps: int) -> None:
     p.add_argument("--resolution-0", type=int, default=r0, help=f"MISE coarse grid (default {r0})")
     p.add_argument(
@@ -182,12 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Extract one mesh per hand from keypoints (.npy/.npz/.json/.pkl; (21,3) or (T,21,3), metres, "
         "MANO joint order) and render [skeleton | hand] PNGs."
     )
-    p.add_argument(
-        "--checkpoint", default=_default_checkpoint(), help="HALO base checkpoint (original or own)"
-    )
-    p.add_argument("--keypoints", required=True, help="keypoint file")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--units", default="m", choices=["m", "cm", "mm"], help="units of the keypoint file")
+    _add_io_args(p, keypoints_help="keypoint file", keypoints_required=True)
     p.add_argument("--left", action="store_true", help="treat every hand as a left hand (mirrored)")
     p.add_argument("--format", default="ply", choices=["ply", "obj", "off", "glb"], help="mesh file format")
     p.add_argument("--part-colors", action="store_true", help="colour vertices by HALO part")
@@ -201,12 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Without --keypoints a built-in sequence is used: the synthetic MANO-format hand moving through "
         "sampled poses (open -> fist -> pinch -> point -> grasp -> open)."
     )
-    p.add_argument(
-        "--checkpoint", default=_default_checkpoint(), help="HALO base checkpoint (original or own)"
-    )
-    p.add_argument("--keypoints", help="keypoint sequence file (default: built-in sequence)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--units", default="m", choices=["m", "cm", "mm"], help="units of the keypoint file")
+    _add_io_args(p, keypoints_help="keypoint sequence file (default: built-in sequence)")
     p.add_argument("--frames", type=int, default=24, help="number of frames (subsamples longer files)")
     p.add_argument("--fps", type=float, default=12.0, help="GIF frame rate")
     _add_extraction_args(p, 32, 2)

@@ -5,15 +5,16 @@ point only a few parts (the phalanges there) can be occupied.
 :class:`HandOccupancyField` evaluates a part at a point only if the part can
 attain the max there.  Two ways of deciding that:
 
-``cull="radius"`` (default): a conservative per-part distance bound in
-canonical space.  Every part's bone is a segment in the shared canonical hand
-space; the first call (MISE's coarse grid) evaluates all parts and records,
-per part, the farthest canonical distance from its bone at which it wins with
-occupancy >= ``prob_floor``; later calls evaluate part k only within that
-radius plus a margin (``radius_margin`` + one coarse cell).  The bound is
-calibrated per hand from data, not proven: bench/bench_mesh.py and the tests
-measure identical thresholded labels against the full evaluation on
-near-surface points and identical MISE meshes, at ~4 parts per point.
+``cull="radius"`` (default): a per-part distance bound in canonical space.
+Every part's bone is a segment in the shared canonical hand space; on
+construction the field evaluates all parts on a 33^3 calibration grid and
+records, per part, the farthest canonical distance from its bone at which it
+wins with occupancy >= ``prob_floor``; queries then evaluate part k only
+within that radius plus a margin (``radius_margin`` + one calibration cell).
+The bound is calibrated per hand from data, not proven: bench/bench_mesh.py
+and the tests measure identical thresholded labels against the full
+evaluation on near-surface points and identical MISE meshes, at ~3 parts per
+point during a 64/3 extraction.
 
 ``cull="ibp"``: interval bound propagation through each part MLP over small
 cubes holding the query points gives guaranteed logit bounds; a part is kept
@@ -35,7 +36,7 @@ from torch.nn import functional as F
 
 from halo.occupancy import HaloModel
 from halo.perf import tune_allocator
-from halo.skeleton import MODEL_BOX_HALF_SIDE, MODEL_UNITS_PER_METRE
+from halo.skeleton import MODEL_BOX_HALF_SIDE, MODEL_UNITS_PER_METRE, PART_BONES
 
 
 @dataclass
@@ -48,14 +49,9 @@ class FieldStats:
     def parts_per_point(self) -> float:
         return self.part_evaluations / max(self.points, 1)
 
-    @property
-    def speedup_bound(self) -> float:
-        """Work saved vs evaluating every part at every point."""
-        return self.num_parts * self.points / max(self.part_evaluations, 1)
-
 
 class HandOccupancyField:
-    """Occupancy of one posed hand as a function of model-space points, with exact part culling."""
+    """Occupancy of one posed hand as a function of model-space points, with optional part culling."""
 
     def __init__(
         self,
@@ -81,13 +77,13 @@ class HandOccupancyField:
             mats, lengths = model.model_inputs(self.pose)
             self.rot = mats[0, :, :3, :3].float()  # (P,3,3)
             self.trans = mats[0, :, :3, 3].float()  # (P,3)
-            self.bias0 = net.first_layer_bias(net.part_codes(mats, lengths))[0].float()  # (P,H)
+            bias0 = net.first_layer_bias(net.part_codes(mats, lengths))[0].float()  # (P,H)
         self.weights = [w.detach().float() for w in net.weights]
         self.biases = [b.detach().float() for b in net.biases]
-        self.w0x = self.weights[0][:, :, :3]  # (P,H,3)
+        w0x = self.weights[0][:, :, :3]  # (P,H,3)
         # posed model point -> first pre-activation: W0x (R p + t) + bias0 = A p + c
-        self.first_a = self.w0x @ self.rot  # (P,H,3)
-        self.first_c = (self.w0x @ self.trans[..., None]).squeeze(-1) + self.bias0  # (P,H)
+        self.first_a = w0x @ self.rot  # (P,H,3)
+        self.first_c = (w0x @ self.trans[..., None]).squeeze(-1) + bias0  # (P,H)
         self.residual = set(net.config.residual_layers)
         self.slope = net.config.leaky_slope
         self.smooth_max = net.config.smooth_max
@@ -99,8 +95,6 @@ class HandOccupancyField:
         self.cull = False if self.smooth_max else cull  # smooth max mixes all parts: nothing to cull
         # Canonical bone segment of every part (model units): where the part's flesh is.
         with torch.no_grad():
-            from halo.skeleton import PART_BONES
-
             kp_model = self.pose.normalized_keypoints[0].float() * MODEL_UNITS_PER_METRE
             ends = torch.stack(
                 [kp_model[[a for a, _ in PART_BONES]], kp_model[[b for _, b in PART_BONES]]], 1
@@ -159,14 +153,10 @@ class HandOccupancyField:
 
     # ------------------------------------------------------------------ evaluation
     def _part_logits(self, k: int, pts: torch.Tensor) -> torch.Tensor:
-        h = F.leaky_relu(pts @ self.first_a[k].T + self.first_c[k], self.slope)
-        n = len(self.weights)
-        for i in range(1, n - 1):
-            z = torch.addmm(self.biases[i][k], h, self.weights[i][k].T)
-            if i in self.residual:
-                z = z + h
-            h = F.leaky_relu(z, self.slope)
-        return torch.addmm(self.biases[-1][k], h, self.weights[-1][k].T).squeeze(-1)
+        pre0 = torch.addmm(self.first_c[k], pts, self.first_a[k].T)
+        return self.model.network.hidden_and_output(
+            pre0, [w[k] for w in self.weights], [b[k] for b in self.biases]
+        )
 
     @torch.inference_mode()
     def logits(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,9 +210,9 @@ class HandOccupancyField:
         which it attains the max with occupancy >= ``prob_floor``; adds
         ``radius_margin`` (model units) plus one grid cell for what the grid
         cannot see between its nodes.  Parts that never win get the largest
-        radius seen.  Measured on 6 hands x 100k near-surface points
-        (bench/bench_mesh.py): identical labels and identical MISE meshes at
-        ~4 parts per point.
+        radius seen.  Measured: identical labels on 3 hands x 1M near-surface
+        points (bench/bench_mesh.py) and identical MISE meshes (tests), at
+        2.9-3.1 parts per point during a 64/3 extraction.
         """
         axis = torch.linspace(-half_side, half_side, resolution + 1)
         grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import trimesh
 
-from halo.hand_field import HandOccupancyField
+from halo.hand_field import FieldStats, HandOccupancyField
 from halo.mesh_extraction import ExtractionStats, extract_isosurface, extract_isosurface_dense
 from halo.occupancy import HaloModel
-from halo.skeleton import MODEL_UNITS_PER_METRE, PART_NAMES
+from halo.skeleton import PART_NAMES
 
 #: One colour per part (RGB 0-255), for part-labelled meshes.
 PART_COLORS = np.array(
@@ -38,6 +38,7 @@ PART_COLORS = np.array(
 class HandMesh:
     mesh: trimesh.Trimesh  # metres, in the keypoints' frame
     stats: ExtractionStats
+    field_stats: FieldStats  # network work: points and (point, part) evaluations, calibration included
     part_labels: np.ndarray | None = None  # (V,) part index per vertex
 
     @property
@@ -91,12 +92,12 @@ def extract_hand_mesh(
     labels = None
     if part_labels and len(verts):
         labels = field.part_labels(verts.astype(np.float32))
+    pose = field.pose
     with torch.no_grad():
-        inv = torch.linalg.inv(field.pose.normalization[0].double()).numpy()
-    verts_m = verts / MODEL_UNITS_PER_METRE @ inv[:3, :3].T + inv[:3, 3]
-    if np.linalg.det(inv[:3, :3]) < 0:  # left hands: the mirror flips the winding
+        verts_m = HaloModel.points_from_model(pose, torch.from_numpy(verts)[None].to(pose.normalization))
+    if torch.linalg.det(pose.normalization[0, :3, :3]) < 0:  # left hands: the mirror flips the winding
         faces = faces[:, ::-1].copy()
-    mesh = trimesh.Trimesh(verts_m, faces, process=False)
+    mesh = trimesh.Trimesh(verts_m[0].double().numpy(), faces, process=False)
     if labels is not None:
         mesh.visual.vertex_colors = PART_COLORS[labels % len(PART_COLORS)]
-    return HandMesh(mesh, stats, labels)
+    return HandMesh(mesh, stats, field.stats, labels)

@@ -14,9 +14,8 @@ import trimesh
 from pykdtree.kdtree import KDTree
 
 
-def _sample(mesh: trimesh.Trimesh, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    points, face_idx = trimesh.sample.sample_surface(mesh, n, seed=seed)
-    return np.asarray(points), np.asarray(mesh.face_normals[face_idx])
+def _sample(mesh: trimesh.Trimesh, n: int, seed: int) -> np.ndarray:
+    return np.asarray(trimesh.sample.sample_surface(mesh, n, seed=seed)[0])
 
 
 def surface_distances(
@@ -25,10 +24,8 @@ def surface_distances(
     """Distances (metres) a->b and b->a from ``n`` samples on each to ``n*density`` samples on the other."""
     if len(a.faces) == 0 or len(b.faces) == 0:
         raise ValueError("surface_distances needs two non-empty meshes")
-    pa, _ = _sample(a, n, seed)
-    pb, _ = _sample(b, n, seed + 1)
-    dense_a, _ = _sample(a, n * density, seed + 2)
-    dense_b, _ = _sample(b, n * density, seed + 3)
+    pa, pb = _sample(a, n, seed), _sample(b, n, seed + 1)
+    dense_a, dense_b = _sample(a, n * density, seed + 2), _sample(b, n * density, seed + 3)
     d_ab, _ = KDTree(dense_b).query(pa)
     d_ba, _ = KDTree(dense_a).query(pb)
     return d_ab, d_ba

@@ -120,18 +120,29 @@ class PartOccupancyNetwork(nn.Module):
         return torch.einsum("phc,bpc->bph", w_code, codes) + self.biases[0]
 
     # ------------------------------------------------------------------ evaluation
-    def _mlp(self, x: torch.Tensor, bias0: torch.Tensor, parts: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B,P,N,3) canonical points -> logits (B,P,N).  ``parts`` selects a subset of parts."""
-        ws = [w if parts is None else w[parts] for w in self.weights]
-        bs = [b if parts is None else b[parts] for b in self.biases]
+    def hidden_and_output(
+        self, pre0: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Run a part MLP from its first layer's pre-activation to the logit.
+
+        ``weights``/``biases`` are the per-layer tensors already selected (all
+        parts, stacked: (P,out,in) with biases shaped to broadcast; or one
+        part's (out,in) and (out,)).  Shared by the batched evaluation and
+        :class:`halo.hand_field.HandOccupancyField`'s per-part GEMMs.
+        """
         slope = self.config.leaky_slope
-        h = F.leaky_relu(x @ ws[0][:, :, :3].transpose(-1, -2) + bias0[:, :, None, :], slope)
-        for i in range(1, len(ws) - 1):
-            z = h @ ws[i].transpose(-1, -2) + bs[i][:, None, :]
+        h = F.leaky_relu(pre0, slope)
+        for i in range(1, len(weights) - 1):
+            z = h @ weights[i].transpose(-1, -2) + biases[i]
             if i in self.config.residual_layers:
                 z = z + h
             h = F.leaky_relu(z, slope)
-        return (h @ ws[-1].transpose(-1, -2)).squeeze(-1) + bs[-1]
+        return (h @ weights[-1].transpose(-1, -2) + biases[-1]).squeeze(-1)
+
+    def _mlp(self, x: torch.Tensor, bias0: torch.Tensor) -> torch.Tensor:
+        """x: (B,P,N,3) canonical points -> logits (B,P,N), all parts in one batched matmul per layer."""
+        pre0 = x @ self.weights[0][:, :, :3].transpose(-1, -2) + bias0[:, :, None, :]
+        return self.hidden_and_output(pre0, list(self.weights), [b[:, None, :] for b in self.biases])
 
     def forward(
         self,
@@ -235,9 +246,11 @@ class HaloModel(nn.Module):
                 f"points must have shape (B,N,3) with B = {keypoints_m.shape[0]} (keypoints' batch), "
                 f"got {tuple(points_m.shape)}"
             )
-        pose = canonicalize(keypoints_m, is_left)
+        pose = canonicalize(keypoints_m, is_left)  # in the keypoints' dtype (float64 stays precise)
         mats, lengths = self.model_inputs(pose)
-        logits = self.network(self.points_to_model(pose, points_m.to(keypoints_m.dtype)), mats, lengths)
+        dtype = self.network.global_proj_weight.dtype
+        points_model = self.points_to_model(pose, points_m.to(keypoints_m.dtype))
+        logits = self.network(points_model.to(dtype), mats.to(dtype), lengths.to(dtype))
         occ = self.network.combine(logits)
         labels = logits.argmax(dim=-1) if return_parts else None
         return OccupancyOutput(occ, labels, logits if return_parts else None, pose)

@@ -8,6 +8,7 @@ order, wrist at the origin, fingers along -y.
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 REST_SKELETON = np.array(
     [
@@ -34,9 +35,7 @@ KEY_POSES: dict[str, np.ndarray] = {
 
 
 def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
-    axis = axis / np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+    return Rotation.from_rotvec(np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis) * angle).as_matrix()
 
 
 def pose_skeleton(flexion: np.ndarray, rest: np.ndarray = REST_SKELETON) -> np.ndarray:

@@ -161,3 +161,13 @@ def test_end_to_end_from_keypoints_matches_reference(halo_reference, tmp_path):
     inside = occ > 0.5
     ref_inside = torch.from_numpy(ref["occupancy"]) > 0.5
     assert (inside == ref_inside).float().mean() >= 0.9995
+
+
+def test_float64_inputs_work_with_a_float32_model(random_model):
+    # numpy arrays are float64 by default: the README example passes them straight in
+    kp = random_hands(2, seed=6, dtype=torch.float64)
+    pts = _points_near(kp, 100)
+    occ64 = random_model.occupancy(pts, kp)
+    occ32 = random_model.occupancy(pts.float(), kp.float())
+    assert occ64.dtype == torch.float32
+    torch.testing.assert_close(occ64, occ32, atol=1e-5, rtol=0)
