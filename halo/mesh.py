@@ -18,20 +18,23 @@ import trimesh
 from halo.hand_field import FieldStats, HandOccupancyField
 from halo.mesh_extraction import ExtractionStats, extract_isosurface, extract_isosurface_dense
 from halo.occupancy import HaloModel
-from halo.skeleton import PART_NAMES
+from halo.render import FINGER_COLORS, WRIST_COLOR
+from halo.skeleton import FINGER_NAMES, PART_NAMES
 
-#: One colour per part (RGB 0-255), for part-labelled meshes.
-PART_COLORS = np.array(
-    [
-        [200, 200, 200],
-        [230, 85, 70], [240, 120, 100], [250, 160, 140],
-        [70, 160, 90], [100, 190, 120], [140, 215, 160],
-        [70, 110, 200], [110, 150, 230], [150, 185, 245],
-        [160, 90, 190], [190, 125, 215], [215, 165, 235],
-        [230, 170, 40], [245, 195, 80], [250, 220, 130],
-    ],
-    dtype=np.uint8,
-)  # fmt: skip
+
+def _part_colors() -> np.ndarray:
+    """(16,3) uint8: each finger's skeleton colour (halo.render), lighter towards the tip; palm = wrist grey."""
+    finger_of_part = [FINGER_NAMES.index(name.rstrip("123")) for name in PART_NAMES[1:]]
+    level_of_part = [int(name[-1]) - 1 for name in PART_NAMES[1:]]
+    colors = [np.array(WRIST_COLOR)]
+    for f, lv in zip(finger_of_part, level_of_part, strict=True):
+        base = np.array(FINGER_COLORS[f])
+        colors.append(base + (1.0 - base) * 0.25 * lv)  # blend towards white
+    return np.round(np.stack(colors) * 255).astype(np.uint8)
+
+
+#: One colour per part (RGB 0-255), matching the skeleton renders' finger colours.
+PART_COLORS = _part_colors()
 
 
 @dataclass

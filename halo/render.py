@@ -512,7 +512,7 @@ def _render_items(items: list[_Item], camera: Camera, background: Any) -> np.nda
 def render_mesh(
     mesh: trimesh.Trimesh,
     camera: Camera | None = None,
-    color: Sequence[float] = DEFAULT_HAND_COLOR,
+    color: Sequence[float] | None = None,
     vertex_colors: np.ndarray | None = None,
     background: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> np.ndarray:
@@ -521,7 +521,8 @@ def render_mesh(
     Args:
         mesh: non-empty triangle mesh, metres.
         camera: ``Camera``; None frames the mesh automatically (front view).
-        color: uniform albedo, display RGB in [0, 1] (default: the demo's light blue).
+        color: uniform albedo, display RGB in [0, 1].  None: the mesh's own vertex
+            colours if it has any (e.g. part labels), else the demo's light blue.
         vertex_colors: optional (V, 3|4) per-vertex colours (uint8 0-255 or floats in
             [0, 1]); they replace ``color``.
         background: display RGB in [0, 1].
@@ -531,10 +532,12 @@ def render_mesh(
     """
     _check_mesh(mesh)
     cam = _camera_for(mesh.vertices, camera)
+    if vertex_colors is None and color is None:
+        vertex_colors = _mesh_vertex_colors(mesh)
     if vertex_colors is not None:
         colors = _vertex_colors_01(vertex_colors, len(mesh.vertices))
     else:
-        colors = _check_rgb(color)
+        colors = _check_rgb(DEFAULT_HAND_COLOR if color is None else color)
     return _render_items([_item(mesh, colors)], cam, background)
 
 
@@ -654,7 +657,7 @@ def render_hand_and_skeleton(
     mesh: trimesh.Trimesh,
     keypoints: np.ndarray,
     camera: Camera | None = None,
-    color: Sequence[float] = DEFAULT_HAND_COLOR,
+    color: Sequence[float] | None = None,
     skeleton_color: Sequence[float] | None = None,
     background: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> np.ndarray:
@@ -664,7 +667,8 @@ def render_hand_and_skeleton(
         mesh: hand mesh, metres.
         keypoints: (21, 3) joints, metres, MANO order.
         camera: camera of each half; None frames the mesh and keypoints together.
-        color: mesh albedo; skeleton_color: None for per-finger colours.
+        color: mesh albedo (None: the mesh's vertex colours, else light blue);
+            skeleton_color: None for per-finger colours.
 
     Returns:
         (H, 2 W, 3) uint8 image.

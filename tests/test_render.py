@@ -125,6 +125,17 @@ def test_sphere_disc_matches_projection(gl):
     np.testing.assert_allclose(centroid(foreground(img2, bg_u8)), cam2.project(centre)[0], atol=1.0)
 
 
+def test_mesh_vertex_colours_are_used_unless_a_colour_is_given(gl):
+    # part-labelled hand meshes carry vertex colours; halo mesh --part-colors renders them
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.1)
+    sphere.visual.vertex_colors = np.tile([200, 30, 30, 255], (len(sphere.vertices), 1)).astype(np.uint8)
+    cam = Camera(width=120, height=120, focal=300.0, translation=(0, 0, 1.0))
+    own = render_mesh(sphere, cam)[60, 60].astype(int)
+    assert own[0] > 2 * own[1] and own[0] > 2 * own[2]  # red
+    given = render_mesh(sphere, cam, color=(0.6, 0.75, 0.95))[60, 60].astype(int)
+    assert given[2] > given[0]  # the explicit colour wins
+
+
 def test_shading_is_not_flat(gl):
     sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.1)
     img = render_mesh(sphere, Camera(width=160, height=160, focal=300.0, translation=(0, 0, 1.0)))
