@@ -207,7 +207,7 @@ class HaloModel(nn.Module):
 
     Example::
 
-        model = halo.load_model("model_best.pt")
+        model, meta = halo.checkpoint.load_model("model_best.pt")
         occ = model.occupancy(points_m, keypoints_m)  # (B,N), differentiable w.r.t. keypoints
     """
 

@@ -1,8 +1,11 @@
-"""A procedurally posed right-hand skeleton and a built-in keypoint sequence.
+"""Built-in keypoint sequences.
 
-Used by ``halo demo`` when no keypoint file is given, and by tests.  The rest
-skeleton has adult proportions (wrist to middle tip ~19 cm), metres, MANO
-order, wrist at the origin, fingers along -y.
+``synthetic_hand_sequence``: the synthetic MANO-format hand moving through
+sampled poses; ``halo demo`` uses it when no keypoint file is given.
+``pose_skeleton`` / ``builtin_sequence`` / ``random_skeletons``: a lightweight
+procedurally posed skeleton (no MANO layer) for tests and benchmarks; its rest
+pose has a 9.3 cm palm (wrist to middle MCP) and 16.5 cm wrist to middle tip,
+metres, MANO order, wrist at the origin, fingers along -y.
 """
 
 from __future__ import annotations
