@@ -1,4 +1,4 @@
-"""The ``halo`` command line: meshes from keypoints, the demo, checkpoint conversion.
+"""The ``halo`` command line: meshes from keypoints, the demo, datasets, checkpoint conversion.
 
 Every subcommand has ``--help``.  Problems with the user's files (missing,
 wrong keys, wrong shapes, NaNs, wrong units) are reported as one line naming
@@ -211,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extraction_args(p, 32, 2)
     p.set_defaults(func=cmd_demo)
 
+    from halo.cli_data import add_data_parser
+
+    add_data_parser(sub)
+
     p = sub.add_parser("convert-checkpoint", help="original model_best.pt -> this project's format")
     p.description = "One-off converter from the original release's checkpoint to this project's format."
     p.add_argument("src", help="original checkpoint (model_best.pt)")
@@ -222,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from halo.canonicalization import CanonicalizationError
     from halo.checkpoint import CheckpointError
+    from halo.cli_data import DataCliError
+    from halo.hand_dataset import DatasetFormatError
     from halo.keypoints_io import KeypointFileError
     from halo.perf import tune_allocator
 
@@ -230,8 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     try:
         return args.func(args)
-    except (CliError, KeypointFileError, CheckpointError, CanonicalizationError, FileNotFoundError) as exc:
-        print(f"halo {args.command}: error: {exc}", file=sys.stderr)
+    except (
+        CliError,
+        DataCliError,
+        DatasetFormatError,
+        KeypointFileError,
+        CheckpointError,
+        CanonicalizationError,
+        FileNotFoundError,
+    ) as exc:
+        command = args.command + (f" {args.data_command}" if args.command == "data" else "")
+        print(f"halo {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"halo {args.command}: interrupted", file=sys.stderr)

@@ -54,6 +54,7 @@ __all__ = [
     "ManoOutput",
     "axis_angle_to_matrix",
     "load_mano_model",
+    "regress_keypoints",
     "save_mano_model_npz",
     "save_mano_model_pkl",
 ]
@@ -538,6 +539,25 @@ def load_mano_model(path: str | Path, side: str | None = None) -> ManoModel:
     return ManoModel(**checked, side=side, source=source)
 
 
+def regress_keypoints(model: ManoModel, vertices: np.ndarray) -> np.ndarray:
+    """21 keypoints (public order) of posed MANO-topology vertices (..., V, 3), same unit.
+
+    The 16 joints come from ``model.J_regressor`` applied to the posed vertices
+    (what users of vertex-only data such as YouTube3D do; for a posed mesh it
+    differs slightly from :class:`ManoLayer`'s kinematic joints), the 5 tips
+    are the model's fingertip vertices.
+    """
+    v = np.asarray(vertices, dtype=np.float64)
+    if v.ndim < 2 or v.shape[-2:] != (model.num_vertices, 3):
+        raise ValueError(
+            f"regress_keypoints: vertices have shape {v.shape}, expected (..., {model.num_vertices}, 3) "
+            f"for the MANO model {model.source}"
+        )
+    joints = np.einsum("jv,...vc->...jc", model.J_regressor, v)
+    tips = v[..., model.tip_vertex_ids, :]
+    return halo_to_mano(np.concatenate([joints, tips], axis=-2), joint_axis=-2)
+
+
 def save_mano_model_npz(model: ManoModel, path: str | Path) -> Path:
     """Write ``model`` as an uncompressed ``.npz`` (dense arrays + ``side``), readable without pickle."""
     path = Path(path)
@@ -633,6 +653,12 @@ class ManoOutput:
         out = g.clone()
         out[..., :3, 3] = g[..., :3, 3] - (g[..., :3, :3] @ self.rest_joints[..., None])[..., 0]
         return out
+
+
+def _left_mm(mat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(M,K) @ (B,K,C) -> (B,M,C) as one 2-D matmul (CPU bmm with a broadcast operand is very slow)."""
+    b, k, c = x.shape
+    return (mat @ x.permute(1, 0, 2).reshape(k, b * c)).reshape(-1, b, c).permute(1, 0, 2)
 
 
 class ManoLayer(nn.Module):
@@ -781,8 +807,9 @@ class ManoLayer(nn.Module):
         # Shape: v_shaped = T + S beta; joints from the shaped rest mesh.
         v_shaped = self.v_template.expand(batch, -1, -1)
         if b is not None and b.shape[1] > 0:
-            v_shaped = v_shaped + torch.einsum("vcs,bs->bvc", self.shapedirs[:, :, : b.shape[1]], b)
-        rest_joints = torch.einsum("jv,bvc->bjc", self.J_regressor, v_shaped)
+            nb = b.shape[1]
+            v_shaped = v_shaped + (b @ self.shapedirs[:, :, :nb].reshape(-1, nb).T).reshape(batch, -1, 3)
+        rest_joints = _left_mm(self.J_regressor, v_shaped)
 
         # Rotations: wrist first, then the 15 finger joints.
         rots = axis_angle_to_matrix(torch.cat([orient, full_pose], dim=1).reshape(batch, MANO_NUM_JOINTS, 3))
@@ -807,9 +834,12 @@ class ManoLayer(nn.Module):
         # Skinning matrices A_k = G_k T(-J_k), blended per vertex.
         rot_part = transforms[:, :, :3, :3]
         trans_part = transforms[:, :, :3, 3] - (rot_part @ rest_joints[..., None])[..., 0]
-        blend_r = torch.einsum("vk,bkij->bvij", self.weights, rot_part)
-        blend_t = torch.einsum("vk,bki->bvi", self.weights, trans_part)
-        vertices = (blend_r @ v_posed[..., None])[..., 0] + blend_t
+        # 2-D matmuls: einsum / broadcast bmm of these shapes were 20-40x slower on CPU (float64).
+        nv = self.weights.shape[0]
+        blend_r = _left_mm(self.weights, rot_part.reshape(batch, MANO_NUM_JOINTS, 9)).reshape(batch, nv, 3, 3)
+        blend_t = _left_mm(self.weights, trans_part)
+        # Broadcast-multiply-sum: a (V) batch of 3x3 @ 3x1 bmm is very slow on CPU.
+        vertices = (blend_r * v_posed[..., None, :]).sum(-1) + blend_t
 
         joints = transforms[:, :, :3, 3]
         tips = vertices[:, self.tip_vertex_ids]

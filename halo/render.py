@@ -627,6 +627,18 @@ def skeleton_mesh(
     )
 
 
+def points_mesh(points: np.ndarray, radius: float = 0.0015) -> trimesh.Trimesh:
+    """Small octahedra at ``points`` (N,3, metres): a point cloud that :func:`render_scene` can draw."""
+    pts = _check_points(points, "points") if len(points) else np.zeros((0, 3))
+    if len(pts) == 0:
+        raise ValueError("points_mesh needs at least one point")
+    corners = radius * np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], float)
+    tri = np.array([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    verts = (pts[:, None, :] + corners[None]).reshape(-1, 3)
+    faces = (tri[None] + 6 * np.arange(len(pts))[:, None, None]).reshape(-1, 3)
+    return trimesh.Trimesh(verts, faces, process=False)
+
+
 def _mesh_vertex_colors(mesh: trimesh.Trimesh) -> np.ndarray | None:
     """The mesh's own per-vertex colours as (V, 3) floats in [0, 1], or None if it has none."""
     if getattr(mesh.visual, "kind", None) != "vertex":

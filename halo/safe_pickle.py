@@ -12,6 +12,8 @@ raises ``error_type`` naming the file and the refused ``module.name``.
 from __future__ import annotations
 
 import pickle
+import zipfile
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -77,3 +79,29 @@ class ArrayUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise self.error_type(f"{self._source}: persistent ids are not allowed in a {self.what}")
+
+
+def load_array_file(path: str | Path) -> dict[str, Any]:
+    """A dict of arrays from an ``.npz`` file or a pickled dict (``.pkl``; arrays only, never code).
+
+    Used for per-sample parameter files (e.g. MANO fits with keys ``pose``,
+    ``shape``, ``rot``).  Errors name the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        if suffix in (".pkl", ".pickle"):
+            with open(path, "rb") as f:
+                obj = ArrayUnpickler(f, str(path)).load()
+        else:
+            raise ValueError(f"{path}: unsupported parameter file type {suffix!r} (use .npz or .pkl)")
+    except (OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: unreadable or truncated ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a pickled dict of arrays, got {type(obj).__name__}")
+    return {str(k): v for k, v in obj.items()}

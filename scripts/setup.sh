@@ -12,10 +12,11 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_SPEC=${HALO_TORCH_SPEC:-torch==2.13.0}
 
-# System libraries for headless rendering (EGL through Mesa); installed only when
-# missing and we can (root + apt).  Most Debian/Ubuntu images already have them.
+# System libraries for headless rendering (EGL through Mesa) and libusb (open3d
+# refuses to import without it); installed only when missing and we can (root +
+# apt).  Most Debian/Ubuntu images already have them.
 need_pkgs=()
-for pkg in libegl1 libegl-mesa0 libgl1-mesa-dri libgl1; do
+for pkg in libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libusb-1.0-0; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then
@@ -23,7 +24,7 @@ if ((${#need_pkgs[@]})); then
     echo "[setup] installing system packages: ${need_pkgs[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
   else
-    echo "[setup] warning: missing ${need_pkgs[*]} (needed for rendering); install them with apt" >&2
+    echo "[setup] warning: missing ${need_pkgs[*]} (needed for rendering / open3d); install them with apt" >&2
   fi
 fi
 
