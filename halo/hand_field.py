@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from halo.occupancy import HaloModel
 from halo.perf import tune_allocator
-from halo.skeleton import MODEL_BOX_HALF_SIDE, MODEL_UNITS_PER_METRE, PART_BONES
+from halo.skeleton import MODEL_BOX_HALF_SIDE
 
 
 @dataclass
@@ -93,20 +93,22 @@ class HandOccupancyField:
         if cull not in (False, "radius", "ibp"):
             raise ValueError(f"cull must be False, 'radius' or 'ibp', got {cull!r}")
         self.cull = False if self.smooth_max else cull  # smooth max mixes all parts: nothing to cull
+        trained_radii = net.config.part_radii
+        if trained_radii is not None:
+            # Culling is part of this model's definition (it was trained that way): always apply it.
+            self.cull = "radius"
         # Canonical bone segment of every part (model units): where the part's flesh is.
         with torch.no_grad():
-            kp_model = self.pose.normalized_keypoints[0].float() * MODEL_UNITS_PER_METRE
-            ends = torch.stack(
-                [kp_model[[a for a, _ in PART_BONES]], kp_model[[b for _, b in PART_BONES]]], 1
-            )
-            self.segments = ends @ self.rot.transpose(-1, -2) + self.trans[:, None]  # (P,2,3)
+            self.segments = model.part_segments(self.pose, mats)[0].float()  # (P,2,3)
         self.radius_margin = radius_margin
         self.part_radius: torch.Tensor | None = None  # (P,) canonical radius per part, model units
         self.floor_logit = float(np.log(prob_floor / (1 - prob_floor)))
         self.stats = FieldStats(num_parts=self.num_parts)
         self.cull_cell_size = cull_cell_size
         self.bounded_cells = 0
-        if self.cull == "radius":
+        if trained_radii is not None:
+            self.part_radius = torch.tensor(trained_radii, dtype=torch.float32)
+        elif self.cull == "radius":
             self.calibrate_radii(calibration_resolution, half_side)
 
     # ------------------------------------------------------------------ interval bounds
