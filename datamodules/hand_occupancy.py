@@ -261,6 +261,12 @@ class SyntheticHandsDataModule(HandOccupancyDataModule):
         )
         key = synthetic_dataset_key(self.num, self.generation_seed, self.build_config)
         self.root = self.cache_dir / f"synthetic_hands-{key}"
+        # Recorded in checkpoints (datamodule_hyper_parameters): `halo eval meshes` finds the data from it.
+        self.hparams.update(
+            root=str(self.root.resolve()), cache_dir=str(self.cache_dir), num_train=num_train, num_val=num_val,
+            num_test=num_test, generation_seed=generation_seed, n_points=n_points, n_iou_points=n_iou_points,
+            n_pointcloud=n_pointcloud,
+        )  # fmt: skip
 
     def is_built(self) -> bool:
         return all(

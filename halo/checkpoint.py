@@ -10,11 +10,20 @@ Own format (``halo-base``, version 1): a dict with ``format``,
 ``format_version``, ``network_config`` (plain dict), ``state_dict`` (the
 :class:`~halo.occupancy.HaloModel` state dict) and ``metadata``; it loads with
 ``weights_only=True``.
+
+Lightning checkpoints of ``lightning_modules.halo_base.HaloBaseModule`` (``*.ckpt``
+from training: ``last.ckpt``, the best by ``val/iou``): a torch pickle dict with
+``state_dict`` (the HaloModel's keys prefixed ``model.``), ``hyper_parameters``
+(``net``: the :class:`~halo.occupancy.NetworkConfig` fields), ``epoch``,
+``global_step`` and, when a datamodule recorded them, ``datamodule_hyper_parameters``.
+They are read here without importing Lightning; the module's hparams are plain
+values, so they load with ``weights_only=True`` too.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -160,23 +169,102 @@ def _model_from_payload(payload: dict, path: Path) -> tuple[HaloModel, dict]:
     return model.eval(), dict(payload.get("metadata", {}))
 
 
-def load_model(path: str | Path, *, trust_pickle: bool = True) -> tuple[HaloModel, dict]:
-    """Load any supported HALO base checkpoint: this project's format or the original release.
+def _plain(value: object) -> object:
+    """Mappings/sequences (e.g. OmegaConf containers from a fully unpickled file) -> dicts/lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple) or type(value).__name__ == "ListConfig":
+        return [_plain(v) for v in value]
+    return value
 
-    Own-format files load with ``weights_only=True``.  The original release needs
-    full unpickling (it stores a numpy scalar); ``trust_pickle=False`` refuses that.
+
+def is_lightning_checkpoint(payload: object) -> bool:
+    """True for a Lightning checkpoint dict (``state_dict`` plus Lightning's bookkeeping keys)."""
+    return (
+        isinstance(payload, dict)
+        and "state_dict" in payload
+        and (
+            "pytorch-lightning_version" in payload
+            or "hyper_parameters" in payload
+            or "global_step" in payload
+        )
+    )
+
+
+def _model_from_lightning(payload: dict, path: Path, prefix: str = "model.") -> tuple[HaloModel, dict]:
+    hparams = payload.get("hyper_parameters")
+    if not isinstance(hparams, Mapping) or "net" not in hparams:
+        have = sorted(hparams)[:12] if isinstance(hparams, Mapping) else None
+        raise CheckpointError(
+            f"{path}: Lightning checkpoint without hyper_parameters['net'] (hyper_parameters keys: {have}); "
+            "not a HaloBaseModule checkpoint?"
+        )
+    net = _plain(hparams["net"]) or {}
+    if not isinstance(net, dict):
+        raise CheckpointError(f"{path}: hyper_parameters['net'] must be a mapping, got {type(net).__name__}")
+    state = payload["state_dict"]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: 'state_dict' is a {type(state).__name__}, expected a mapping")
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not weights:
+        raise CheckpointError(
+            f"{path}: Lightning checkpoint has no '{prefix}*' keys in its state_dict "
+            f"(first keys: {sorted(state)[:6]}); not a HaloBaseModule checkpoint?"
+        )
+    try:
+        model = HaloModel(NetworkConfig.from_dict(net))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: hyper_parameters['net'] is not a valid network config: {exc}"
+        ) from exc
+    try:
+        model.load_state_dict({k: v.detach().to("cpu") for k, v in weights.items()}, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: state_dict does not match hyper_parameters['net']: {str(exc).splitlines()[0]} "
+            f"({' '.join(str(exc).split())[:300]})"
+        ) from exc
+    dm = payload.get("datamodule_hyper_parameters")
+    meta = {
+        "source": str(path),
+        "source_format": "lightning",
+        "epoch": int(payload.get("epoch", -1)),
+        "global_step": int(payload.get("global_step", -1)),
+        "lightning_version": str(payload.get("pytorch-lightning_version", "")),
+        "hyper_parameters": _plain(hparams),
+        "datamodule_hyper_parameters": _plain(dm) if isinstance(dm, Mapping) else None,
+    }
+    return model.eval(), meta
+
+
+def load_model(path: str | Path, *, trust_pickle: bool = True) -> tuple[HaloModel, dict]:
+    """Load any supported HALO base checkpoint: own format, a Lightning ``.ckpt``, or the original release.
+
+    Every file is first read with ``torch.load(weights_only=True)`` (no code runs while
+    unpickling).  That covers this project's format and the Lightning checkpoints of
+    ``HaloBaseModule`` (plain hparams).  Only when it fails (the original release stores a
+    numpy scalar; a Lightning checkpoint may hold e.g. OmegaConf objects or paths saved by
+    other code) is the file fully unpickled, and only when ``trust_pickle`` is True (the
+    default): full unpickling can run arbitrary code, so pass ``trust_pickle=False`` for
+    files you do not trust, which then fail with a :class:`CheckpointError` instead.
+
+    Returns the model (eval mode, CPU, float32) and a metadata dict; for Lightning
+    checkpoints it holds ``source_format="lightning"``, ``epoch``, ``global_step``,
+    ``hyper_parameters`` and ``datamodule_hyper_parameters`` (None when absent).
     """
     path = Path(path)
     payload = _torch_load(path, trusted=False)
     if payload is None:  # weights_only refused it: the original release stores a numpy scalar
         if not trust_pickle:
             raise CheckpointError(
-                f"{path}: not a '{FORMAT}' checkpoint readable with weights_only=True; "
-                "pass trust_pickle=True only for files you trust (e.g. the original release)"
+                f"{path}: not readable with weights_only=True (not a '{FORMAT}' file or a plain "
+                "HaloBaseModule .ckpt); pass trust_pickle=True only for files you trust (e.g. the original release)"
             )
         payload = _torch_load(path, trusted=True)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         return _model_from_payload(payload, path)
+    if is_lightning_checkpoint(payload):
+        return _model_from_lightning(payload, path)
     if isinstance(payload, dict) and "model" in payload:
         return _model_from_original(payload, path)
     keys = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__

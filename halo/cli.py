@@ -215,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
 
+    from halo.cli_eval import add_eval_parser
+
+    add_eval_parser(sub)
+
     p = sub.add_parser("convert-checkpoint", help="original model_best.pt -> this project's format")
     p.description = "One-off converter from the original release's checkpoint to this project's format."
     p.add_argument("src", help="original checkpoint (model_best.pt)")
@@ -227,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     from halo.canonicalization import CanonicalizationError
     from halo.checkpoint import CheckpointError
     from halo.cli_data import DataCliError
+    from halo.cli_eval import EvalCliError
     from halo.hand_dataset import DatasetFormatError
     from halo.keypoints_io import KeypointFileError
     from halo.perf import tune_allocator
@@ -239,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     except (
         CliError,
         DataCliError,
+        EvalCliError,
         DatasetFormatError,
         KeypointFileError,
         CheckpointError,

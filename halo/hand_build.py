@@ -171,6 +171,10 @@ class SyntheticHandSource:
             self._layer = ManoLayer(get_synthetic_hand_model(cache_path=self.model_path), dtype=torch.float64)
         return self._layer
 
+    def warm(self) -> None:
+        """Build the hand model now (before worker processes fork, so they share it)."""
+        self._get_layer()
+
     def prepare(self, name: str) -> PreparedHand:
         from scipy.spatial.transform import Rotation  # noqa: PLC0415
 
@@ -424,6 +428,11 @@ def build_split(
             results = map(_build_one, todo)
             pool = None
         else:
+            if hasattr(source, "warm"):
+                source.warm()  # e.g. the synthetic model: built once here, inherited by forked workers
+            from halo.inside import inside_backend  # noqa: PLC0415
+
+            inside_backend()  # import open3d once in the parent (~1 s per process otherwise)
             ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
             pool = ctx.Pool(min(workers, len(todo)), initializer=_init_pool_worker, initargs=args)
             results = pool.imap_unordered(_build_one, todo, chunksize=4)
