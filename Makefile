@@ -1,15 +1,18 @@
-# One command each: `make demo` (set up + run the main job), `make test` (set up + run the tests).
+# One command each: `make train` (set up + run the main job), `make test` (set up + run the tests).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: help setup demo test test-all lint format bench clean
+.PHONY: help setup train demo test test-all lint format bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 setup:  ## create .venv and install (CPU torch first when none is installed)
 	@bash scripts/setup.sh
+
+train: setup  ## the main job: python train.py (synthetic hands -> trained HALO base, meshes, renders)
+	$(PY) train.py
 
 demo: setup  ## built-in keypoint sequence -> meshes, renders and a GIF in outputs/demo
 	$(VENV)/bin/halo demo --out outputs/demo
@@ -28,6 +31,8 @@ format:
 
 bench: setup  ## speed / fidelity figures (see bench/)
 	$(PY) bench/bench_mesh.py
+	$(PY) bench/bench_inside.py
+	$(PY) bench/bench_build.py
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache
