@@ -225,7 +225,8 @@ def _get(npz, path: Path, key: str, shape: tuple | None = None) -> np.ndarray:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DatasetFormatError(f"{path}: key {key!r} is truncated or corrupt ({exc})") from exc
     if shape is not None and (
-        value.ndim != len(shape) or any(e is not None and e != v for e, v in zip(shape, value.shape, strict=True))
+        value.ndim != len(shape)
+        or any(e is not None and e != v for e, v in zip(shape, value.shape, strict=True))
     ):
         want = "(" + ", ".join("N" if e is None else str(e) for e in shape) + ")"
         raise DatasetFormatError(f"{path}: key {key!r} has shape {value.shape}, expected {want}")

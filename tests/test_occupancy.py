@@ -171,3 +171,42 @@ def test_float64_inputs_work_with_a_float32_model(random_model):
     occ32 = random_model.occupancy(pts.float(), kp.float())
     assert occ64.dtype == torch.float32
     torch.testing.assert_close(occ64, occ32, atol=1e-5, rtol=0)
+
+
+def test_part_culling_evaluates_active_pairs_exactly_and_matches_the_mesh_field():
+    """NetworkConfig.part_radii: culled pairs get culled_logit; active pairs equal the dense network;
+    the meshing field applies the same rule, so what is trained is what is meshed."""
+    from halo.hand_field import HandOccupancyField
+    from halo.occupancy import DEFAULT_PART_RADII
+    from tests.helpers import random_hands
+
+    torch.manual_seed(0)
+    culled = HaloModel(NetworkConfig(part_radii="default"))
+    dense = HaloModel(NetworkConfig())
+    dense.load_state_dict(culled.state_dict())
+    kp = random_hands(2, seed=4, dtype=torch.float32)
+    pts = kp.mean(1, keepdim=True) + 0.04 * torch.randn(2, 3000, 3)
+    a = culled(pts, kp, return_parts=True).part_logits
+    b = dense(pts, kp, return_parts=True).part_logits
+    active = a != culled.config.culled_logit
+    assert 0.02 < active.float().mean() < 0.5  # culling removes most (point, part) pairs
+    torch.testing.assert_close(a[active], b[active], atol=1e-5, rtol=1e-5)
+    # Every point within the palm's radius of its bone keeps the palm part.
+    pose = culled.canonicalize(kp)
+    mats, _ = HaloModel.model_inputs(pose)
+    seg = HaloModel.part_segments(pose, mats)
+    x = (HaloModel.points_to_model(pose, pts) @ mats[:, 0, :3, :3].transpose(-1, -2)) + mats[
+        :, 0, None, :3, 3
+    ]
+    ab = seg[:, 0, 1] - seg[:, 0, 0]
+    t = (((x - seg[:, 0, None, 0]) * ab[:, None]).sum(-1) / (ab * ab).sum(-1)[:, None]).clamp(0, 1)
+    dist = (x - seg[:, 0, None, 0] - t[..., None] * ab[:, None]).norm(dim=-1)
+    assert torch.equal(active[..., 0], dist <= DEFAULT_PART_RADII[0])
+    # The meshing field (always culling for such a model) agrees with the model's occupancy.
+    field = HandOccupancyField(culled, kp[0], cull=False)
+    assert field.cull == "radius"
+    occ_field = torch.as_tensor(field(HaloModel.points_to_model(pose, pts)[0].detach().numpy()))
+    occ_model = culled.occupancy(pts, kp)[0].detach()
+    torch.testing.assert_close(occ_field, occ_model, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="part_radii must be 16 positive"):
+        NetworkConfig(part_radii=(0.1, 0.2))
