@@ -431,3 +431,34 @@ def test_real_training_run_improves_validation_iou(small_data, tmp_path):
             ]
         ).mean()
     assert metrics["val/iou_best"] > float(before) + 0.2, (float(before), metrics)
+
+
+def test_short_training_beats_the_untrained_network(tiny_data, tmp_path):
+    """The default recipe for 250 steps on the tiny set: held-out val/iou above the untrained model's.
+
+    Measured 0.217 -> 0.265 here; the margin is small because IoU rises slowly at first
+    (the slow test_real_training_run_improves_validation_iou asserts +0.2 after 800 steps).
+    """
+    torch.manual_seed(0)
+    metrics, objects = _run_in_process(
+        [
+            *tiny_data,
+            "logger=none",
+            "callbacks=none",
+            "trainer.enable_progress_bar=false",
+            "trainer.max_steps=250",
+            "trainer.val_check_interval=250",
+            "trainer.num_sanity_val_steps=0",
+            "export_best=false",
+        ],
+        tmp_path / "run",
+    )
+    untrained = HaloBaseModule(net=objects["model"].hparams.net)
+    with torch.no_grad():
+        before = torch.cat(
+            [
+                occupancy_iou(untrained(b["iou_points"], b["keypoints"]), b["iou_occupancies"])
+                for b in objects["datamodule"].val_dataloader()
+            ]
+        ).mean()
+    assert metrics["val/iou"] > float(before) + 0.02, (float(before), metrics)
