@@ -107,7 +107,9 @@ class HandOccupancyDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         name = self.names[index]
-        data = read_points(sample_paths(self.split_dir, name)["points"])
+        data = read_points(
+            sample_paths(self.split_dir, name)["points"], with_surface=self.surface_per_sample > 0
+        )
         rng = self._rng(index)
         idx = rng.integers(0, len(data.points), self.points_per_sample)
         points = data.points[idx]

@@ -14,8 +14,9 @@ processes rebuild hands from names alone:
   ``rot`` (3)) and the user's MANO model;
 * :class:`VertexFilesSource` -- MANO-topology meshes (.ply/.obj/.off/.npy,
   metres) and the user's MANO model;
-* :class:`PreparedListSource` -- already prepared hands (in memory; used by
-  the YouTube3D path and tests).
+* :class:`YouTube3DSource` -- YouTube3D JSON annotations and the user's MANO model;
+* :class:`PreparedFilesSource` -- hands written by ``halo data prepare``;
+* :class:`PreparedListSource` -- already prepared hands in memory (tests).
 
 Sampling per hand (model units = metres x 2.5, normalized frame):
 ``n_points`` points of which ``uniform_fraction`` are uniform in the padded
@@ -31,6 +32,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import sys
+import time
 import traceback
 import zlib
 from collections.abc import Callable, Sequence
@@ -42,7 +44,7 @@ import numpy as np
 import torch
 import trimesh
 
-from halo.hand_dataset import finished_samples, write_datalist, write_sample
+from halo.hand_dataset import atomic_write_text, finished_samples, write_datalist, write_sample
 from halo.hand_prep import PreparedHand, prepare_from_mano, prepare_from_vertices
 from halo.inside import points_inside_mesh
 from halo.skeleton import MODEL_BOX_HALF_SIDE, MODEL_UNITS_PER_METRE
@@ -136,8 +138,6 @@ class HandSource(Protocol):
 
     def prepare(self, name: str) -> PreparedHand: ...
 
-    def describe(self) -> dict: ...
-
 
 class SyntheticHandSource:
     """Hands of the built-in synthetic model; each name determines its pose, shape and orientation.
@@ -158,10 +158,6 @@ class SyntheticHandSource:
 
     def names(self) -> list[str]:
         return [f"synth_{self.split}_{i:06d}" for i in range(self.num)]
-
-    def describe(self) -> dict:
-        return {"source": "synthetic", "num": self.num, "split": self.split, "seed": self.seed,
-                "shape_std": self.shape_std}  # fmt: skip
 
     def _get_layer(self):
         if self._layer is None:
@@ -208,10 +204,6 @@ class ManoParamsSource:
     def names(self) -> list[str]:
         return sorted(self.files)
 
-    def describe(self) -> dict:
-        return {"source": "mano_params", "mano_model": self.mano_model, "use_pca": self.use_pca,
-                "flat_hand_mean": self.flat, "transforms": self.transforms}  # fmt: skip
-
     def prepare(self, name: str) -> PreparedHand:
         from halo.mano import ManoLayer  # noqa: PLC0415
         from halo.safe_pickle import load_array_file  # noqa: PLC0415
@@ -242,9 +234,6 @@ class VertexFilesSource:
     def names(self) -> list[str]:
         return sorted(self.files)
 
-    def describe(self) -> dict:
-        return {"source": "vertex_files", "mano_model": self.mano_model}
-
     def prepare(self, name: str) -> PreparedHand:
         from halo.mano import load_mano_model  # noqa: PLC0415
 
@@ -266,7 +255,7 @@ class YouTube3DSource:
     """
 
     def __init__(self, json_path: str | Path, mano_model: str | Path, *, limit: int | None = None):
-        from halo.youtube3d import load_youtube3d, resolve_mano_model  # noqa: PLC0415
+        from halo.youtube3d import hand_name, load_youtube3d, resolve_mano_model  # noqa: PLC0415
 
         self.json_path, self.mano_model_path, self.limit = str(json_path), str(mano_model), limit
         self._model = resolve_mano_model(mano_model)
@@ -275,16 +264,10 @@ class YouTube3DSource:
         self._by_name = {}
         for ann in annotations:
             image = self._data.images.get(ann.image_id)
-            from halo.youtube3d import hand_name  # noqa: PLC0415
-
             self._by_name[hand_name(image.name if image else str(ann.image_id), ann.id)] = (ann, image)
 
     def names(self) -> list[str]:
         return list(self._by_name)
-
-    def describe(self) -> dict:
-        return {"source": "youtube3d", "json": self.json_path, "mano_model": self.mano_model_path,
-                "limit": self.limit}  # fmt: skip
 
     def prepare(self, name: str) -> PreparedHand:
         from halo.youtube3d import convert_annotation  # noqa: PLC0415
@@ -305,9 +288,6 @@ class PreparedFilesSource:
     def names(self) -> list[str]:
         return sorted(self.files)
 
-    def describe(self) -> dict:
-        return {"source": "prepared_files", "num": len(self.files)}
-
     def prepare(self, name: str) -> PreparedHand:
         from halo.hand_prep import load_prepared  # noqa: PLC0415
 
@@ -317,15 +297,11 @@ class PreparedFilesSource:
 class PreparedListSource:
     """Hands prepared beforehand (kept in memory; workers receive them by fork)."""
 
-    def __init__(self, hands: Sequence[PreparedHand], description: dict | None = None):
+    def __init__(self, hands: Sequence[PreparedHand]):
         self.hands = {h.name: h for h in hands}
-        self.description = description or {"source": "prepared"}
 
     def names(self) -> list[str]:
         return list(self.hands)
-
-    def describe(self) -> dict:
-        return dict(self.description)
 
     def prepare(self, name: str) -> PreparedHand:
         return self.hands[name]
@@ -408,8 +384,6 @@ def build_split(
     line on stderr) and left out of ``datalist.txt``.  ``datalist.txt`` lists
     every finished sample of the source, in the source's order.
     """
-    import time  # noqa: PLC0415
-
     config = config or BuildConfig()
     split_dir = Path(split_dir)
     split_dir.mkdir(parents=True, exist_ok=True)
@@ -494,9 +468,7 @@ def build_synthetic_dataset(
     manifest = {"source": "synthetic", "seed": seed, "num": {k: int(v) for k, v in num.items()},
                 "config": config.to_dict(),
                 "complete": all(not r.failed for r in reports.values())}  # fmt: skip
-    from halo.hand_dataset import _atomic_text  # noqa: PLC0415
-
-    _atomic_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return reports
 
 

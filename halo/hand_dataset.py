@@ -62,8 +62,12 @@ __all__ = [
     "POINTS_IOU_DIR",
     "DatasetFormatError",
     "HandPoints",
+    "atomic_write_npz",
+    "atomic_write_text",
     "finished_samples",
+    "open_npz",
     "read_datalist",
+    "read_key",
     "read_mesh",
     "read_pointcloud",
     "read_points",
@@ -116,7 +120,8 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
-def _atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` to a hidden temp name in the same folder, then rename into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
@@ -127,7 +132,8 @@ def _atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _atomic_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to a hidden temp name in the same folder, then rename into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
@@ -167,7 +173,7 @@ def write_sample(
     paths = sample_paths(split_dir, name)
     s = MODEL_UNITS_PER_METRE
     common = {"loc": np.zeros(3, np.float32), "scale": np.float32(1.0)}
-    _atomic_npz(
+    atomic_write_npz(
         paths["pointcloud"],
         {
             "points": (surface_points * s).astype(np.float16),
@@ -175,7 +181,7 @@ def write_sample(
             **common,
         },
     )
-    _atomic_npz(
+    atomic_write_npz(
         paths["points_iou"],
         {
             "points": (iou_points * s).astype(np.float16),
@@ -190,7 +196,7 @@ def write_sample(
         os.replace(mesh_tmp, paths["mesh"])
     finally:
         mesh_tmp.unlink(missing_ok=True)
-    _atomic_npz(
+    atomic_write_npz(
         paths["points"],
         {
             "points": (points * s).astype(np.float16),
@@ -208,7 +214,8 @@ def write_sample(
     return paths
 
 
-def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
+def open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """Open an npz file (no pickles); a missing or unreadable file raises :class:`DatasetFormatError`."""
     if not path.is_file():
         raise DatasetFormatError(f"{path}: file not found")
     try:
@@ -217,7 +224,8 @@ def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
         raise DatasetFormatError(f"{path}: not a readable npz file ({exc})") from exc
 
 
-def _get(npz, path: Path, key: str, shape: tuple | None = None) -> np.ndarray:
+def read_key(npz, path: Path, key: str, shape: tuple | None = None) -> np.ndarray:
+    """``npz[key]`` checked against ``shape`` (None entries: any length); errors name file and key."""
     if key not in npz.files:
         raise DatasetFormatError(f"{path}: missing key {key!r} (has {sorted(npz.files)})")
     try:
@@ -233,6 +241,12 @@ def _get(npz, path: Path, key: str, shape: tuple | None = None) -> np.ndarray:
     return value
 
 
+def _loc_scale(npz) -> tuple[np.ndarray, float]:
+    """im2mesh's normalization of stored coordinates (absent keys: identity)."""
+    loc = np.asarray(npz["loc"], np.float32) if "loc" in npz.files else np.zeros(3, np.float32)
+    return loc, float(npz["scale"]) if "scale" in npz.files else 1.0
+
+
 def _unpack(packed: np.ndarray, n: int, path: Path) -> np.ndarray:
     if packed.dtype == np.uint8 and packed.size == (n + 7) // 8:
         return np.unpackbits(packed)[:n].astype(bool)
@@ -244,25 +258,29 @@ def _unpack(packed: np.ndarray, n: int, path: Path) -> np.ndarray:
     )
 
 
-def read_points(path: str | Path, with_metadata: bool = True) -> HandPoints:
-    """Read a ``points/`` or ``points_iou/`` file -> :class:`HandPoints` (metres)."""
+def read_points(path: str | Path, with_metadata: bool = True, with_surface: bool = True) -> HandPoints:
+    """Read a ``points/`` or ``points_iou/`` file -> :class:`HandPoints` (metres).
+
+    ``with_metadata``: also the hand's keypoints, transforms, bone lengths and shape;
+    ``with_surface``: also the labelled surface samples (skip them on hot paths that
+    do not use them: they are most of the metadata's bytes).
+    """
     path = Path(path)
-    with _open_npz(path) as npz:
-        pts = _get(npz, path, "points", (None, 3))
-        occ = _unpack(_get(npz, path, "occupancies"), len(pts), path)
-        loc = np.asarray(npz["loc"], np.float32) if "loc" in npz.files else np.zeros(3, np.float32)
-        scale = float(npz["scale"]) if "scale" in npz.files else 1.0
+    with open_npz(path) as npz:
+        pts = read_key(npz, path, "points", (None, 3))
+        occ = _unpack(read_key(npz, path, "occupancies"), len(pts), path)
+        loc, scale = _loc_scale(npz)
         points = ((pts.astype(np.float32) * scale + loc) * _TO_M).astype(np.float32)
         out = HandPoints(points=points, occupancies=occ)
         if with_metadata:
-            mats = _get(npz, path, "joints_trans", (NUM_PARTS, 4, 4)).astype(np.float32)
+            mats = read_key(npz, path, "joints_trans", (NUM_PARTS, 4, 4)).astype(np.float32)
             mats[..., :3, 3] *= _TO_M
             out.part_transforms = mats
-            out.keypoints = _get(npz, path, "hand_joints", (21, 3)).astype(np.float32) * _TO_M
-            out.bone_lengths = _get(npz, path, "bone_lengths", (NUM_PARTS,)).astype(np.float32)
-            if "verts" in npz.files:
-                out.surface_points = _get(npz, path, "verts", (None, 3)).astype(np.float32) * _TO_M
-                out.surface_labels = _get(npz, path, "vert_labels", (len(out.surface_points),)).astype(
+            out.keypoints = read_key(npz, path, "hand_joints", (21, 3)).astype(np.float32) * _TO_M
+            out.bone_lengths = read_key(npz, path, "bone_lengths", (NUM_PARTS,)).astype(np.float32)
+            if with_surface and "verts" in npz.files:
+                out.surface_points = read_key(npz, path, "verts", (None, 3)).astype(np.float32) * _TO_M
+                out.surface_labels = read_key(npz, path, "vert_labels", (len(out.surface_points),)).astype(
                     np.int64
                 )
             if "shape" in npz.files:
@@ -276,11 +294,10 @@ def read_points(path: str | Path, with_metadata: bool = True) -> HandPoints:
 def read_pointcloud(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a ``pointcloud/`` file -> (points (N,3) metres, unit normals (N,3)), float32."""
     path = Path(path)
-    with _open_npz(path) as npz:
-        pts = _get(npz, path, "points", (None, 3)).astype(np.float32)
-        normals = _get(npz, path, "normals", (len(pts), 3)).astype(np.float32)
-        loc = np.asarray(npz["loc"], np.float32) if "loc" in npz.files else np.zeros(3, np.float32)
-        scale = float(npz["scale"]) if "scale" in npz.files else 1.0
+    with open_npz(path) as npz:
+        pts = read_key(npz, path, "points", (None, 3)).astype(np.float32)
+        normals = read_key(npz, path, "normals", (len(pts), 3)).astype(np.float32)
+        loc, scale = _loc_scale(npz)
     norm = np.linalg.norm(normals, axis=1, keepdims=True)
     return (pts * scale + loc) * _TO_M, normals / np.maximum(norm, 1e-12)
 
@@ -315,7 +332,7 @@ def read_datalist(split_dir: str | Path) -> list[str]:
 
 def write_datalist(split_dir: str | Path, names: list[str]) -> Path:
     path = Path(split_dir) / DATALIST
-    _atomic_text(path, "".join(f"{n}\n" for n in names))
+    atomic_write_text(path, "".join(f"{n}\n" for n in names))
     return path
 
 

@@ -25,12 +25,14 @@ part order), so a vertex's part is the argmax of its skinning weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import trimesh
 
 from halo.canonicalization import canonicalize
+from halo.hand_dataset import DatasetFormatError, atomic_write_npz, open_npz, read_key
 from halo.mano import ManoLayer, ManoModel, regress_keypoints
 from halo.skeleton import NUM_PARTS
 
@@ -330,28 +332,20 @@ _PREPARED_KEYS = {
 }
 
 
-def save_prepared(hand: PreparedHand, path) -> None:
+def save_prepared(hand: PreparedHand, path: str | Path) -> None:
     """Write a prepared hand as ``.npz`` (metres; the original's meta keys plus the sealed mesh)."""
-    from pathlib import Path  # noqa: PLC0415
-
-    from halo.hand_dataset import _atomic_npz  # noqa: PLC0415
-
     arrays = {key: np.asarray(getattr(hand, attr)) for key, (attr, _) in _PREPARED_KEYS.items()}
     arrays["transforms_source"] = np.asarray(hand.transforms_source)
-    _atomic_npz(Path(path), arrays)
+    atomic_write_npz(Path(path), arrays)
 
 
-def load_prepared(path) -> PreparedHand:
+def load_prepared(path: str | Path) -> PreparedHand:
     """Read a file written by :func:`save_prepared`; errors name the file and key."""
-    from pathlib import Path  # noqa: PLC0415
-
-    from halo.hand_dataset import DatasetFormatError, _get, _open_npz  # noqa: PLC0415
-
     path = Path(path)
     values = {}
-    with _open_npz(path) as npz:
+    with open_npz(path) as npz:
         for key, (attr, shape) in _PREPARED_KEYS.items():
-            values[attr] = _get(npz, path, key, shape)
+            values[attr] = read_key(npz, path, key, shape)
         source = str(npz["transforms_source"]) if "transforms_source" in npz.files else "keypoints"
     if len(values["surface_labels"]) != len(values["surface_points"]):
         raise DatasetFormatError(f"{path}: 'vert_labels' and 'verts' have different lengths")

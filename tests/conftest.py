@@ -40,3 +40,19 @@ def _deterministic_threads():
     # Two cores on CI; keep torch from oversubscribing when xdist runs workers.
     torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
     yield
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The synthetic MANO-format hand model (built once per test process)."""
+    from halo.synthetic_hand import get_synthetic_hand_model
+
+    return get_synthetic_hand_model()
+
+
+@pytest.fixture(scope="session")
+def layer(model):
+    """A float64 MANO layer over the synthetic hand model."""
+    from halo.mano import ManoLayer
+
+    return ManoLayer(model, dtype=torch.float64)

@@ -12,7 +12,7 @@ import trimesh
 from scipy.spatial.transform import Rotation
 
 from halo import synthetic_hand as sh
-from halo.mano import ManoLayer, load_mano_model
+from halo.mano import load_mano_model
 from halo.skeleton import bone_lengths_from_keypoints
 
 # Bone lengths of real hands (metres), part order palm, index1-3, middle1-3, pinky1-3, ring1-3, thumb1-3.
@@ -20,16 +20,6 @@ REFERENCE_BONES = np.array(
     [0.0931, 0.0331, 0.0226, 0.0241, 0.0320, 0.0239, 0.0266, 0.0218, 0.0196, 0.0197]
     + [0.0289, 0.0258, 0.0248, 0.0313, 0.0277, 0.0335]
 )
-
-
-@pytest.fixture(scope="module")
-def model():
-    return sh.get_synthetic_hand_model()
-
-
-@pytest.fixture(scope="module")
-def layer(model):
-    return ManoLayer(model, dtype=torch.float64)
 
 
 def _self_overlap_fraction(verts: np.ndarray, faces: np.ndarray) -> float:

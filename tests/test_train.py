@@ -407,6 +407,18 @@ def test_ddp_on_cpu_trains_in_two_processes(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
+def _untrained_val_iou(objects: dict) -> torch.Tensor:
+    """Mean val IoU of a freshly initialised network with the run's architecture, on the run's val loader."""
+    untrained = HaloBaseModule(net=objects["model"].hparams.net)
+    with torch.no_grad():
+        return torch.cat(
+            [
+                occupancy_iou(untrained(b["iou_points"], b["keypoints"]), b["iou_occupancies"])
+                for b in objects["datamodule"].val_dataloader()
+            ]
+        ).mean()
+
+
 def test_real_training_run_improves_validation_iou(small_data, tmp_path):
     """The default recipe, shortened (800 steps, 48 hands): IoU on 8 held-out hands far above untrained."""
     run_dir = tmp_path / "run"
@@ -422,14 +434,7 @@ def test_real_training_run_improves_validation_iou(small_data, tmp_path):
         ],
         run_dir,
     )
-    untrained = HaloBaseModule(net=objects["model"].hparams.net)
-    with torch.no_grad():
-        before = torch.cat(
-            [
-                occupancy_iou(untrained(b["iou_points"], b["keypoints"]), b["iou_occupancies"])
-                for b in objects["datamodule"].val_dataloader()
-            ]
-        ).mean()
+    before = _untrained_val_iou(objects)
     assert metrics["val/iou_best"] > float(before) + 0.2, (float(before), metrics)
 
 
@@ -453,12 +458,5 @@ def test_short_training_beats_the_untrained_network(tiny_data, tmp_path):
         ],
         tmp_path / "run",
     )
-    untrained = HaloBaseModule(net=objects["model"].hparams.net)
-    with torch.no_grad():
-        before = torch.cat(
-            [
-                occupancy_iou(untrained(b["iou_points"], b["keypoints"]), b["iou_occupancies"])
-                for b in objects["datamodule"].val_dataloader()
-            ]
-        ).mean()
+    before = _untrained_val_iou(objects)
     assert metrics["val/iou"] > float(before) + 0.02, (float(before), metrics)

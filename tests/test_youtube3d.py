@@ -12,9 +12,9 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from halo.mano import ManoLayer, save_mano_model_npz
+from halo.mano import save_mano_model_npz
 from halo.skeleton import JOINT_NAMES, halo_to_mano
-from halo.synthetic_hand import get_synthetic_hand_model, sample_hand_poses
+from halo.synthetic_hand import sample_hand_poses
 from halo.youtube3d import (
     YouTube3DError,
     convert_annotation,
@@ -26,16 +26,6 @@ from halo.youtube3d import (
 
 PX_PER_M = 1000.0
 MIRROR = np.diag([-1.0, 1.0, 1.0])
-
-
-@pytest.fixture(scope="module")
-def model():
-    return get_synthetic_hand_model()
-
-
-@pytest.fixture(scope="module")
-def layer(model):
-    return ManoLayer(model, dtype=torch.float64)
 
 
 def _regressed(model, vertices: np.ndarray) -> np.ndarray:
