@@ -105,3 +105,42 @@ def load_array_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a pickled dict of arrays, got {type(obj).__name__}")
     return {str(k): v for k, v in obj.items()}
+
+
+def load_npz_with_objects(path: str | Path) -> dict[str, Any]:
+    """Every array of an ``.npz``, unpickling object arrays with :class:`ArrayUnpickler`.
+
+    GRAB stores each key as a 0-d object array holding a dict of arrays;
+    ``np.load(allow_pickle=True)`` would run whatever callable such a file names.
+    Here object arrays go through the allow-list (numpy arrays and plain
+    containers), plain arrays are read without pickle, and 0-d object arrays are
+    returned as their item.  Raises ``pickle.UnpicklingError`` (refused content),
+    ``zipfile.BadZipFile`` or ``ValueError`` (malformed members).
+    """
+    path = Path(path)
+    out: dict[str, Any] = {}
+    with zipfile.ZipFile(path) as zf:
+        for member in zf.namelist():
+            if not member.endswith(".npy"):
+                continue
+            key = member[: -len(".npy")]
+            with zf.open(member) as fp:
+                version = np.lib.format.read_magic(fp)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+                if dtype.hasobject:
+                    value = ArrayUnpickler(fp, f"{path}[{key}]").load()
+                    if isinstance(value, np.ndarray) and value.ndim == 0:
+                        value = value.item()
+                else:
+                    count = int(np.prod(shape)) if shape else 1
+                    data = fp.read(count * dtype.itemsize)
+                    if len(data) != count * dtype.itemsize:
+                        raise ValueError(f"{path}: member {key} is truncated")
+                    value = (
+                        np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
+                    )
+            out[key] = value
+    return out
