@@ -22,7 +22,10 @@ Splits are by object (GRAB's standard split for real data).  Records are built i
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -232,7 +235,17 @@ class GraspDataModule(L.LightningDataModule):
 
 
 def _records_config(**kwargs) -> RecordsConfig:
-    clean = {k: (tuple(v) if isinstance(v, list | tuple) else v) for k, v in kwargs.items() if v is not None}
+    # Hydra passes ListConfig / DictConfig: plain tuples keep the config hashable and JSON-able.
+    clean = {
+        str(k): (tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v)
+        for k, v in kwargs.items()
+        if v is not None
+    }
+    unknown = sorted(set(clean) - {f.name for f in dataclasses.fields(RecordsConfig)})
+    if unknown:
+        raise ValueError(
+            f"data.records: unknown keys {unknown}; known: {[f.name for f in dataclasses.fields(RecordsConfig)]}"
+        )
     return RecordsConfig(**clean)
 
 
@@ -284,48 +297,55 @@ class GrabDataModule(GraspDataModule):
 class SyntheticGraspsDataModule(GrabDataModule):
     """Synthetic grasps generated on first use in the GRAB layout, then read like GRAB.
 
+    The GRAB-layout root is ``cache_dir/grab/<key>`` (:func:`halo.grasp_synth.synthetic_grab_root`,
+    keyed by the generation settings) and its records ``cache_dir/records-<key>``
+    (keyed by those and the record settings).  Object names follow GRAB's, so the
+    standard split applies (test: mug, wineglass, toothpaste; val: apple, toothbrush).
+
     Args:
-        cache_dir: holds the generated GRAB-layout root and its records.
-        synth: :class:`halo.grasp_synth.SynthConfig` fields (objects, grasps per
-            object, subjects, seed, ...).
+        cache_dir: holds the generated root and its records.
+        objects / grasps_per_object / subjects / grasp_frames / away_frames /
+            generation_seed: :class:`halo.grasp_synth.SyntheticGrabConfig`.
         generation_workers: processes used to generate.
-        records: record settings (the object split defaults to the synthetic
-            set's own val / test objects).
+        records: record settings (:class:`halo.grasp_records.RecordsConfig` fields).
         Other arguments: :class:`GraspDataModule`.
     """
 
     def __init__(
         self,
         cache_dir: str | Path = "data/synthetic_grasps",
-        synth: dict | None = None,
+        *,
+        objects: int | None = None,
+        grasps_per_object: int = 32,
+        subjects: int = 4,
+        grasp_frames: int = 8,
+        away_frames: int = 2,
+        generation_seed: int = 0,
         generation_workers: int = 2,
         records: dict | None = None,
         **kwargs,
     ):
         from halo import grasp_synth
 
-        self.synth_config = grasp_synth.SynthConfig(**(synth or {}))
+        self.synth_config = grasp_synth.SyntheticGrabConfig(
+            objects=objects,
+            grasps_per_object=grasps_per_object,
+            subjects=subjects,
+            grasp_frames=grasp_frames,
+            away_frames=away_frames,
+            seed=generation_seed,
+        )
         records = dict(records or {})
-        records.setdefault("test_objects", list(self.synth_config.test_objects))
-        records.setdefault("val_objects", list(self.synth_config.val_objects))
         records.setdefault("frame_stride", 1)  # synthetic frames are distinct grasps, not a 120 fps stream
         cache_dir = Path(cache_dir)
-        root = cache_dir / f"grab-{grasp_synth.synth_key(self.synth_config)}"
-        super().__init__(root, None, cache_dir, records, **kwargs)
+        self._synth_key = grasp_synth.synthetic_grab_key(self.synth_config)
+        super().__init__(cache_dir / "grab" / self._synth_key, None, cache_dir, records, **kwargs)
         self.generation_workers = int(generation_workers)
 
     def _records(self) -> Path:
         if self.records_dir is None:
-            # The synthetic root may not exist yet: key the records on the generation config instead.
-            from halo import grasp_synth
-
-            blob = json.dumps(
-                [grasp_synth.synth_key(self.synth_config), self.records_config.__dict__],
-                sort_keys=True,
-                default=str,
-            )
-            import hashlib
-
+            # The root may not exist yet: key the records on the generation and record settings.
+            blob = json.dumps([self._synth_key, dataclasses.asdict(self.records_config)], sort_keys=True)
             self._key = hashlib.sha1(blob.encode()).hexdigest()[:12]
             self.records_dir = self.cache_dir / f"records-{self._key}"
             self.hparams["records_dir"] = str(self.records_dir.resolve())
@@ -334,10 +354,13 @@ class SyntheticGraspsDataModule(GrabDataModule):
     def prepare_data(self) -> None:
         from halo import grasp_synth
 
-        if not records_finished(self._records()):
-            grasp_synth.synthetic_grab_root(
-                self.cache_dir, self.synth_config, workers=self.generation_workers
-            )
+        if records_finished(self._records()):
+            return
+        root = grasp_synth.synthetic_grab_root(
+            self.cache_dir / "grab", self.synth_config, workers=self.generation_workers
+        )
+        if root != self.root:  # pragma: no cover - guards the key convention above
+            raise RuntimeError(f"synthetic root {root} is not the expected {self.root}")
         super().prepare_data()
 
 

@@ -204,6 +204,52 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grasps_synth(args: argparse.Namespace) -> int:
+    from halo.grasp_synth import SyntheticGrabConfig, write_synthetic_grab
+
+    try:
+        config = SyntheticGrabConfig(
+            objects=args.objects, grasps_per_object=args.grasps_per_object, subjects=args.subjects,
+            grasp_frames=args.frames_per_sequence, seed=args.seed,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise DataCliError(str(exc).replace("SyntheticGrabConfig.", "--").replace("_", "-")) from exc
+    if args.workers < 1:
+        raise DataCliError(f"--workers must be >= 1, got {args.workers}")
+    report = write_synthetic_grab(args.out, config, workers=args.workers, resume=not args.no_resume)
+    print(report.summary())
+    if report.stats.rejected:
+        reasons = ", ".join(
+            f"{k} {v}" for k, v in sorted(report.stats.rejected.items(), key=lambda kv: -kv[1])
+        )
+        print(f"rejected candidates: {reasons}")
+    if report.failed:
+        print(
+            f"{len(report.failed)} sequence(s) failed; first: {next(iter(report.failed.items()))}",
+            file=sys.stderr,
+        )
+    return 0 if not report.failed else 1
+
+
+def cmd_grasps_show(args: argparse.Namespace) -> int:
+    from halo.grab import GrabFileError
+    from halo.grasp_synth import render_grab_grid
+    from halo.render import save_png
+
+    if args.n < 1:
+        raise DataCliError(f"--n must be >= 1, got {args.n}")
+    try:
+        image, labels = render_grab_grid(
+            args.root, args.n, size=args.size, mano_model=args.mano_model, seed=args.seed,
+            contact_only=not args.all_frames,
+        )  # fmt: skip
+    except (GrabFileError, ValueError) as exc:
+        raise DataCliError(str(exc)) from exc
+    out = save_png(image, args.out)
+    print(f"wrote {out} ({len(labels)} frames: hand blue, object sand, object contact vertices red)")
+    return 0
+
+
 def add_data_parser(sub) -> None:
     p = sub.add_parser("data", help="prepare / build / synthesize / show hand datasets")
     p.description = __doc__.split("\n\n")[0]
@@ -246,3 +292,35 @@ def add_data_parser(sub) -> None:
     q.add_argument("--max-points", type=int, default=3000, help="points drawn per sample")
     q.add_argument("--size", type=int, default=320, help="tile size in pixels")
     q.set_defaults(func=cmd_show)
+
+    q = dsub.add_parser("grasps-synth", help="synthetic hand-object grasps in the GRAB layout")
+    q.description = (
+        "Synthesize grasps of procedural objects with the synthetic hand and write them like GRAB: "
+        "OUT/grab/s<i>/<object>_<intent>_<k>.npz + OUT/tools/{subject_meshes,object_meshes,mano}."
+    )
+    q.add_argument("--out", required=True, help="root folder (will hold grab/ and tools/)")
+    q.add_argument("--objects", type=int, default=None,
+                   help="number of objects (default: all 23 named ones; 18 train, 2 val, 3 test)")  # fmt: skip
+    q.add_argument(
+        "--grasps-per-object", type=int, default=32, help="accepted grasps per object (default 32)"
+    )
+    q.add_argument(
+        "--subjects", type=int, default=4, help="subjects s1..sN with their own hand shape (default 4)"
+    )
+    q.add_argument("--frames-per-sequence", type=int, default=8,
+                   help="grasp frames per sequence file, plus 2 frames with the hand away (default 8)")  # fmt: skip
+    q.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    q.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
+    q.add_argument("--no-resume", action="store_true", help="rewrite sequence files that already exist")
+    q.set_defaults(func=cmd_grasps_synth)
+
+    q = dsub.add_parser("grasps-show", help="render grasp frames of a GRAB-layout root to a PNG")
+    q.add_argument("root", help="folder that holds grab/ and tools/")
+    q.add_argument("--out", default="grasps.png", help="output PNG (default grasps.png)")
+    q.add_argument("-n", "--n", type=int, default=16, help="frames to show (default 16)")
+    q.add_argument("--size", type=int, default=320, help="tile size in pixels")
+    q.add_argument("--seed", type=int, default=0, help="which sequences and frames (default 0)")
+    q.add_argument("--all-frames", action="store_true", help="also frames without contact")
+    q.add_argument("--mano-model", metavar="PKL",
+                   help="MANO_RIGHT.pkl for real GRAB (synthetic roots ship their hand model)")  # fmt: skip
+    q.set_defaults(func=cmd_grasps_show)

@@ -902,7 +902,7 @@ def _pinch_gap(curl: float, thumb: np.ndarray) -> tuple[float, float]:
     a = _pinch_angles(curl, thumb)
     pt, rt = _pinch_point(a, "thumb")
     pi, ri = _pinch_point(a, "index")
-    return float(np.linalg.norm(pt - pi) - rt - ri), float(_clearances(a[None])["thumb:index"][0])
+    return float(np.linalg.norm(pt - pi) - rt - ri), float(finger_clearances(a[None])["thumb:index"][0])
 
 
 def _solve_pinch_table(curls: np.ndarray = _PINCH_CURLS) -> np.ndarray:
@@ -975,7 +975,7 @@ def _capsule_chains(angles: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarra
     return out
 
 
-def _clearances(angles: np.ndarray, margin: float = 0.001) -> dict[str, np.ndarray]:
+def finger_clearances(angles: np.ndarray, margin: float = 0.001) -> dict[str, np.ndarray]:
     """Clearance (n,) in metres of pairs of finger tubes; negative = collision.
 
     Keys ``palm:<finger>`` (middle/distal phalanx against the palm), ``thumb:<finger>``
@@ -1011,7 +1011,7 @@ def _clearances(angles: np.ndarray, margin: float = 0.001) -> dict[str, np.ndarr
 
 
 def _resolve_collisions(angles: np.ndarray, max_iter: int = 40) -> np.ndarray:
-    """Relax colliding poses (kinematic tubes, see :func:`_clearances`).
+    """Relax colliding poses (kinematic tubes, see :func:`finger_clearances`).
 
     Fingers entering the palm uncurl, a thumb entering a finger or the palm
     unflexes, touching neighbours turn apart (abduction, in whichever sense
@@ -1023,7 +1023,7 @@ def _resolve_collisions(angles: np.ndarray, max_iter: int = 40) -> np.ndarray:
     for _ in range(max_iter):
         if len(todo) == 0:
             break
-        clear = _clearances(angles[todo])
+        clear = finger_clearances(angles[todo])
         any_hit = np.zeros(len(todo), dtype=bool)
         for key, c in clear.items():
             hit = c < 0
@@ -1046,7 +1046,7 @@ def _resolve_collisions(angles: np.ndarray, max_iter: int = 40) -> np.ndarray:
                     t[:, ra, 1] += sign * 2.0
                     t[:, rb, 1] -= sign * 2.0
                     t = np.clip(t, lim[None, :, :, 0], lim[None, :, :, 1])
-                    trial.append((t, _clearances(t)[key]))
+                    trial.append((t, finger_clearances(t)[key]))
                 better = trial[0][1] >= trial[1][1]
                 angles[rows] = np.where(better[:, None, None], trial[0][0], trial[1][0])
         angles[todo] = np.clip(angles[todo], lim[None, :, :, 0], lim[None, :, :, 1])

@@ -287,3 +287,32 @@ def test_axis_angle_matrices_match_scipy():
     np.testing.assert_allclose(
         grab.object_rotation(rv), np.swapaxes(Rotation.from_rotvec(rv).as_matrix(), 1, 2)
     )
+
+
+def test_synthetic_grasps_datamodule_generates_once_and_reads_like_grab(tmp_path):
+    from datamodules.grasp import SyntheticGraspsDataModule
+
+    kwargs = dict(
+        cache_dir=tmp_path / "syn", objects=6, grasps_per_object=2, subjects=1, grasp_frames=2, away_frames=1,
+        generation_workers=1, records={"n_surface_points": 256, "n_inside_points": 256}, batch_size=2,
+        n_object_points=32, n_inside_points=16,
+    )  # fmt: skip
+    dm = SyntheticGraspsDataModule(**kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    split = dm.split_objects()
+    assert set(split["val"]) <= {"apple", "toothbrush"} and split["val"]
+    assert set(split["test"]) <= {"mug", "wineglass", "toothpaste"} and split["test"]
+    n_train = len(split["train"])
+    # Only grasp frames (contact) are kept, not the frames with the hand away from the object.
+    assert len(dm.dataset("train")) == 2 * n_train
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["keypoints"].shape == (2, 21, 3) and batch["inside_points"].shape == (2, 16, 3)
+    # Keypoints sit at grasping distance of the object: fingertips within 3 cm of its surface.
+    tips = batch["keypoints"][:, [4, 8, 12, 16, 20]]
+    d = torch.cdist(tips, batch["object_points"]).min(dim=-1).values
+    assert (d.min(dim=-1).values < 0.03).all()
+    records = dm._records()
+    again = SyntheticGraspsDataModule(**kwargs)
+    again.prepare_data()
+    assert again._records() == records and len(list((tmp_path / "syn" / "grab").glob("*/grab"))) == 1

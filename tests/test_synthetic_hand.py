@@ -96,7 +96,7 @@ def test_sampled_poses_respect_limits_and_do_not_collide():
         ang = sh.pose_to_angles(poses)
         assert (ang >= lim[None, :, :, 0] - 1e-6).all() and (ang <= lim[None, :, :, 1] + 1e-6).all(), kind
         np.testing.assert_allclose(sh.angles_to_pose(ang), poses, atol=1e-9)
-        for key, clearance in sh._clearances(ang).items():
+        for key, clearance in sh.finger_clearances(ang).items():
             assert clearance.min() >= -1e-9, (kind, key)
     # No hyperextension beyond 20 degrees anywhere.
     assert lim[:, 0, 0].min() >= -25
