@@ -219,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub)
 
+    from halo.cli_grasps import add_intersect_parser
+
+    add_intersect_parser(sub)
+
     p = sub.add_parser("convert-checkpoint", help="original model_best.pt -> this project's format")
     p.description = "One-off converter from the original release's checkpoint to this project's format."
     p.add_argument("src", help="original checkpoint (model_best.pt)")

@@ -272,6 +272,10 @@ def add_eval_parser(sub) -> None:
     )
     p.set_defaults(func=cmd_eval_meshes)
 
+    from halo.cli_grasps import add_eval_grasps_parser
+
+    add_eval_grasps_parser(eval_sub)
+
     p_gen = sub.add_parser("generate", help="meshes + renders of a trained model on a dataset split")
     gen_sub = p_gen.add_subparsers(dest="generate_command", required=True, metavar="WHAT")
     p = gen_sub.add_parser("meshes", help="one mesh per hand + a predicted | ground-truth render grid")
