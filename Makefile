@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: help setup train demo test test-all lint format bench clean
+.PHONY: help setup train demo test test-fast test-cluster test-all lint format bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -17,8 +17,13 @@ train: setup  ## the main job: python train.py (synthetic hands -> trained HALO 
 demo: setup  ## built-in keypoint sequence -> meshes, renders and a GIF in outputs/demo
 	$(VENV)/bin/halo demo --out outputs/demo
 
-test: setup  ## the test suite (the same command CI runs)
+test: test-fast test-cluster  ## the test suite (the same command CI runs): fast tests, then DDP + SLURM
+
+test-fast: setup  ## every capability in a small configuration (~2-3 min on 2 cores)
 	$(PY) -m pytest -q -n 2 -m "not slow"
+
+test-cluster: setup  ## DDP (2 CPU processes) and a real local SLURM cluster (root: installs slurm-wlm + munge)
+	$(PY) -m pytest -q -p no:xdist -m slow tests/test_ddp.py tests/test_cluster.py
 
 test-all: setup  ## including slow tests
 	$(PY) -m pytest -q -n 2

@@ -6,11 +6,24 @@ commands).  Each run gets its own directory (``outputs/train/runs/<time>/``, or
 ``outputs/train/multiruns/<time>/<job>/`` with ``-m``) holding Hydra's
 ``.hydra/``, ``config_resolved.yaml``, the log, ``checkpoints/`` and the
 loggers' files.  The directory is printed at the end, also when the run fails.
+
+Clusters and several processes (README, "Running on a cluster"):
+
+* ``hydra/launcher=slurm`` submits each job to SLURM (hydra-submitit-launcher); Lightning's
+  SLURM environment takes the ranks from the SLURM tasks and owns requeueing (SIGUSR1 before
+  the time limit: ``hpc_ckpt_<n>.ckpt`` + ``scontrol requeue``).  A requeued job starts again in
+  the same run directory and continues from its newest checkpoint (``auto_resume``).
+* ``trainer=ddp`` / ``trainer=ddp_sim`` outside SLURM: Lightning starts ranks > 0 by re-running
+  this script; they get this job's overrides and directory, also inside a multirun, so a job
+  has exactly one run directory and one logger run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,16 +77,27 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     run_utils.log_config(loggers, cfg, model)
 
-    if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    best = _best_checkpoint(trainer)
+    with _ddp_ranks_run_this_job(trainer), _stopped_means_stopped(trainer):
+        if cfg.get("train", True):
+            ckpt_path = cfg.get("ckpt_path")
+            if ckpt_path is None and cfg.get("auto_resume", True):
+                # A requeued SLURM job (or any restart in the same directory) continues where it stopped.
+                found = run_utils.resume_checkpoint(run_dir)
+                if found is not None:
+                    log.info(
+                        "resuming from %s (auto_resume; ckpt_path=... to choose, auto_resume=false to restart)",
+                        found,
+                    )
+                    ckpt_path = str(found)
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        best = _best_checkpoint(trainer)
 
-    if cfg.get("test", False):
-        if best is None:
-            log.warning("no best checkpoint (checkpointing off?): testing the current weights")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        if cfg.get("test", False):
+            if best is None:
+                log.warning("no best checkpoint (checkpointing off?): testing the current weights")
+            trainer.test(model, datamodule=datamodule, ckpt_path=best)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     exported = None
     if trainer.is_global_zero:
@@ -82,6 +106,93 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         print("\n".join(run_utils.summary_lines(run_dir, metrics, best, exported)), flush=True)
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer, "loggers": loggers}
     return metrics, objects
+
+
+@contextlib.contextmanager
+def _stopped_means_stopped(trainer: L.Trainer):
+    """After SIGTERM (the cluster stops the job: requeue, preemption, cancel), an error is part of the stop.
+
+    SLURM signals every process of the job, so W&B's service process or DataLoader workers may be
+    gone before Lightning reaches its next SIGTERM check, and the next call to them raises.  That
+    error is re-raised as Lightning's own ``SIGTERMException`` (a ``SystemExit``): Hydra and
+    submitit then treat the job as stopped rather than failed, so a sweep keeps waiting for the
+    requeued job instead of reporting a failure.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        yield
+    except Exception as exc:
+        if not trainer.received_sigterm:
+            raise
+        log.warning("error after SIGTERM, treated as part of the stop: %s: %s", type(exc).__name__, exc)
+        raise SIGTERMException() from exc
+
+
+#: Environment variables Lightning sets in the launching process when it starts DDP ranks.
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def _ddp_ranks_run_this_job(trainer: L.Trainer):
+    """While ``trainer`` fits/tests with DDP ranks it starts itself: they run this one job, and the
+    process is clean for the next job of a multirun afterwards.
+
+    Lightning re-runs ``sys.argv`` (+ ``hydra.run.dir``) for ranks > 0; inside a multirun that
+    would re-run the whole sweep in new directories, so the ranks get this job's overrides and
+    directory instead.  Afterwards the ranks are waited for (killed after an error), the process
+    group is destroyed and Lightning's DDP variables are removed from the environment: the next
+    job of the sweep starts its own ranks.  No-op when nothing is spawned (one device, SLURM
+    tasks, torchrun) or outside Hydra.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not (HydraConfig.initialized() and run_utils.spawns_ddp_ranks(trainer)):
+        yield
+        return
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    if spec is not None and spec.name != "train":
+        # e.g. hydra/launcher=submitit_local runs jobs as `python -m submitit.core._submit`.
+        raise RuntimeError(
+            f"trainer.strategy needs Lightning to start {trainer.world_size - 1} more process(es) by re-running "
+            f"`python -m {spec.name}`, which is not train.py. Launch DDP jobs with `python train.py` "
+            "directly, or on SLURM with hydra/launcher=slurm (one SLURM task per device)."
+        )
+    saved_argv, saved_env = sys.argv, {k: os.environ.get(k) for k in _DDP_ENV}
+    sys.argv = run_utils.ddp_rank_argv(saved_argv[0])
+    run_dir = run_utils.pin_hydra_run_dir()
+    log.info("DDP: %d processes, ranks > 0 run in %s", trainer.world_size, run_dir)
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        sys.argv = saved_argv
+        _end_ddp_job(trainer, saved_env, failed)
+
+
+def _end_ddp_job(trainer: L.Trainer, saved_env: dict[str, str | None], failed: bool) -> None:
+    import torch.distributed as dist
+
+    for proc in getattr(trainer.strategy.launcher, "procs", []):
+        if failed and proc.poll() is None:
+            proc.kill()  # a rank waiting in a collective for this one would hang until the timeout
+        try:
+            proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            log.warning("DDP rank process %d did not finish: killing it", proc.pid)
+            proc.kill()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _is_multirun() -> bool:
@@ -96,7 +207,21 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = cfg.paths.output_dir
     try:
         metrics, _ = train(cfg)
-    except BaseException:
+    except Exception:
+        if _is_multirun():
+            # Launchers that run jobs elsewhere (SLURM) hand back the exception without its traceback.
+            log.exception("job failed")
+        print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
+        raise
+    except BaseException as exc:  # SystemExit (e.g. Lightning's SIGTERMException), KeyboardInterrupt
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        hint = (
+            " (a requeued job continues from its newest checkpoint)"
+            if isinstance(exc, SIGTERMException)
+            else ""
+        )
+        log.warning("stopped by %s%s", type(exc).__name__, hint)
         print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
         raise
     finally:

@@ -35,7 +35,7 @@ run directory (``conf/trainer/default.yaml``: ``default_root_dir: ${paths.output
 
 Distributed runs: the mesh work and every file/logger call happen on global rank zero;
 its metric values are broadcast (``trainer.strategy.broadcast``) and logged identically on
-every rank, so monitoring them works everywhere without a reduction.  A failure of the
+every rank (with ``sync_dist``, a no-op mean), so monitoring them works everywhere.  A failure of the
 mesh work is reported as a warning and skips that round instead of stopping the run.
 
 Cost (measured on the 2-core CPU VM, default network, 4 hands at 32/2, 20k samples):
@@ -192,9 +192,12 @@ class MeshValidation(L.Callback):
         if metrics is None:
             return
         to_loggers = bool(trainer.loggers)  # callback_metrics (monitoring) either way
+        # Identical on every rank (broadcast above): the reduction of sync_dist changes nothing,
+        # it only tells Lightning the epoch-level value is consistent across ranks (no warning).
+        sync = trainer.world_size > 1
         for name, value in metrics.items():
             pl_module.log(
-                PREFIX + name, value, on_step=False, on_epoch=True, sync_dist=False, logger=to_loggers
+                PREFIX + name, value, on_step=False, on_epoch=True, sync_dist=sync, logger=to_loggers
             )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

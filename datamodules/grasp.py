@@ -34,6 +34,7 @@ import torch
 from scipy.spatial.transform import Rotation
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.hand_occupancy import cluster_safe_worker_init
 from halo.grab import GRAB_TEST_OBJECTS, GRAB_VAL_OBJECTS, GrabFileError
 from halo.grasp_records import (
     SPLITS,
@@ -114,7 +115,10 @@ class GraspRecordsDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         i = int(self.indices[index])
-        rng = np.random.default_rng([self.seed, i]) if self.deterministic else np.random.default_rng()
+        if self.deterministic:
+            rng = np.random.default_rng([self.seed, i])
+        else:  # from torch's generator: seeded runs are reproducible (seed_everything, worker seeds)
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
         obj = int(self.object_index[i])
         rot = np.asarray(self.rotation[i], dtype=np.float32)
         t = np.asarray(self.translation[i], dtype=np.float32)
@@ -222,6 +226,7 @@ class GraspDataModule(L.LightningDataModule):
             drop_last=shuffle and len(ds) >= batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
+            worker_init_fn=cluster_safe_worker_init if workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -20,6 +20,10 @@ Batches are dicts of tensors in metres (the sample's normalized frame):
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -38,7 +42,47 @@ from halo.hand_dataset import (
 )
 from halo.skeleton import MODEL_UNITS_PER_METRE
 
-__all__ = ["HandOccupancyDataModule", "HandOccupancyDataset", "SyntheticHandsDataModule"]
+__all__ = [
+    "HandOccupancyDataModule",
+    "HandOccupancyDataset",
+    "SyntheticHandsDataModule",
+    "cluster_safe_worker_init",
+]
+
+#: Signals a cluster sends to every process of a job step, DataLoader workers included: SIGUSR1
+#: (Lightning's SLURM requeue signal), SIGUSR2 (submitit's) and SIGTERM (preemption, cancel).
+#: Forked workers inherit the training process's Python handlers for them.
+_TRAINER_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM")
+
+
+def cluster_safe_worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore the cluster's requeue/stop signals.
+
+    SLURM signals every process of a job step.  A worker would otherwise run the handlers it
+    inherited from the training process (Lightning's: save a checkpoint and ``scontrol requeue``
+    from inside the worker) or die and fail the step.  The training process alone reacts, and its
+    workers end with it.  Also applies Lightning's per-worker seeding, which Lightning adds only
+    to loaders without a ``worker_init_fn`` (``seed_everything(workers=True)``).
+    """
+    for name in _TRAINER_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path):
+    """An inter-process lock file: one builder per dataset (DDP nodes, parallel sweep jobs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class HandOccupancyDataset(Dataset):
@@ -85,7 +129,9 @@ class HandOccupancyDataset(Dataset):
     def _rng(self, index: int) -> np.random.Generator:
         if self.deterministic:
             return np.random.default_rng([self.seed, index])
-        return np.random.default_rng()
+        # Drawn from torch's generator, which seed_everything seeds (and DataLoader workers derive
+        # from it): a seeded run is reproducible, and every item still gets fresh points.
+        return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
 
     def _iou_points(self, name: str, train_file) -> tuple[np.ndarray, np.ndarray]:
         path = sample_paths(self.split_dir, name)["points_iou"]
@@ -214,6 +260,7 @@ class HandOccupancyDataModule(L.LightningDataModule):
             drop_last=shuffle and len(self._dataset(stage)) >= batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
+            worker_init_fn=cluster_safe_worker_init if workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -236,7 +283,12 @@ class SyntheticHandsDataModule(HandOccupancyDataModule):
 
     The key hashes every generation parameter, so changing one builds a new
     dataset and an unchanged configuration reuses the old one (interrupted
-    builds resume).  Generation runs in ``prepare_data`` (rank 0 only).
+    builds resume).  Generation runs in ``prepare_data``: Lightning calls it on one
+    process per node while the other ranks wait at a barrier, and a lock file
+    (``<cache_dir>/synthetic_hands-<key>.lock``) lets one process build while every other
+    one that wants the same dataset (other nodes, the parallel jobs of a sweep) waits and
+    then reuses it.  Sample files are written atomically, so even where ``flock`` does not
+    reach across machines a second builder only repeats work.
     """
 
     def __init__(
@@ -279,10 +331,13 @@ class SyntheticHandsDataModule(HandOccupancyDataModule):
     def prepare_data(self) -> None:
         if self.is_built():
             return
-        print(f"[halo] generating synthetic hands {self.num} into {self.root}")
-        reports = build_synthetic_dataset(
-            self.root, num=self.num, seed=self.generation_seed, config=self.build_config,
-            workers=self.build_workers,
-        )  # fmt: skip
-        for report in reports.values():
-            print(f"[halo] {report.summary()}")
+        with _exclusive_lock(self.root.with_name(self.root.name + ".lock")):
+            if self.is_built():  # another process built it while this one waited
+                return
+            print(f"[halo] generating synthetic hands {self.num} into {self.root}")
+            reports = build_synthetic_dataset(
+                self.root, num=self.num, seed=self.generation_seed, config=self.build_config,
+                workers=self.build_workers,
+            )  # fmt: skip
+            for report in reports.values():
+                print(f"[halo] {report.summary()}")

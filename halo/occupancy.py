@@ -232,7 +232,9 @@ class PartOccupancyNetwork(nn.Module):
         rot, trans = part_transforms[..., :3, :3], part_transforms[..., :3, 3]
         index_b, index_n, index_p, values = [], [], [], []
         for k in range(self.config.num_parts):
-            x = points @ rot[:, k].transpose(-1, -2) + trans[:, k, None]  # (B,N,3) canonical
+            with torch.autocast(device_type=points.device.type, enabled=False):
+                # Full precision: under autocast a bf16 matmul would move points across the culling radius.
+                x = points @ rot[:, k].transpose(-1, -2) + trans[:, k, None]  # (B,N,3) canonical
             with torch.no_grad():
                 a, ab = segments[:, k, 0, None], (segments[:, k, 1] - segments[:, k, 0])[:, None]
                 t = (((x - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
@@ -247,10 +249,14 @@ class PartOccupancyNetwork(nn.Module):
             index_b.append(bi)
             index_n.append(ni)
             index_p.append(torch.full_like(bi, k))
-        out = points.new_full((bsz, n, self.config.num_parts), self.config.culled_logit)
         if values:
+            vals = torch.cat(values)
+            # Under autocast the MLP outputs are bf16/fp16 while the points are float32.
+            out = vals.new_full((bsz, n, self.config.num_parts), self.config.culled_logit)
             idx = (torch.cat(index_b), torch.cat(index_n), torch.cat(index_p))
-            out = out.index_put(idx, torch.cat(values))
+            out = out.index_put(idx, vals)
+        else:
+            out = points.new_full((bsz, n, self.config.num_parts), self.config.culled_logit)
         return out
 
     def per_part_logits(
@@ -349,14 +355,18 @@ class HaloModel(nn.Module):
                 f"points must have shape (B,N,3) with B = {keypoints_m.shape[0]} (keypoints' batch), "
                 f"got {tuple(points_m.shape)}"
             )
-        pose = canonicalize(keypoints_m, is_left)  # in the keypoints' dtype (float64 stays precise)
-        mats, lengths = self.model_inputs(pose)
+        # Geometry (frames, inverse transforms, angles) stays in the keypoints' precision even under
+        # mixed-precision autocast: bf16 keypoint math would move the hand by millimetres.  Only the
+        # part MLPs below run in the autocast dtype.
+        with torch.autocast(device_type=keypoints_m.device.type, enabled=False):
+            pose = canonicalize(keypoints_m, is_left)  # in the keypoints' dtype (float64 stays precise)
+            mats, lengths = self.model_inputs(pose)
+            points_model = self.points_to_model(pose, points_m.to(keypoints_m.dtype))
+            segments = self.part_segments(pose, mats) if self.config.part_radii is not None else None
         dtype = self.network.global_proj_weight.dtype
-        points_model = self.points_to_model(pose, points_m.to(keypoints_m.dtype))
-        if self.config.part_radii is not None:
-            segments = self.part_segments(pose, mats).to(dtype)
+        if segments is not None:
             logits = self.network.forward_culled(
-                points_model.to(dtype), mats.to(dtype), lengths.to(dtype), segments
+                points_model.to(dtype), mats.to(dtype), lengths.to(dtype), segments.to(dtype)
             )
         else:
             logits = self.network(points_model.to(dtype), mats.to(dtype), lengths.to(dtype))

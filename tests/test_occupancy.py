@@ -210,3 +210,23 @@ def test_part_culling_evaluates_active_pairs_exactly_and_matches_the_mesh_field(
     torch.testing.assert_close(occ_field, occ_model, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="part_radii must be 16 positive"):
         NetworkConfig(part_radii=(0.1, 0.2))
+
+
+@pytest.mark.parametrize("part_radii", [None, "default"])
+def test_bf16_autocast_keeps_geometry_in_full_precision(part_radii):
+    # trainer.precision=bf16-mixed: the part MLPs run in bf16, the canonicalization and the culling
+    # decisions stay float32, so the field matches float32 closely and keypoint gradients flow.
+    from halo.occupancy import HaloModel, NetworkConfig
+    from halo.sequences import random_skeletons
+
+    torch.manual_seed(0)
+    model = HaloModel(NetworkConfig(part_radii=part_radii))
+    kp = torch.tensor(random_skeletons(2, seed=1), dtype=torch.float32)
+    pts = kp[:, :1] + 0.05 * torch.randn(2, 400, 3)
+    ref = model.occupancy(pts, kp)
+    kp_grad = kp.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        occ = model.occupancy(pts, kp_grad)
+    assert (occ.float() - ref).abs().max() < 0.01
+    occ.float().sum().backward()
+    assert torch.isfinite(kp_grad.grad).all() and kp_grad.grad.abs().sum() > 0
