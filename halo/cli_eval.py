@@ -290,6 +290,10 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--no-render", action="store_true", help="meshes only")
     p.set_defaults(func=cmd_generate_meshes)
 
+    from halo.cli_generate_grasps import add_generate_grasps_parser
+
+    add_generate_grasps_parser(gen_sub)  # halo generate grasps (HALO-VAE)
+
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - convenience entry
     from halo.cli import main as halo_main

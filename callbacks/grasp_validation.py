@@ -1,0 +1,371 @@
+"""Grasp validation of HALO-VAE: generate grasps for the validation objects, mesh them with HALO, score them.
+
+:class:`GraspValidation` runs at the end of every ``every_n_epochs``-th validation (the sanity
+check excluded; validation is step-based in the default trainer config, so this counts
+validations like :class:`callbacks.mesh_validation.MeshValidation`) and, with
+``on_fit_end``, once more with the final weights.  For each object of
+``trainer.datamodule.grasp_objects(split)`` (centred, template orientation) it
+
+* samples ``grasps_per_object`` grasps with ``pl_module.sample`` (the same object points and
+  the same latent draws at every round, so the curves show the model changing, not noise;
+  refined when the module's ``refine_at_generation`` is on);
+* meshes each hand with the frozen HALO base (:func:`halo.mesh.extract_hand_mesh`, low
+  resolution for speed: 16/3 = effective 128 by default) and scores it with
+  :func:`halo.grasp_metrics.grasp_metrics` (:mod:`halo.grasp_generation`);
+* logs ``val_grasp/volume_cm3``, ``val_grasp/depth_cm``, ``val_grasp/contact_ratio`` (means over
+  all grasps), ``val_grasp/entropy`` and ``val_grasp/cluster_size_cm`` (k-means diversity of all
+  grasps pooled, :func:`halo.grasp_metrics.cluster_analysis`, k capped at half the number of grasps),
+  ``val_grasp/failed`` (grasps without a usable hand mesh) and ``val_grasp/seconds``;
+* writes ``<out_dir>/grasps/<tag>/{per_object.csv,per_object.md,grasps.csv,keypoints.npz}``,
+  ``<out_dir>/renders/grasps_<tag>.png`` (one row per object: hand + object) and redraws
+  ``<out_dir>/renders/grasp_metrics_curve.png`` (+ ``.csv``) over the run;
+* sends the per-object table (W&B ``val_grasp/per_object`` table) and the render grid
+  (W&B image / TensorBoard image) to the loggers.
+
+All file, render and logger work happens on global rank zero; the metric values are broadcast
+and logged identically on every rank.  A failure is reported as a warning and skips the round.
+``out_dir`` defaults to ``trainer.default_root_dir`` (the Hydra run directory in ``train.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+
+from halo.grasp_generation import (
+    GRASP_TABLE_COLUMNS,
+    OBJECT_TABLE_COLUMNS,
+    GraspResult,
+    diversity,
+    evaluate_grasp,
+    format_markdown_table,
+    object_rows,
+    render_grasp,
+    write_csv,
+)
+
+__all__ = ["GraspValidation"]
+
+PREFIX = "val_grasp/"
+CURVE_KEYS = ("volume_cm3", "depth_cm", "contact_ratio", "entropy", "cluster_size_cm")
+
+
+class GraspValidation(L.Callback):
+    """Generate, mesh, score, save and render grasps for the validation objects (see module docstring).
+
+    Args:
+        every_n_epochs: run at every N-th validation (sanity check excluded).
+        grasps_per_object: grasps sampled per object.
+        max_objects: the first K objects of the split (None: all).
+        split: which objects (``val``; ``test`` for a final look).
+        resolution_0, upsampling_steps: HALO mesh extraction (effective resolution_0 * 2**steps).
+        pitch_m: grid spacing of the interpenetration volume (HALO: 1 mm).
+        contact_tol_m: contact = a hand vertex inside the object or within this distance.
+        cluster_k: k of the diversity clustering (HALO: 20; capped at half the number of grasps).
+        seed: seeds the object samples and the latent draws (fixed across rounds).
+        on_fit_end: one more round with the final weights when training ends.
+        render: write and log the render grid; render_size: pixels per tile;
+        render_grasps_per_object: tiles per object row.
+        out_dir: where ``grasps/`` and ``renders/`` go (default ``trainer.default_root_dir``).
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        grasps_per_object: int = 8,
+        max_objects: int | None = None,
+        split: str = "val",
+        resolution_0: int = 16,
+        upsampling_steps: int = 3,
+        pitch_m: float = 0.001,
+        contact_tol_m: float = 0.005,
+        cluster_k: int = 20,
+        seed: int = 0,
+        on_fit_end: bool = True,
+        render: bool = True,
+        render_size: int = 192,
+        render_grasps_per_object: int = 4,
+        out_dir: str | Path | None = None,
+    ):
+        super().__init__()
+        if int(every_n_epochs) < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        if int(grasps_per_object) < 1:
+            raise ValueError(f"grasps_per_object must be >= 1, got {grasps_per_object}")
+        if max_objects is not None and int(max_objects) < 1:
+            raise ValueError(f"max_objects must be >= 1 or null, got {max_objects}")
+        if int(resolution_0) < 2 or int(upsampling_steps) < 0:
+            raise ValueError(
+                f"resolution_0 must be >= 2 and upsampling_steps >= 0, got {resolution_0} / {upsampling_steps}"
+            )
+        if pitch_m <= 0 or contact_tol_m < 0:
+            raise ValueError(f"pitch_m must be > 0 and contact_tol_m >= 0, got {pitch_m} / {contact_tol_m}")
+        self.every_n_epochs = int(every_n_epochs)
+        self.grasps_per_object = int(grasps_per_object)
+        self.max_objects = None if max_objects is None else int(max_objects)
+        self.split = split
+        self.resolution_0 = int(resolution_0)
+        self.upsampling_steps = int(upsampling_steps)
+        self.pitch_m = float(pitch_m)
+        self.contact_tol_m = float(contact_tol_m)
+        self.cluster_k = int(cluster_k)
+        self.seed = int(seed)
+        self.final_round = bool(on_fit_end)
+        self.render = bool(render)
+        self.render_size = int(render_size)
+        self.render_grasps_per_object = int(render_grasps_per_object)
+        self.out_dir = None if out_dir is None else Path(out_dir)
+
+        self.history: list[dict[str, float]] = []
+        self.validations = 0
+        self.last_metrics: dict[str, float] | None = None
+        self.last_results: list[GraspResult] = []
+        self._last_step: int | None = None
+
+    # ------------------------------------------------------------------ state (resume)
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(h) for h in self.history], "validations": self.validations}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in state_dict.get("history", [])]
+        self.validations = int(state_dict.get("validations", 0))
+
+    def root(self, trainer: L.Trainer) -> Path:
+        return self.out_dir if self.out_dir is not None else Path(trainer.default_root_dir)
+
+    @staticmethod
+    def tag(trainer: L.Trainer, final: bool = False) -> str:
+        if final:
+            return f"final_step_{trainer.global_step:07d}"
+        return f"epoch_{trainer.current_epoch:04d}_step_{trainer.global_step:07d}"
+
+    # ------------------------------------------------------------------ hooks
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.validations += 1
+        if self.validations % self.every_n_epochs:
+            return
+        metrics = self._run_everywhere(trainer, pl_module, final=False)
+        if metrics is None:
+            return
+        to_loggers = bool(trainer.loggers)
+        for name, value in metrics.items():
+            pl_module.log(
+                PREFIX + name, value, on_step=False, on_epoch=True, sync_dist=False, logger=to_loggers
+            )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.final_round or self._last_step == trainer.global_step:
+            return
+        metrics = self._run_everywhere(trainer, pl_module, final=True)
+        if metrics is None:
+            return
+        logged = {PREFIX + k: v for k, v in metrics.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(logged, step=max(trainer.global_step - 1, 0))
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in logged.items()})
+
+    # ------------------------------------------------------------------ the work
+    def _run_everywhere(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool):
+        metrics = None
+        if trainer.is_global_zero:
+            try:
+                metrics = self._run(trainer, pl_module, final)
+            except Exception as exc:  # noqa: BLE001 - report and keep training
+                lines = traceback.format_exception_only(type(exc), exc)
+                rank_zero_warn(
+                    f"GraspValidation skipped at step {trainer.global_step}: {''.join(lines).strip()}"
+                )
+                metrics = None
+        metrics = trainer.strategy.broadcast(metrics, src=0)
+        self._last_step = trainer.global_step
+        self.last_metrics = metrics
+        return metrics
+
+    def _objects(self, trainer: L.Trainer) -> list:
+        dm = trainer.datamodule
+        if dm is None or not callable(getattr(dm, "grasp_objects", None)):
+            raise TypeError(
+                "GraspValidation needs a datamodule with grasp_objects(split) (datamodules.grasp's datamodules)"
+            )
+        objects = list(dm.grasp_objects(self.split))
+        if not objects:
+            raise ValueError(f"the datamodule has no {self.split!r} objects to generate grasps for")
+        return objects[: self.max_objects] if self.max_objects else objects
+
+    def generate(self, pl_module: L.LightningModule, objects: list) -> list[GraspResult]:
+        """Sample, mesh and score ``grasps_per_object`` grasps per object (rank-local; no files)."""
+        halo = copy.deepcopy(pl_module.halo_model).to(device="cpu", dtype=torch.float32).eval()
+        n_points = int(getattr(pl_module, "hparams", {}).get("object_points", 600))
+        results: list[GraspResult] = []
+        for k, obj in enumerate(objects):
+            rng = np.random.default_rng([self.seed, k])
+            surface = np.asarray(obj.surface_points, dtype=np.float32)
+            pick = rng.choice(len(surface), size=n_points, replace=n_points > len(surface))
+            points = torch.from_numpy(surface[pick])
+            generator = torch.Generator().manual_seed(self.seed * 1000 + k)
+            keypoints = pl_module.sample(points, self.grasps_per_object, generator=generator).cpu().numpy()
+            for i, kp in enumerate(keypoints):
+                results.append(
+                    evaluate_grasp(
+                        halo,
+                        obj.mesh,
+                        kp,
+                        object_name=obj.name,
+                        index=i,
+                        resolution_0=self.resolution_0,
+                        upsampling_steps=self.upsampling_steps,
+                        pitch_m=self.pitch_m,
+                        contact_tol_m=self.contact_tol_m,
+                    )
+                )
+        return results
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool) -> dict[str, float]:
+        t0 = time.perf_counter()
+        objects = self._objects(trainer)
+        results = self.generate(pl_module, objects)
+        self.last_results = results
+        per_object = object_rows(results)
+        overall = per_object[-1]
+        div = diversity(np.stack([r.keypoints for r in results]), k=self.cluster_k, seed=self.seed)
+        metrics = {
+            "volume_cm3": float(overall["volume_cm3"]),
+            "depth_cm": float(overall["depth_cm"]),
+            "contact_ratio": float(overall["contact_ratio"]),
+            "entropy": float(div["entropy"]),
+            "cluster_size_cm": float(div["cluster_size_cm"]),
+            "failed": float(overall["failed"]),
+        }
+
+        tag = self.tag(trainer, final)
+        root = self.root(trainer)
+        out = root / "grasps" / tag
+        write_csv(per_object, out / "per_object.csv", OBJECT_TABLE_COLUMNS)
+        (out / "per_object.md").write_text(
+            f"# Generated grasps, {tag}\n\n{format_markdown_table(per_object, OBJECT_TABLE_COLUMNS)}\n"
+            f"diversity over all {len(results)} grasps: entropy {div['entropy']:.3f} (k={div['k']}), "
+            f"cluster size {div['cluster_size_cm']:.3f} cm\n"
+        )
+        write_csv([r.row() for r in results], out / "grasps.csv", GRASP_TABLE_COLUMNS)
+        np.savez(
+            out / "keypoints.npz",
+            keypoints=np.stack([r.keypoints for r in results]).astype(np.float32),
+            object=np.array([r.object_name for r in results]),
+        )
+        grid = self._render(results, objects, root / "renders" / f"grasps_{tag}.png") if self.render else None
+        metrics["seconds"] = time.perf_counter() - t0
+        self.history.append({"step": float(trainer.global_step), **{k: metrics[k] for k in CURVE_KEYS}})
+        try:
+            self._write_curve(root / "renders")
+        except Exception as exc:  # noqa: BLE001 - a plotting problem must not stop training
+            rank_zero_warn(f"GraspValidation: could not write the metric curves: {exc}")
+        self._log_media(trainer, grid, per_object, tag)
+        return metrics
+
+    def _render(self, results: list[GraspResult], objects: list, path: Path) -> np.ndarray | None:
+        from halo import render
+
+        meshes = {o.name: o.mesh for o in objects}
+        tiles, labels = [], []
+        per_row = max(1, min(self.render_grasps_per_object, self.grasps_per_object))
+        for obj in objects:
+            mine = [r for r in results if r.object_name == obj.name][:per_row]
+            for r in mine:
+                tiles.append(render_grasp(r.hand, meshes[obj.name], r.keypoints, size=self.render_size))
+                m = r.metrics
+                labels.append(
+                    f"{r.name} {m.volume_cm3:.1f}cm3 {'contact' if m.contact else 'no contact'}"
+                    if m
+                    else f"{r.name} failed"
+                )
+            tiles += [np.full((self.render_size, self.render_size, 3), 255, np.uint8)] * (per_row - len(mine))
+            labels += [""] * (per_row - len(mine))
+        if not tiles:
+            return None
+        grid = render.render_grid(tiles, ncols=per_row, labels=labels, pad=2)
+        render.save_png(grid, path)
+        return grid
+
+    def _log_media(self, trainer: L.Trainer, grid, per_object: list[dict], tag: str) -> None:
+        step = max(int(trainer.global_step) - 1, 0)
+        for logger in trainer.loggers:
+            if _is_wandb(logger):
+                columns = list(OBJECT_TABLE_COLUMNS)
+                data = [[_table_value(r[c]) for c in columns] for r in per_object]
+                logger.log_table(key=PREFIX + "per_object", columns=columns, data=data, step=step)
+                if grid is not None:
+                    logger.log_image(key=PREFIX + "renders", images=[grid], step=step, caption=[tag])
+            elif _is_tensorboard(logger) and grid is not None:
+                logger.experiment.add_image(PREFIX + "renders", grid, global_step=step, dataformats="HWC")
+
+    # ------------------------------------------------------------------ curves
+    def _write_curve(self, out: Path) -> Path | None:
+        if not self.history:
+            return None
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(self.history, out / "grasp_metrics_curve.csv", ["step", *CURVE_KEYS])
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(10.0, 2.6), dpi=110)
+        FigureCanvasAgg(fig)
+        steps = [h["step"] for h in self.history]
+        titles = {
+            "volume_cm3": "interpenetration (cm³)",
+            "depth_cm": "penetration depth (cm)",
+            "contact_ratio": "contact ratio",
+            "entropy": "cluster entropy (nats)",
+            "cluster_size_cm": "cluster size (cm)",
+        }
+        for i, key in enumerate(CURVE_KEYS):
+            ax = fig.add_subplot(1, len(CURVE_KEYS), i + 1)
+            ax.plot(
+                steps,
+                [h[key] for h in self.history],
+                marker="o",
+                markersize=3,
+                linewidth=1.4,
+                color="#3060c0",
+            )
+            ax.set_title(titles[key], fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if key == "contact_ratio":
+                ax.set_ylim(-0.02, 1.02)
+            ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        path = out / "grasp_metrics_curve.png"
+        fig.savefig(path)
+        return path
+
+
+def _table_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _is_wandb(logger: Any) -> bool:
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(logger, WandbLogger)
+
+
+def _is_tensorboard(logger: Any) -> bool:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return isinstance(logger, TensorBoardLogger)

@@ -1,0 +1,457 @@
+"""HALO-VAE as a LightningModule: thin glue around :class:`halo.grasp_vae.GraspVAE` and a frozen HALO base.
+
+Batch format (the grasp datamodules', :mod:`datamodules.grasp`; metres, object-centred frame):
+``keypoints`` (B,21,3), ``object_points`` (B,P,3), ``inside_points`` (B,M,3), ``object_index`` (B,).
+
+Loss (spec 6.3; distances in cm inside the terms, so the original's weights keep their meaning):
+
+    L = w_keypoints * MSE(keypoints) + w_bone_length * MSE(20 bone lengths)
+      + w_root_bone_angle * L_rootbone + w_root_plane_angle * L_rootplane + w_all_bone_angle * L_allbone
+      + w_kl * KL + [use_inter_loss] w_inter * L_inter + [use_contact_loss] w_contact * L_contact
+      + [use_prior_inter_loss] (w_prior_inter * L_inter + w_prior_anatomy * L_anatomy)(decode(z ~ N(0, I)))
+      + [train_refine_net] w_refine * (the same terms on the refinement of noisy ground truth)
+
+``L_inter`` runs the FROZEN HALO base (``halo_checkpoint``, any file
+:func:`halo.checkpoint.load_model` reads): its parameters never require grad, it is in eval
+mode, it is not a registered submodule (so it is not in ``parameters()``, the optimizer,
+``state_dict()`` or the Lightning checkpoint) and is loaded from ``halo_checkpoint`` whenever
+the module is built, including by ``load_from_checkpoint``.  The checkpoint records the base's
+path and a fingerprint of its weights (``checkpoint["halo_base"]``); loading it with a different
+base warns.  So the original's loading-order problem (spec 10.9: the VAE state dict carried the
+attached HALO weights) cannot happen.
+
+Switches (``original_config=True`` sets the original's: no contact term, the refinement net
+neither trained nor applied at generation):
+
+* ``use_inter_loss``: the interpenetration term (the original: on);
+* ``use_prior_inter_loss``: the interpenetration term also on grasps decoded from PRIOR samples
+  z ~ N(0, I), i.e. on what generation produces (the original scored only reconstructions from
+  z ~ q, which stay close to the ground truth; prior samples fall between the posterior's modes,
+  where the decoder averages grasps from several sides of the object and sinks into it).  The
+  term needs no ground truth; a pose-independent anatomy term (bone lengths, root-bone and
+  root-plane angles of the batch's hand) keeps those samples hand-shaped, or the decoder escapes
+  the term by emitting hands the frozen base reads as empty;
+* ``use_contact_loss``: this project's contact term (:func:`halo.grasp_vae.contact_loss`;
+  the original had none active);
+* ``train_refine_net``: train the refinement net on noisy ground truth (the original's config
+  enabled it but its trainer never trained it);
+* ``refine_at_generation``: apply ``refine_steps`` refinement steps in :meth:`sample`
+  (the original only plotted the refined result);
+* ``encoder_freeze_after_epochs``: stop updating the object encoder from that epoch on
+  (the original: 80).
+
+Metrics: ``train/loss`` and each term (unweighted, ``train/<term>_loss``),
+``train/samples_per_s`` (forward + backward + optimizer step, data loading excluded),
+``val/loss`` (the same objective with the posterior MEAN, deterministic; the datamodule's
+validation subset is seeded), ``val/<term>_loss``, ``val/keypoint_error_cm`` (mean joint
+position error of the reconstruction), and whenever a HALO base is loaded ``val/inter_loss`` (of
+the reconstructions) and ``val/prior_inter_loss`` (of grasps decoded from seeded prior samples, i.e.
+of generation), also when they are not trained on, so runs with and without them compare.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from halo.checkpoint import load_model
+from halo.grasp_vae import (
+    REFINE_NOISE,
+    GraspVAE,
+    GraspVaeConfig,
+    all_bone_angle_loss,
+    bone_length_loss,
+    contact_loss,
+    halo_fingerprint,
+    interpenetration_loss,
+    keypoint_loss,
+    kl_divergence,
+    perturb_for_refinement,
+    plausible_hands,
+    root_bone_angle_loss,
+    root_plane_angle_loss,
+)
+from halo.occupancy import HaloModel
+
+#: Loss weights of the original's GRAB config (spec 6.3, no-BPS weights) + this project's terms.
+DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
+    "keypoints": 2.0,
+    "bone_length": 2.0,
+    "root_bone_angle": 1.5,
+    "root_plane_angle": 1.5,
+    "all_bone_angle": 1.0,
+    "kl": 0.5,
+    "inter": 4.0,
+    "contact": 1.0,  # new: cm^2 like the keypoint term
+    "prior_inter": 4.0,  # new: the interpenetration term on prior samples (same scale as inter)
+    "prior_anatomy": 1.0,  # new: keeps prior samples hand-shaped (already weighted bone/root-angle terms)
+    "refine": 1.0,  # new: weight of the whole refinement objective
+}
+
+#: The switches ``original_config=True`` forces (what the released trainer effectively ran).
+ORIGINAL_SWITCHES: dict[str, Any] = {
+    "use_contact_loss": False,
+    "use_prior_inter_loss": False,
+    "train_refine_net": False,
+    "refine_at_generation": False,
+}
+
+MAKE_BASE_COMMAND = "python train.py experiment=halo_base_small hydra.run.dir=outputs/halo_base_small"
+
+
+class HaloBaseMissingError(FileNotFoundError):
+    """The HALO base checkpoint the VAE needs is not there (names the config key and the fix)."""
+
+
+def _plain(value: Any) -> Any:
+    """DictConfig/ListConfig (Hydra) -> plain containers, so hparams survive ``weights_only`` loading."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover
+        return value
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def load_frozen_halo(path: str | Path) -> tuple[HaloModel, dict]:
+    """A HALO base from ``path`` in eval mode with ``requires_grad=False`` (clear error when missing)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HaloBaseMissingError(
+            f"model.halo_checkpoint: HALO base checkpoint {path} not found. HALO-VAE needs a trained HALO base: "
+            f"make one with `{MAKE_BASE_COMMAND}` (writes outputs/halo_base_small/checkpoints/halo_base_best.pt), "
+            "or set model.halo_checkpoint=PATH to an existing one (a halo_base_best.pt, a HALO base .ckpt, or "
+            "the original release's model_best.pt)"
+        )
+    model, meta = load_model(path)
+    model.requires_grad_(False)
+    return model.eval(), meta
+
+
+class HaloVaeModule(L.LightningModule):
+    """Object points -> grasp keypoints, trained with HALO's interpenetration term (see module docstring).
+
+    Args:
+        vae: :class:`halo.grasp_vae.GraspVaeConfig` fields (architecture; ``object_encoder``
+            ``pointnet`` or ``bps``).
+        halo_checkpoint: the frozen HALO base (needed by ``use_inter_loss``, validation meshes and
+            generation); ``None`` only when neither the loss nor meshes are wanted.
+        loss_weights: overrides of :data:`DEFAULT_LOSS_WEIGHTS`.
+        use_inter_loss, use_contact_loss, use_prior_inter_loss, train_refine_net, refine_at_generation:
+            see module docstring.
+        refine_steps: refinement iterations (training unrolls them too; the original: 3).
+        refine_noise: ``isotropic`` (default) or ``original`` (:func:`halo.grasp_vae.perturb_for_refinement`).
+        refine_joint_noise_m, refine_shift_max_m: noise of the refinement training inputs.
+        contact_threshold_m: ground-truth joints closer than this to the object count as touching.
+        inter_threshold: occupancy at or below this does not count as interpenetration (original: 0.5).
+        encoder_freeze_after_epochs: freeze the object encoder from this epoch on (None: never).
+        original_config: force the original's switches (:data:`ORIGINAL_SWITCHES`).
+        object_points: surface samples per object at generation (match the datamodule's).
+        lr, weight_decay: Adam (the original: 1e-4, 0).
+    """
+
+    def __init__(
+        self,
+        vae: dict | None = None,
+        halo_checkpoint: str | None = None,
+        loss_weights: dict | None = None,
+        use_inter_loss: bool = True,
+        use_contact_loss: bool = True,
+        use_prior_inter_loss: bool = False,
+        train_refine_net: bool = True,
+        refine_at_generation: bool = True,
+        refine_steps: int = 3,
+        refine_noise: str = "isotropic",
+        refine_joint_noise_m: float = 0.005,
+        refine_shift_max_m: float = 0.03,
+        contact_threshold_m: float = 0.02,
+        inter_threshold: float = 0.5,
+        encoder_freeze_after_epochs: int | None = None,
+        original_config: bool = False,
+        object_points: int = 600,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__()
+        config = GraspVaeConfig.from_dict(_plain(vae))
+        weights = dict(DEFAULT_LOSS_WEIGHTS)
+        unknown = set(_plain(loss_weights) or {}) - set(weights)
+        if unknown:
+            raise ValueError(
+                f"model.loss_weights: unknown terms {sorted(unknown)}; allowed: {sorted(weights)}"
+            )
+        weights.update({k: float(v) for k, v in (_plain(loss_weights) or {}).items()})
+        if any(v < 0 for v in weights.values()):
+            raise ValueError(f"model.loss_weights must be >= 0, got {weights}")
+        if refine_noise not in REFINE_NOISE:
+            raise ValueError(
+                f"model.refine_noise must be one of {', '.join(REFINE_NOISE)}, got {refine_noise!r}"
+            )
+        if int(refine_steps) < 0:
+            raise ValueError(f"model.refine_steps must be >= 0, got {refine_steps}")
+        switches = {
+            "use_inter_loss": bool(use_inter_loss),
+            "use_contact_loss": bool(use_contact_loss),
+            "use_prior_inter_loss": bool(use_prior_inter_loss),
+            "train_refine_net": bool(train_refine_net),
+            "refine_at_generation": bool(refine_at_generation),
+        }
+        if original_config:
+            changed = {k: v for k, v in ORIGINAL_SWITCHES.items() if switches[k] != v}
+            if changed:
+                rank_zero_info(f"original_config: setting {changed} (the original's behaviour)")
+            switches.update(ORIGINAL_SWITCHES)
+        if switches["use_inter_loss"] and not halo_checkpoint:
+            raise ValueError(
+                "model.halo_checkpoint is null but model.use_inter_loss is true: the interpenetration term needs "
+                f"a HALO base (make one with `{MAKE_BASE_COMMAND}`) or set model.use_inter_loss=false"
+            )
+        self.save_hyperparameters(
+            {
+                "vae": config.to_dict(),
+                "halo_checkpoint": None if not halo_checkpoint else str(halo_checkpoint),
+                "loss_weights": weights,
+                **switches,
+                "refine_steps": int(refine_steps),
+                "refine_noise": refine_noise,
+                "refine_joint_noise_m": float(refine_joint_noise_m),
+                "refine_shift_max_m": float(refine_shift_max_m),
+                "contact_threshold_m": float(contact_threshold_m),
+                "inter_threshold": float(inter_threshold),
+                "encoder_freeze_after_epochs": (
+                    None if encoder_freeze_after_epochs is None else int(encoder_freeze_after_epochs)
+                ),
+                "original_config": bool(original_config),
+                "object_points": int(object_points),
+                "lr": float(lr),
+                "weight_decay": float(weight_decay),
+            },
+            logger=False,  # train.py logs the whole resolved config instead
+        )
+        self.vae = GraspVAE(config)
+        self._halo: HaloModel | None = None
+        self._halo_meta: dict = {}
+        if halo_checkpoint:
+            halo, meta = load_frozen_halo(halo_checkpoint)
+            # object.__setattr__: NOT a registered submodule (no parameters(), state_dict(), optimizer).
+            object.__setattr__(self, "_halo", halo)
+            self._halo_meta = meta
+        self._step_started: float | None = None
+        self._encoder_frozen = False
+
+    # ------------------------------------------------------------------ the frozen HALO base
+    @property
+    def has_halo(self) -> bool:
+        return self._halo is not None
+
+    @property
+    def halo_model(self) -> HaloModel:
+        """The frozen HALO base on this module's device (raises when none was configured)."""
+        if self._halo is None:
+            raise RuntimeError(
+                "no HALO base loaded: set model.halo_checkpoint (meshes, the interpenetration term and "
+                f"generation need one; make one with `{MAKE_BASE_COMMAND}`)"
+            )
+        p = next(self._halo.parameters())
+        if p.device != self.device:
+            object.__setattr__(self, "_halo", self._halo.to(self.device))
+        return self._halo
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._halo is not None:
+            checkpoint["halo_base"] = {
+                "path": self.hparams.halo_checkpoint,
+                "fingerprint": halo_fingerprint(self._halo),
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        recorded = checkpoint.get("halo_base")
+        if recorded and self._halo is not None:
+            now = halo_fingerprint(self._halo)
+            if recorded.get("fingerprint") not in (None, now):
+                warnings.warn(
+                    f"the HALO base loaded from {self.hparams.halo_checkpoint} differs from the one this VAE was "
+                    f"trained with ({recorded.get('path')}; fingerprint {recorded.get('fingerprint')} vs {now})",
+                    stacklevel=2,
+                )
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def sample(
+        self,
+        object_points: torch.Tensor,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        refine: bool | None = None,
+    ) -> torch.Tensor:
+        """``n`` grasps (n,21,3) metres for one object's surface samples (P,3) (object-centred, metres).
+
+        ``refine`` None follows ``refine_at_generation``.  Batched input (B,P,3) gives (B,n,21,3).
+        """
+        was_training = self.vae.training
+        self.vae.eval()
+        try:
+            do_refine = self.hparams.refine_at_generation if refine is None else refine
+            steps = self.hparams.refine_steps if do_refine else 0
+            pts = object_points.to(self.device, torch.float32)
+            return self.vae.sample(pts, n, generator=generator, refine_steps=steps)
+        finally:
+            self.vae.train(was_training)
+
+    # ------------------------------------------------------------------ losses
+    def _terms(self, pred: torch.Tensor, batch: dict, halo_needed: bool) -> dict[str, torch.Tensor]:
+        """Unweighted reconstruction terms of predicted keypoints against the batch's ground truth."""
+        gt = batch["keypoints"]
+        terms = {
+            "keypoints": keypoint_loss(pred, gt),
+            "bone_length": bone_length_loss(pred, gt),
+            "root_bone_angle": root_bone_angle_loss(pred, gt),
+            "root_plane_angle": root_plane_angle_loss(pred, gt),
+            "all_bone_angle": all_bone_angle_loss(pred, gt),
+        }
+        if halo_needed and self.has_halo:
+            terms["inter"] = interpenetration_loss(
+                self.halo_model,
+                pred,
+                batch["inside_points"],
+                self.hparams.inter_threshold,
+                plausible_hands(pred),
+            )
+        if self.hparams.use_contact_loss:
+            terms["contact"] = contact_loss(
+                pred, gt, batch["object_points"], self.hparams.contact_threshold_m
+            )
+        return terms
+
+    def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        w = self.hparams.loss_weights
+        total = 0.0
+        for name, value in terms.items():
+            if (name == "inter" and not self.hparams.use_inter_loss) or (
+                name.startswith("prior_") and not self.hparams.use_prior_inter_loss
+            ):
+                continue  # measured for comparison, not trained on
+            total = total + w[name] * value
+        return total
+
+    def losses(self, batch: dict, sample: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+        """(total, unweighted terms, VaeOutput).  ``sample``: z ~ q (training) or the posterior mean."""
+        out = self.vae(batch["keypoints"], batch["object_points"], sample=sample)
+        want_inter = self.hparams.use_inter_loss or not self.training
+        terms = self._terms(out.keypoints, batch, want_inter)
+        terms["kl"] = kl_divergence(out.mean, out.logstd)
+        if self.has_halo and (self.hparams.use_prior_inter_loss or not self.training):
+            terms.update(self.prior_terms(batch, out.object_code))
+        total = self._weighted(terms)
+        if self.hparams.train_refine_net and self.hparams.refine_steps > 0:
+            refine_terms = self.refine_losses(batch, out.object_code.detach())
+            terms["refine"] = self._weighted(refine_terms)
+            total = total + self.hparams.loss_weights["refine"] * terms["refine"]
+        return total, terms, out
+
+    def prior_terms(self, batch: dict, object_code: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Terms on grasps decoded from z ~ N(0, I), i.e. on what generation produces (seeded in
+        validation, so ``val/prior_inter_loss`` compares across runs and configurations).
+
+        ``prior_inter``: :func:`halo.grasp_vae.interpenetration_loss`.  ``prior_anatomy``: the
+        pose-independent hand-shape terms against the batch's ground-truth hand (bone lengths, root-bone
+        angles, root-plane angles, with their reconstruction weights).  Without it the decoder learns to
+        escape the interpenetration term on prior samples by producing hands the frozen HALO base
+        cannot read (too short bones, broken palms: empty occupancy, so zero interpenetration).
+        """
+        generator = None if self.training else torch.Generator().manual_seed(4321)
+        z = torch.randn(object_code.shape[0], self.vae.config.z_dim, generator=generator).to(object_code)
+        keypoints = self.vae.decode(z, object_code)
+        gt = batch["keypoints"]
+        w = self.hparams.loss_weights
+        return {
+            "prior_inter": interpenetration_loss(
+                self.halo_model,
+                keypoints,
+                batch["inside_points"],
+                self.hparams.inter_threshold,
+                plausible_hands(keypoints),
+            ),
+            "prior_anatomy": w["bone_length"] * bone_length_loss(keypoints, gt)
+            + w["root_bone_angle"] * root_bone_angle_loss(keypoints, gt)
+            + w["root_plane_angle"] * root_plane_angle_loss(keypoints, gt),
+        }
+
+    def refine_losses(self, batch: dict, object_code: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Terms of the refinement net's output from noisy ground truth (object code detached: the
+        refinement trains only itself, so the VAE is the same with and without it)."""
+        hp = self.hparams
+        generator = None
+        if not self.training:  # the same noise at every validation
+            generator = torch.Generator().manual_seed(1234)
+        noisy = perturb_for_refinement(
+            batch["keypoints"],
+            joint_noise_m=hp.refine_joint_noise_m,
+            shift_max_m=hp.refine_shift_max_m,
+            mode=hp.refine_noise,
+            generator=generator,
+        )
+        refined = self.vae.refine(noisy, batch["object_points"], hp.refine_steps, object_code=object_code)
+        return self._terms(refined, batch, hp.use_inter_loss)
+
+    # ------------------------------------------------------------------ fit
+    def on_train_epoch_start(self) -> None:
+        n = self.hparams.encoder_freeze_after_epochs
+        if n is not None and not self._encoder_frozen and self.current_epoch >= n:
+            self.vae.object_encoder.requires_grad_(False)
+            self._encoder_frozen = True
+            rank_zero_info(
+                f"HALO-VAE: object encoder frozen from epoch {self.current_epoch} (after {n} epochs)"
+            )
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        total, terms, _ = self.losses(batch, sample=True)
+        bsz = batch["keypoints"].shape[0]
+        self.log("train/loss", total, on_step=True, on_epoch=False, prog_bar=True, batch_size=bsz)
+        for name, value in terms.items():
+            self.log(f"train/{name}_loss", value, on_step=True, on_epoch=False, batch_size=bsz)
+        return total
+
+    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
+        if self._step_started is None:
+            return
+        seconds = time.perf_counter() - self._step_started
+        bsz = batch["keypoints"].shape[0]
+        self.log("train/samples_per_s", bsz / seconds, on_step=True, on_epoch=False, batch_size=bsz)
+        self._step_started = None
+
+    # ------------------------------------------------------------------ validation / test
+    def _evaluate(self, batch: dict, prefix: str) -> None:
+        total, terms, out = self.losses(batch, sample=False)
+        bsz = batch["keypoints"].shape[0]
+        error_cm = (out.keypoints - batch["keypoints"]).norm(dim=-1).mean() * 100.0
+        # Epoch values are batch-size-weighted means over the (seeded) validation set.
+        log = dict(on_step=False, on_epoch=True, batch_size=bsz, sync_dist=True)
+        self.log(f"{prefix}/loss", total, prog_bar=True, **log)
+        self.log(f"{prefix}/keypoint_error_cm", error_cm, **log)
+        for name, value in terms.items():
+            self.log(f"{prefix}/{name}_loss", value, **log)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    # ------------------------------------------------------------------ optimization
+    def configure_optimizers(self):
+        # Only the VAE's parameters: the frozen HALO base is not a submodule at all.
+        return torch.optim.Adam(
+            self.vae.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
