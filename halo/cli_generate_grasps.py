@@ -71,7 +71,6 @@ def _object_names(files: list[Path]) -> list[str]:
 
 
 def _load_models(args: argparse.Namespace):
-    import torch
 
     from halo.checkpoint import load_model
     from halo.grasp_vae import GraspVaeError, halo_fingerprint, load_grasp_vae
@@ -100,11 +99,18 @@ def _load_models(args: argparse.Namespace):
             f"{halo_path} is not the HALO base this VAE was trained with ({(meta.get('halo_base') or {}).get('path')})",
             stacklevel=2,
         )
-    torch.set_grad_enabled(False)
     return vae, halo.eval(), meta, str(halo_path)
 
 
 def cmd_generate_grasps(args: argparse.Namespace) -> int:
+    import torch
+
+    # Scoped, not torch.set_grad_enabled(False): callers in the same process (tests, notebooks) keep autograd.
+    with torch.no_grad():
+        return _generate_grasps(args)
+
+
+def _generate_grasps(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 

@@ -79,6 +79,7 @@ def test_generate_grasps_writes_the_promised_files(vae_checkpoint, objects, tmp_
     )  # fmt: skip
     captured = capsys.readouterr()
     assert code == 0, captured.err
+    assert torch.is_grad_enabled()  # the command must not switch autograd off for the rest of the process
     # The mm box: warned about and rescaled to metres; the "_" in its name is replaced.
     assert "millimetres" in captured.err and "rescaled" in captured.err
     for name, extents, center in (
