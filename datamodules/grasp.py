@@ -164,6 +164,12 @@ class GraspDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
+        # Plain types only, so checkpoints load with torch.load(weights_only=True).
+        for key, value in list(self.hparams.items()):
+            if isinstance(value, Path):
+                self.hparams[key] = str(value)
+            elif value is not None and not isinstance(value, str | int | float | bool | list | tuple | dict):
+                self.hparams[key] = str(getattr(value, "source", value))
         self.records_dir = None if records_dir is None else Path(records_dir)
         self.datasets: dict[str, GraspRecordsDataset] = {}
 

@@ -281,7 +281,7 @@ def summary_lines(
         lines.append(f"best checkpoint: {best_checkpoint}")
     if exported:
         lines.append(f"best network (halo mesh --checkpoint): {exported}")
-    for sub in ("meshes", "renders"):
+    for sub in ("meshes", "renders", "grasps"):
         if (run_dir / sub).is_dir():
             lines.append(f"{sub}: {run_dir / sub}")
     return lines

@@ -136,3 +136,20 @@ def test_generate_grasps_reports_bad_input_in_one_line(vae_checkpoint, objects, 
         halo_main([*args, "--objects", str(objects), "--checkpoint", str(base)]) == 2
     )  # a HALO base, not a VAE
     assert "not a HALO-VAE checkpoint" in capsys.readouterr().err
+
+
+def test_reading_a_vae_checkpoint_needs_neither_lightning_nor_hydra(vae_checkpoint):
+    import subprocess
+    import sys
+
+    ckpt, _ = vae_checkpoint
+    code = (
+        "import sys; from halo.grasp_vae import load_grasp_vae; import halo.cli_generate_grasps; "
+        f"vae, meta = load_grasp_vae({str(ckpt)!r}, trust_pickle=False); "
+        "bad = [n for n in ('lightning', 'pytorch_lightning', 'hydra', 'omegaconf') if n in sys.modules]; "
+        "assert not bad, bad; print(meta['global_step'])"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "4"
