@@ -32,16 +32,15 @@ from __future__ import annotations
 import copy
 import math
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
+from callbacks.validation_rounds import ValidationRounds, is_tensorboard, is_wandb, log_step
 from halo.grasp_generation import (
     GRASP_TABLE_COLUMNS,
     OBJECT_TABLE_COLUMNS,
@@ -56,11 +55,10 @@ from halo.grasp_generation import (
 
 __all__ = ["GraspValidation"]
 
-PREFIX = "val_grasp/"
 CURVE_KEYS = ("volume_cm3", "depth_cm", "contact_ratio", "entropy", "cluster_size_cm")
 
 
-class GraspValidation(L.Callback):
+class GraspValidation(ValidationRounds):
     """Generate, mesh, score, save and render grasps for the validation objects (see module docstring).
 
     Args:
@@ -78,6 +76,9 @@ class GraspValidation(L.Callback):
         render_grasps_per_object: tiles per object row.
         out_dir: where ``grasps/`` and ``renders/`` go (default ``trainer.default_root_dir``).
     """
+
+    prefix = "val_grasp/"
+    fit_only = True
 
     def __init__(
         self,
@@ -97,9 +98,7 @@ class GraspValidation(L.Callback):
         render_grasps_per_object: int = 4,
         out_dir: str | Path | None = None,
     ):
-        super().__init__()
-        if int(every_n_epochs) < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        super().__init__(every_n_epochs=every_n_epochs, on_fit_end=on_fit_end, out_dir=out_dir)
         if int(grasps_per_object) < 1:
             raise ValueError(f"grasps_per_object must be >= 1, got {grasps_per_object}")
         if max_objects is not None and int(max_objects) < 1:
@@ -110,7 +109,6 @@ class GraspValidation(L.Callback):
             )
         if pitch_m <= 0 or contact_tol_m < 0:
             raise ValueError(f"pitch_m must be > 0 and contact_tol_m >= 0, got {pitch_m} / {contact_tol_m}")
-        self.every_n_epochs = int(every_n_epochs)
         self.grasps_per_object = int(grasps_per_object)
         self.max_objects = None if max_objects is None else int(max_objects)
         self.split = split
@@ -120,79 +118,13 @@ class GraspValidation(L.Callback):
         self.contact_tol_m = float(contact_tol_m)
         self.cluster_k = int(cluster_k)
         self.seed = int(seed)
-        self.final_round = bool(on_fit_end)
         self.render = bool(render)
         self.render_size = int(render_size)
         self.render_grasps_per_object = int(render_grasps_per_object)
-        self.out_dir = None if out_dir is None else Path(out_dir)
 
-        self.history: list[dict[str, float]] = []
-        self.validations = 0
-        self.last_metrics: dict[str, float] | None = None
         self.last_results: list[GraspResult] = []
-        self._last_step: int | None = None
-
-    # ------------------------------------------------------------------ state (resume)
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(h) for h in self.history], "validations": self.validations}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(h) for h in state_dict.get("history", [])]
-        self.validations = int(state_dict.get("validations", 0))
-
-    def root(self, trainer: L.Trainer) -> Path:
-        return self.out_dir if self.out_dir is not None else Path(trainer.default_root_dir)
-
-    @staticmethod
-    def tag(trainer: L.Trainer, final: bool = False) -> str:
-        if final:
-            return f"final_step_{trainer.global_step:07d}"
-        return f"epoch_{trainer.current_epoch:04d}_step_{trainer.global_step:07d}"
-
-    # ------------------------------------------------------------------ hooks
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
-            return
-        self.validations += 1
-        if self.validations % self.every_n_epochs:
-            return
-        metrics = self._run_everywhere(trainer, pl_module, final=False)
-        if metrics is None:
-            return
-        to_loggers = bool(trainer.loggers)
-        for name, value in metrics.items():
-            pl_module.log(
-                PREFIX + name, value, on_step=False, on_epoch=True, sync_dist=False, logger=to_loggers
-            )
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.final_round or self._last_step == trainer.global_step:
-            return
-        metrics = self._run_everywhere(trainer, pl_module, final=True)
-        if metrics is None:
-            return
-        logged = {PREFIX + k: v for k, v in metrics.items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(logged, step=max(trainer.global_step - 1, 0))
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in logged.items()})
 
     # ------------------------------------------------------------------ the work
-    def _run_everywhere(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool):
-        metrics = None
-        if trainer.is_global_zero:
-            try:
-                metrics = self._run(trainer, pl_module, final)
-            except Exception as exc:  # noqa: BLE001 - report and keep training
-                lines = traceback.format_exception_only(type(exc), exc)
-                rank_zero_warn(
-                    f"GraspValidation skipped at step {trainer.global_step}: {''.join(lines).strip()}"
-                )
-                metrics = None
-        metrics = trainer.strategy.broadcast(metrics, src=0)
-        self._last_step = trainer.global_step
-        self.last_metrics = metrics
-        return metrics
-
     def _objects(self, trainer: L.Trainer) -> list:
         dm = trainer.datamodule
         if dm is None or not callable(getattr(dm, "grasp_objects", None)):
@@ -299,16 +231,18 @@ class GraspValidation(L.Callback):
         return grid
 
     def _log_media(self, trainer: L.Trainer, grid, per_object: list[dict], tag: str) -> None:
-        step = max(int(trainer.global_step) - 1, 0)
+        step = log_step(trainer)
         for logger in trainer.loggers:
-            if _is_wandb(logger):
+            if is_wandb(logger):
                 columns = list(OBJECT_TABLE_COLUMNS)
                 data = [[_table_value(r[c]) for c in columns] for r in per_object]
-                logger.log_table(key=PREFIX + "per_object", columns=columns, data=data, step=step)
+                logger.log_table(key=self.prefix + "per_object", columns=columns, data=data, step=step)
                 if grid is not None:
-                    logger.log_image(key=PREFIX + "renders", images=[grid], step=step, caption=[tag])
-            elif _is_tensorboard(logger) and grid is not None:
-                logger.experiment.add_image(PREFIX + "renders", grid, global_step=step, dataformats="HWC")
+                    logger.log_image(key=self.prefix + "renders", images=[grid], step=step, caption=[tag])
+            elif is_tensorboard(logger) and grid is not None:
+                logger.experiment.add_image(
+                    self.prefix + "renders", grid, global_step=step, dataformats="HWC"
+                )
 
     # ------------------------------------------------------------------ curves
     def _write_curve(self, out: Path) -> Path | None:
@@ -355,17 +289,3 @@ def _table_value(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _is_wandb(logger: Any) -> bool:
-    try:
-        from lightning.pytorch.loggers import WandbLogger
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(logger, WandbLogger)
-
-
-def _is_tensorboard(logger: Any) -> bool:
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    return isinstance(logger, TensorBoardLogger)

@@ -49,7 +49,6 @@ import copy
 import csv
 import math
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +58,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
+from callbacks.validation_rounds import ValidationRounds, is_tensorboard, is_wandb, log_step
 from halo.evaluation import (
     EvalSample,
     comparison_grid,
@@ -83,7 +83,6 @@ LOGGED = {
     "empty_fraction": "empty",
     "seconds_per_mesh": "seconds",
 }
-PREFIX = "val_mesh/"
 
 
 def _nanmean(values: list[float]) -> float:
@@ -92,7 +91,7 @@ def _nanmean(values: list[float]) -> float:
     return float(a.mean()) if len(a) else float("nan")
 
 
-class MeshValidation(L.Callback):
+class MeshValidation(ValidationRounds):
     """Extract, score, save and render meshes of the first validation hands (see module docstring).
 
     Args:
@@ -109,6 +108,8 @@ class MeshValidation(L.Callback):
         hands_per_row: hands (predicted + ground-truth pairs) per row of the grid.
     """
 
+    prefix = "val_mesh/"
+
     def __init__(
         self,
         every_n_epochs: int = 1,
@@ -123,9 +124,7 @@ class MeshValidation(L.Callback):
         render_size: int = 256,
         hands_per_row: int = 2,
     ):
-        super().__init__()
-        if int(every_n_epochs) < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        super().__init__(every_n_epochs=every_n_epochs, on_fit_end=on_fit_end, out_dir=out_dir)
         if int(num_hands) < 1:
             raise ValueError(f"num_hands must be >= 1, got {num_hands}")
         if int(resolution_0) < 2 or int(upsampling_steps) < 0:
@@ -134,71 +133,34 @@ class MeshValidation(L.Callback):
             )
         if int(n_samples) < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        self.every_n_epochs = int(every_n_epochs)
         self.num_hands = int(num_hands)
         self.resolution_0 = int(resolution_0)
         self.upsampling_steps = int(upsampling_steps)
         self.n_samples = int(n_samples)
-        self.final_extraction = bool(on_fit_end)
         self.render = bool(render)
         self.log_meshes = bool(log_meshes)
-        self.out_dir = None if out_dir is None else Path(out_dir)
         self.render_size = int(render_size)
         self.hands_per_row = int(hands_per_row)
 
-        self.history: list[dict[str, float]] = []  # one entry per validation during fit
-        self.validations = 0  # non-sanity validations seen (this and resumed fits)
         self.mesh_seconds = 0.0  # this callback's cumulative work, excluded from the curve's wall time
-        self.last_metrics: dict[str, float] | None = None
         self._samples: list[EvalSample] | None = None
         self._fit_t0: float | None = None
-        self._last_mesh_step: int | None = None
 
     # ------------------------------------------------------------------ state (resume)
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(h) for h in self.history], "validations": self.validations,
-                "mesh_seconds": self.mesh_seconds}  # fmt: skip
+        return {**super().state_dict(), "mesh_seconds": self.mesh_seconds}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(h) for h in state_dict.get("history", [])]
-        self.validations = int(state_dict.get("validations", 0))
+        super().load_state_dict(state_dict)
         self.mesh_seconds = float(state_dict.get("mesh_seconds", 0.0))
         if self._fit_t0 is not None and self.history:  # restored after on_fit_start (some strategies)
             self._fit_t0 = time.perf_counter() - self.history[-1]["wall_s"]
-
-    # ------------------------------------------------------------------ paths
-    def root(self, trainer: L.Trainer) -> Path:
-        return self.out_dir if self.out_dir is not None else Path(trainer.default_root_dir)
-
-    @staticmethod
-    def tag(trainer: L.Trainer, final: bool = False) -> str:
-        if final:
-            return f"final_step_{trainer.global_step:07d}"
-        return f"epoch_{trainer.current_epoch:04d}_step_{trainer.global_step:07d}"
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Resumed fits continue the curve where the checkpointed history ended.
         offset = self.history[-1]["wall_s"] if self.history else 0.0
         self._fit_t0 = time.perf_counter() - offset
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self.validations += 1
-        if self.validations % self.every_n_epochs:
-            return
-        metrics = self._run_everywhere(trainer, pl_module, final=False)
-        if metrics is None:
-            return
-        to_loggers = bool(trainer.loggers)  # callback_metrics (monitoring) either way
-        # Identical on every rank (broadcast above): the reduction of sync_dist changes nothing,
-        # it only tells Lightning the epoch-level value is consistent across ranks (no warning).
-        sync = trainer.world_size > 1
-        for name, value in metrics.items():
-            pl_module.log(
-                PREFIX + name, value, on_step=False, on_epoch=True, sync_dist=sync, logger=to_loggers
-            )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # callback_metrics holds this validation's epoch values only after on_validation_epoch_end.
@@ -221,38 +183,13 @@ class MeshValidation(L.Callback):
             except Exception as exc:  # noqa: BLE001 - a plotting problem must not stop training
                 rank_zero_warn(f"MeshValidation: could not write the val/iou curve: {exc}")
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # "On fit end": the last hook where the strategy (broadcast) and the loggers are still
-        # up; Lightning refuses self.log here, so values go to the loggers directly.
-        if not self.final_extraction or self._last_mesh_step == trainer.global_step:
-            return
-        metrics = self._run_everywhere(trainer, pl_module, final=True)
-        if metrics is None:
-            return
-        logged = {PREFIX + k: v for k, v in metrics.items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(logged, step=_log_step(trainer))
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in logged.items()})
-
     # ------------------------------------------------------------------ the work
-    def _run_everywhere(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool):
-        """Rank 0 computes (and writes); every rank gets the same metrics back (or None)."""
-        metrics = None
-        if trainer.is_global_zero:
-            t0 = time.perf_counter()
-            try:
-                metrics = self._run(trainer, pl_module, final)
-            except Exception as exc:  # noqa: BLE001 - report and keep training
-                lines = traceback.format_exception_only(type(exc), exc)
-                rank_zero_warn(
-                    f"MeshValidation skipped at step {trainer.global_step}: {''.join(lines).strip()}"
-                )
-                metrics = None
+    def _run_on_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool):
+        t0 = time.perf_counter()
+        try:
+            return super()._run_on_rank_zero(trainer, pl_module, final)
+        finally:
             self.mesh_seconds += time.perf_counter() - t0
-        metrics = trainer.strategy.broadcast(metrics, src=0)
-        self._last_mesh_step = trainer.global_step
-        self.last_metrics = metrics
-        return metrics
 
     def _halo_model(self, pl_module: L.LightningModule) -> HaloModel:
         model = getattr(pl_module, "halo_model", None)
@@ -299,7 +236,7 @@ class MeshValidation(L.Callback):
         root = self.root(trainer)
         mesh_dir = root / "meshes" / tag
         mesh_dir.mkdir(parents=True, exist_ok=True)
-        want_glb = self.log_meshes and any(_is_wandb(lg) for lg in trainer.loggers)
+        want_glb = self.log_meshes and any(is_wandb(lg) for lg in trainer.loggers)
         rows, pairs, glbs = [], [], []
         for sample in samples:
             row, hand = evaluate_sample(
@@ -333,18 +270,20 @@ class MeshValidation(L.Callback):
         return metrics
 
     def _log_media(self, trainer: L.Trainer, grid, glbs: list[Path], tag: str, names: list[str]) -> None:
-        step = _log_step(trainer)
+        step = log_step(trainer)
         for logger in trainer.loggers:
-            if _is_wandb(logger):
+            if is_wandb(logger):
                 if grid is not None:
-                    logger.log_image(key=PREFIX + "renders", images=[grid], step=step, caption=[tag])
+                    logger.log_image(key=self.prefix + "renders", images=[grid], step=step, caption=[tag])
                 if glbs:
                     import wandb
 
                     objects = [wandb.Object3D(str(p)) for p in glbs]
-                    logger.log_metrics({PREFIX + "meshes": objects}, step=step)
-            elif _is_tensorboard(logger) and grid is not None:
-                logger.experiment.add_image(PREFIX + "renders", grid, global_step=step, dataformats="HWC")
+                    logger.log_metrics({self.prefix + "meshes": objects}, step=step)
+            elif is_tensorboard(logger) and grid is not None:
+                logger.experiment.add_image(
+                    self.prefix + "renders", grid, global_step=step, dataformats="HWC"
+                )
 
     # ------------------------------------------------------------------ val/iou curve
     def _write_curve(self, out: Path) -> Path | None:
@@ -383,26 +322,3 @@ class MeshValidation(L.Callback):
         path = out / "val_iou_curve.png"
         fig.savefig(path)
         return path
-
-
-def _log_step(trainer: Any) -> int:
-    """Logger step of the current weights, Lightning's convention: the index of the last trained batch.
-
-    (``self.log`` in a validation after optimizer step k writes step k - 1, as do the metrics of
-    training batch k - 1; renders and the final metrics use the same step.)
-    """
-    return max(int(trainer.global_step) - 1, 0)
-
-
-def _is_wandb(logger: Any) -> bool:
-    try:
-        from lightning.pytorch.loggers import WandbLogger
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(logger, WandbLogger)
-
-
-def _is_tensorboard(logger: Any) -> bool:
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    return isinstance(logger, TensorBoardLogger)
