@@ -34,7 +34,7 @@ import torch
 from scipy.spatial.transform import Rotation
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.hand_occupancy import cluster_safe_worker_init
+from datamodules.loading import split_loader
 from halo.grab import GRAB_TEST_OBJECTS, GRAB_VAL_OBJECTS, GrabFileError
 from halo.grasp_records import (
     SPLITS,
@@ -223,17 +223,7 @@ class GraspDataModule(L.LightningDataModule):
             self.dataset("test")
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        ds = self.dataset(split)
-        workers = self.hparams.num_workers
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(ds) >= batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            worker_init_fn=cluster_safe_worker_init if workers > 0 else None,
-        )
+        return split_loader(self.dataset(split), batch_size, shuffle, self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.hparams.batch_size, shuffle=True)

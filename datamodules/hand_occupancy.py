@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
-import signal
 import warnings
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.loading import split_loader
 from halo.hand_build import BuildConfig, build_synthetic_dataset, synthetic_dataset_key
 from halo.hand_dataset import (
     DatasetFormatError,
@@ -46,31 +45,7 @@ __all__ = [
     "HandOccupancyDataModule",
     "HandOccupancyDataset",
     "SyntheticHandsDataModule",
-    "cluster_safe_worker_init",
 ]
-
-#: Signals a cluster sends to every process of a job step, DataLoader workers included: SIGUSR1
-#: (Lightning's SLURM requeue signal), SIGUSR2 (submitit's) and SIGTERM (preemption, cancel).
-#: Forked workers inherit the training process's Python handlers for them.
-_TRAINER_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM")
-
-
-def cluster_safe_worker_init(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: workers ignore the cluster's requeue/stop signals.
-
-    SLURM signals every process of a job step.  A worker would otherwise run the handlers it
-    inherited from the training process (Lightning's: save a checkpoint and ``scontrol requeue``
-    from inside the worker) or die and fail the step.  The training process alone reacts, and its
-    workers end with it.  Also applies Lightning's per-worker seeding, which Lightning adds only
-    to loaders without a ``worker_init_fn`` (``seed_everything(workers=True)``).
-    """
-    for name in _TRAINER_SIGNALS:
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
-    if int(os.environ.get("PL_SEED_WORKERS", 0)):
-        from lightning.fabric.utilities.seed import pl_worker_init_function
-
-        pl_worker_init_function(worker_id)
 
 
 @contextlib.contextmanager
@@ -252,16 +227,7 @@ class HandOccupancyDataModule(L.LightningDataModule):
             self._dataset("test")
 
     def _loader(self, stage: str, batch_size: int, shuffle: bool) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            self._dataset(stage),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(self._dataset(stage)) >= batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            worker_init_fn=cluster_safe_worker_init if workers > 0 else None,
-        )
+        return split_loader(self._dataset(stage), batch_size, shuffle, self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.hparams.batch_size, shuffle=True)

@@ -24,7 +24,6 @@ the Hydra config.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from halo.checkpoint import load_model, save_checkpoint
 from halo.evaluation import occupancy_iou  # one definition: `halo eval meshes` reproduces val/iou
 from halo.occupancy import HaloModel, NetworkConfig
+from lightning_modules.train_logging import TrainStepLogging
 
 LOSSES = ("mse", "bce")
 SCHEDULERS = ("cosine", "onecycle")
@@ -52,7 +52,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class HaloBaseModule(L.LightningModule):
+class HaloBaseModule(TrainStepLogging, L.LightningModule):
     """Keypoints + query points -> occupancy, trained on ground-truth occupancy samples.
 
     Args:
@@ -123,7 +123,6 @@ class HaloBaseModule(L.LightningModule):
         self.val_iou_best = MaxMetric()
         self.test_loss = MeanMetric()
         self.test_iou = MeanMetric()
-        self._step_started: float | None = None
         self._checkpoint_step = 0  # global step of the Lightning checkpoint this module was loaded from
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -200,28 +199,14 @@ class HaloBaseModule(L.LightningModule):
         # The sanity-check validation must not count as the best IoU of the run.
         self.val_iou_best.reset()
 
-    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        self._step_started = time.perf_counter()
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         total, parts, _ = self._losses(batch)
-        bsz = batch["points"].shape[0]
-        self.log("train/loss", total, on_step=True, on_epoch=False, prog_bar=True, batch_size=bsz)
-        for name, value in parts.items():
-            self.log(f"train/{name}_loss", value, on_step=True, on_epoch=False, batch_size=bsz)
+        self.log_train_losses(total, parts, batch)
         return total
 
-    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
-        # After the optimizer step: one batch's forward + backward + update, loading excluded.
-        if self._step_started is None:
-            return
-        seconds = time.perf_counter() - self._step_started
+    def batch_counts(self, batch: dict) -> dict[str, int]:
         bsz, num_points = batch["points"].shape[:2]
-        self.log("train/samples_per_s", bsz / seconds, on_step=True, on_epoch=False, batch_size=bsz)
-        self.log(
-            "train/points_per_s", bsz * num_points / seconds, on_step=True, on_epoch=False, batch_size=bsz
-        )
-        self._step_started = None
+        return {"samples": bsz, "points": bsz * num_points}
 
     # ------------------------------------------------------------------ validation / test
     def _evaluate(self, batch: dict, loss_metric: MeanMetric, iou_metric: MeanMetric) -> None:

@@ -51,7 +51,6 @@ of generation), also when they are not trained on, so runs with and without them
 
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -78,6 +77,7 @@ from halo.grasp_vae import (
     root_plane_angle_loss,
 )
 from halo.occupancy import HaloModel
+from lightning_modules.train_logging import TrainStepLogging
 
 #: Loss weights of the original's GRAB config (spec 6.3, no-BPS weights) + this project's terms.
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
@@ -135,7 +135,7 @@ def load_frozen_halo(path: str | Path) -> tuple[HaloModel, dict]:
     return model.eval(), meta
 
 
-class HaloVaeModule(L.LightningModule):
+class HaloVaeModule(TrainStepLogging, L.LightningModule):
     """Object points -> grasp keypoints, trained with HALO's interpenetration term (see module docstring).
 
     Args:
@@ -243,7 +243,6 @@ class HaloVaeModule(L.LightningModule):
             # object.__setattr__: NOT a registered submodule (no parameters(), state_dict(), optimizer).
             object.__setattr__(self, "_halo", halo)
             self._halo_meta = meta
-        self._step_started: float | None = None
         self._encoder_frozen = False
 
     # ------------------------------------------------------------------ the frozen HALO base
@@ -412,24 +411,13 @@ class HaloVaeModule(L.LightningModule):
                 f"HALO-VAE: object encoder frozen from epoch {self.current_epoch} (after {n} epochs)"
             )
 
-    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        self._step_started = time.perf_counter()
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         total, terms, _ = self.losses(batch, sample=True)
-        bsz = batch["keypoints"].shape[0]
-        self.log("train/loss", total, on_step=True, on_epoch=False, prog_bar=True, batch_size=bsz)
-        for name, value in terms.items():
-            self.log(f"train/{name}_loss", value, on_step=True, on_epoch=False, batch_size=bsz)
+        self.log_train_losses(total, terms, batch)
         return total
 
-    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
-        if self._step_started is None:
-            return
-        seconds = time.perf_counter() - self._step_started
-        bsz = batch["keypoints"].shape[0]
-        self.log("train/samples_per_s", bsz / seconds, on_step=True, on_epoch=False, batch_size=bsz)
-        self._step_started = None
+    def batch_counts(self, batch: dict) -> dict[str, int]:
+        return {"samples": batch["keypoints"].shape[0]}
 
     # ------------------------------------------------------------------ validation / test
     def _evaluate(self, batch: dict, prefix: str) -> None:

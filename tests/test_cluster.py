@@ -225,7 +225,7 @@ def test_dataloader_workers_ignore_the_cluster_signals():
     code = (
         "import signal, sys\n"
         "signal.signal(signal.SIGUSR1, lambda *a: sys.exit('handler ran'))\n"
-        "from datamodules.hand_occupancy import cluster_safe_worker_init\n"
+        "from datamodules.loading import cluster_safe_worker_init\n"
         "cluster_safe_worker_init(0)\n"
         "assert all(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM))\n"
         "import os; os.kill(os.getpid(), signal.SIGUSR1); os.kill(os.getpid(), signal.SIGTERM)\n"

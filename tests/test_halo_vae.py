@@ -42,7 +42,7 @@ from halo.occupancy import HaloModel, NetworkConfig
 from halo.skeleton import BONES
 from lightning_modules.halo_vae import HaloBaseMissingError, HaloVaeModule
 from tests.fake_grasp_data import FakeGraspDataModule
-from tests.helpers import random_hands
+from tests.helpers import quiet_trainer, random_hands
 
 SMALL_VAE = {
     "object_dim": 32,
@@ -65,19 +65,6 @@ def halo_base(tmp_path_factory) -> Path:
 def _module(halo_base: Path, **kwargs) -> HaloVaeModule:
     defaults = dict(vae=SMALL_VAE, halo_checkpoint=str(halo_base), lr=1e-3, object_points=64)
     return HaloVaeModule(**{**defaults, **kwargs})
-
-
-def _trainer(root: Path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        default_root_dir=root,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 def _data(**kwargs) -> FakeGraspDataModule:
@@ -348,7 +335,7 @@ def test_training_step_leaves_halo_unchanged_while_keypoint_gradients_flow(halo_
 
     # One real optimizer step of the whole objective: VAE weights move, HALO's do not.
     vae_before = {k: v.clone() for k, v in module.vae.state_dict().items()}
-    _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(module, datamodule=_data())
+    quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(module, datamodule=_data())
     assert all(torch.equal(v, halo.state_dict()[k]) for k, v in before.items())
     assert any(not torch.equal(v, module.vae.state_dict()[k]) for k, v in vae_before.items())
     reloaded, _ = load_model(halo_base)
@@ -358,7 +345,7 @@ def test_training_step_leaves_halo_unchanged_while_keypoint_gradients_flow(halo_
 def test_checkpoint_round_trip_restores_vae_and_reloads_the_same_base(halo_base, tmp_path):
     torch.manual_seed(0)
     module = _module(halo_base)
-    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=_data())
     ckpt = tmp_path / "vae.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -395,7 +382,7 @@ def test_encoder_freezes_after_n_epochs(halo_base, tmp_path):
         def on_train_epoch_end(self, trainer, pl_module):
             snapshots.append({k: v.clone() for k, v in pl_module.vae.state_dict().items()})
 
-    _trainer(tmp_path, max_epochs=3, limit_val_batches=0, callbacks=[Snap()]).fit(module, datamodule=dm)
+    quiet_trainer(tmp_path, max_epochs=3, limit_val_batches=0, callbacks=[Snap()]).fit(module, datamodule=dm)
     enc = [k for k in snapshots[0] if k.startswith("object_encoder.")]
     dec = [k for k in snapshots[0] if k.startswith("decoder.")]
     assert any(not torch.equal(snapshots[0][k], snapshots[1][k]) for k in dec)  # still training
@@ -407,7 +394,7 @@ def test_short_training_run_lowers_the_validation_loss(halo_base, tmp_path):
     torch.manual_seed(0)
     module = _module(halo_base, lr=2e-3)
     dm = _data(num_train=64)
-    trainer = _trainer(tmp_path, max_steps=60, val_check_interval=60, check_val_every_n_epoch=None)
+    trainer = quiet_trainer(tmp_path, max_steps=60, val_check_interval=60, check_val_every_n_epoch=None)
     before = trainer.validate(module, datamodule=dm, verbose=False)[0]
     trainer.fit(module, datamodule=dm)
     after = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -427,7 +414,7 @@ def test_grasp_validation_writes_tables_renders_curves_and_logs(halo_base, tmp_p
     torch.manual_seed(0)
     module = _module(halo_base)
     callback = GraspValidation(grasps_per_object=3, resolution_0=8, upsampling_steps=2, render_size=96)
-    trainer = _trainer(
+    trainer = quiet_trainer(
         tmp_path, max_steps=4, val_check_interval=2, check_val_every_n_epoch=None, callbacks=[callback]
     )
     trainer.fit(module, datamodule=_data())
@@ -461,7 +448,7 @@ def test_grasp_validation_needs_grasp_objects(halo_base, tmp_path):
         grasp_objects = None
 
     callback = GraspValidation(grasps_per_object=2)
-    trainer = _trainer(
+    trainer = quiet_trainer(
         tmp_path, max_steps=2, val_check_interval=2, check_val_every_n_epoch=None, callbacks=[callback]
     )
     with warnings.catch_warnings(record=True) as caught:

@@ -9,7 +9,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from unittest.mock import MagicMock
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -27,23 +26,10 @@ from halo.occupancy import HaloModel, NetworkConfig
 from lightning_modules.halo_base import HaloBaseModule
 from lightning_modules.halo_base import occupancy_iou as module_occupancy_iou
 from tests.fake_hand_data import CapsuleHandsDataModule
-from tests.helpers import random_hands
+from tests.helpers import quiet_trainer, random_hands
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL_NET = {"hidden_dims": [32, 32, 32, 32]}
-
-
-def _quiet_trainer(root: Path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        default_root_dir=root,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 # ----------------------------------------------------------------------------- Lightning checkpoints
@@ -52,7 +38,7 @@ def _quiet_trainer(root: Path, **kwargs) -> L.Trainer:
 def test_lightning_checkpoint_loads_without_lightning(tmp_path):
     dm = CapsuleHandsDataModule(num_train=2, num_val=1, batch_size=2, num_points=128, num_iou_points=128)
     module = HaloBaseModule(net=SMALL_NET, loss="bce", lr=1e-2)
-    trainer = _quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
     ckpt = tmp_path / "last.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -191,7 +177,7 @@ def test_mesh_validation_in_a_fit_and_eval_reproduces_val_iou(tmp_path):
     )
     at_validation = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/iou", mode="max", save_top_k=1)
     run = tmp_path / "run"
-    trainer = _quiet_trainer(
+    trainer = quiet_trainer(
         run, max_steps=3, val_check_interval=2, check_val_every_n_epoch=None, num_sanity_val_steps=1,
         logger=CSVLogger(run, name="csv"), callbacks=[callback, at_validation], enable_checkpointing=True,
         log_every_n_steps=1,
