@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from callbacks.validation_rounds import ValidationRounds, is_tensorboard, is_wandb, log_step
+from callbacks.validation_rounds import ValidationRounds, is_wandb, log_step
 from halo.grasp_generation import (
     GRASP_TABLE_COLUMNS,
     OBJECT_TABLE_COLUMNS,
@@ -233,16 +233,11 @@ class GraspValidation(ValidationRounds):
     def _log_media(self, trainer: L.Trainer, grid, per_object: list[dict], tag: str) -> None:
         step = log_step(trainer)
         for logger in trainer.loggers:
+            self._log_grid(logger, grid, tag, step)
             if is_wandb(logger):
                 columns = list(OBJECT_TABLE_COLUMNS)
                 data = [[_table_value(r[c]) for c in columns] for r in per_object]
                 logger.log_table(key=self.prefix + "per_object", columns=columns, data=data, step=step)
-                if grid is not None:
-                    logger.log_image(key=self.prefix + "renders", images=[grid], step=step, caption=[tag])
-            elif is_tensorboard(logger) and grid is not None:
-                logger.experiment.add_image(
-                    self.prefix + "renders", grid, global_step=step, dataformats="HWC"
-                )
 
     # ------------------------------------------------------------------ curves
     def _write_curve(self, out: Path) -> Path | None:

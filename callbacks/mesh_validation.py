@@ -58,7 +58,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
-from callbacks.validation_rounds import ValidationRounds, is_tensorboard, is_wandb, log_step
+from callbacks.validation_rounds import ValidationRounds, is_wandb, log_step
 from halo.evaluation import (
     EvalSample,
     comparison_grid,
@@ -272,18 +272,12 @@ class MeshValidation(ValidationRounds):
     def _log_media(self, trainer: L.Trainer, grid, glbs: list[Path], tag: str, names: list[str]) -> None:
         step = log_step(trainer)
         for logger in trainer.loggers:
-            if is_wandb(logger):
-                if grid is not None:
-                    logger.log_image(key=self.prefix + "renders", images=[grid], step=step, caption=[tag])
-                if glbs:
-                    import wandb
+            self._log_grid(logger, grid, tag, step)
+            if is_wandb(logger) and glbs:
+                import wandb
 
-                    objects = [wandb.Object3D(str(p)) for p in glbs]
-                    logger.log_metrics({self.prefix + "meshes": objects}, step=step)
-            elif is_tensorboard(logger) and grid is not None:
-                logger.experiment.add_image(
-                    self.prefix + "renders", grid, global_step=step, dataformats="HWC"
-                )
+                objects = [wandb.Object3D(str(p)) for p in glbs]
+                logger.log_metrics({self.prefix + "meshes": objects}, step=step)
 
     # ------------------------------------------------------------------ val/iou curve
     def _write_curve(self, out: Path) -> Path | None:

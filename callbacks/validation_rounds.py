@@ -122,6 +122,16 @@ class ValidationRounds(L.Callback):
             logger.log_metrics(logged, step=log_step(trainer))
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in logged.items()})
 
+    # ------------------------------------------------------------------ loggers
+    def _log_grid(self, logger: Any, grid: Any, tag: str, step: int) -> None:
+        """The round's render grid as ``<prefix>renders`` (W&B image or TensorBoard image)."""
+        if grid is None:
+            return
+        if is_wandb(logger):
+            logger.log_image(key=self.prefix + "renders", images=[grid], step=step, caption=[tag])
+        elif is_tensorboard(logger):
+            logger.experiment.add_image(self.prefix + "renders", grid, global_step=step, dataformats="HWC")
+
     # ------------------------------------------------------------------ the work
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool) -> dict[str, float]:
         raise NotImplementedError

@@ -32,9 +32,9 @@ import lightning as L
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from datamodules.loading import split_loader
+from datamodules.loading import SplitLoaders
 from halo.grab import GRAB_TEST_OBJECTS, GRAB_VAL_OBJECTS, GrabFileError
 from halo.grasp_records import (
     SPLITS,
@@ -136,7 +136,7 @@ class GraspRecordsDataset(Dataset):
         }
 
 
-class GraspDataModule(L.LightningDataModule):
+class GraspDataModule(SplitLoaders, L.LightningDataModule):
     """Loaders over a finished records folder (subclasses build it in ``prepare_data``).
 
     Args:
@@ -222,17 +222,8 @@ class GraspDataModule(L.LightningDataModule):
         if stage in (None, "test"):
             self.dataset("test")
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return split_loader(self.dataset(split), batch_size, shuffle, self.hparams.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.hparams.val_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.val_batch_size, shuffle=False)
+    def split_dataset(self, stage: str):
+        return self.dataset(stage)
 
 
 def _records_config(**kwargs) -> RecordsConfig:

@@ -28,9 +28,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from datamodules.loading import split_loader
+from datamodules.loading import SplitLoaders
 from halo.hand_build import BuildConfig, build_synthetic_dataset, synthetic_dataset_key
 from halo.hand_dataset import (
     DatasetFormatError,
@@ -159,7 +159,7 @@ class HandOccupancyDataset(Dataset):
         return item
 
 
-class HandOccupancyDataModule(L.LightningDataModule):
+class HandOccupancyDataModule(SplitLoaders, L.LightningDataModule):
     """Train/val/test loaders over a root in the original layout (see module docstring).
 
     Args:
@@ -226,17 +226,8 @@ class HandOccupancyDataModule(L.LightningDataModule):
         if stage in (None, "test"):
             self._dataset("test")
 
-    def _loader(self, stage: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return split_loader(self._dataset(stage), batch_size, shuffle, self.hparams.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.hparams.val_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.val_batch_size, shuffle=False)
+    def split_dataset(self, stage: str):
+        return self._dataset(stage)
 
     def mesh_paths(self, stage: str, index: int) -> dict[str, Path]:
         """Files of one sample (ground-truth mesh, point cloud) for mesh-level evaluation."""

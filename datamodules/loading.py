@@ -44,3 +44,26 @@ def split_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: 
         persistent_workers=num_workers > 0,
         worker_init_fn=cluster_safe_worker_init if num_workers > 0 else None,
     )
+
+
+class SplitLoaders:
+    """Mixin for a LightningDataModule: train/val/test loaders over ``self.split_dataset(stage)``.
+
+    Uses ``hparams.batch_size`` (training), ``hparams.val_batch_size`` (validation and test) and
+    ``hparams.num_workers``.
+    """
+
+    def split_dataset(self, stage: str) -> Dataset:
+        raise NotImplementedError
+
+    def _loader(self, stage: str, batch_size: int, shuffle: bool) -> DataLoader:
+        return split_loader(self.split_dataset(stage), batch_size, shuffle, self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.hparams.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.hparams.val_batch_size, shuffle=False)
