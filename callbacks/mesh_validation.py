@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
@@ -68,6 +67,7 @@ from halo.evaluation import (
     render_comparison,
     write_rows_csv,
 )
+from halo.metrics import summarize_metrics
 from halo.occupancy import HaloModel
 
 __all__ = ["MeshValidation"]
@@ -83,12 +83,6 @@ LOGGED = {
     "empty_fraction": "empty",
     "seconds_per_mesh": "seconds",
 }
-
-
-def _nanmean(values: list[float]) -> float:
-    a = np.asarray(values, dtype=np.float64)
-    a = a[~np.isnan(a)]
-    return float(a.mean()) if len(a) else float("nan")
 
 
 class MeshValidation(ValidationRounds):
@@ -258,7 +252,8 @@ class MeshValidation(ValidationRounds):
                     render_comparison(hand.mesh, sample.gt_mesh(), sample.keypoints, size=self.render_size)
                 )
         write_rows_csv(rows, mesh_dir / "metrics.csv")
-        metrics = {name: _nanmean([float(r[key]) for r in rows]) for name, key in LOGGED.items()}
+        summary = summarize_metrics(rows)  # NaN-aware means, as `halo eval meshes` reports them
+        metrics = {name: summary[key]["mean"] for name, key in LOGGED.items()}
 
         grid = None
         if self.render and pairs:

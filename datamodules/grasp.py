@@ -35,7 +35,7 @@ from scipy.spatial.transform import Rotation
 from torch.utils.data import Dataset
 
 from datamodules.loading import SplitLoaders
-from halo.grab import GRAB_TEST_OBJECTS, GRAB_VAL_OBJECTS, GrabFileError
+from halo.grab import GrabFileError
 from halo.grasp_records import (
     SPLITS,
     GraspObject,
@@ -354,8 +354,3 @@ class SyntheticGraspsDataModule(GrabDataModule):
         if root != self.root:  # pragma: no cover - guards the key convention above
             raise RuntimeError(f"synthetic root {root} is not the expected {self.root}")
         super().prepare_data()
-
-
-# Names re-exported for configs and docs.
-DEFAULT_TEST_OBJECTS = GRAB_TEST_OBJECTS
-DEFAULT_VAL_OBJECTS = GRAB_VAL_OBJECTS

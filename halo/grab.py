@@ -47,7 +47,6 @@ The standard object split (GRAB / GrabNet) is :data:`GRAB_TEST_OBJECTS`,
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,8 +101,6 @@ FINGER_CONTACT_IDS: dict[str, tuple[int, int, int]] = {
 SYNTHETIC_MANO_PATH = Path("tools/mano/SYNTHETIC_RIGHT.npz")
 #: The known right-hand-MANO download, named in error messages.
 MANO_HINT = "MANO_RIGHT.pkl from mano_v1_2 (https://mano.is.tue.mpg.de; not redistributable)"
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9]+$")
 
 
 class GrabFileError(ValueError):
@@ -495,8 +492,3 @@ class GrabHandPoser:
             use_pca=use_pca,
         )
         return out.vertices.numpy(), out.keypoints.numpy()
-
-
-def valid_object_name(name: str) -> bool:
-    """GRAB object names are letters and digits (the file prefix before the first ``_``)."""
-    return bool(_NAME_RE.match(name))

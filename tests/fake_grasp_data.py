@@ -51,6 +51,17 @@ def grasp_around(radius: float, rng: np.random.Generator) -> np.ndarray:
     return kp @ rot.T
 
 
+#: A HALO-VAE small enough for CPU tests (halo.grasp_vae.GraspVaeConfig fields).
+SMALL_VAE = {
+    "object_dim": 32,
+    "object_hidden_dim": 32,
+    "z_dim": 8,
+    "encoder_dim": 64,
+    "decoder_dim": 64,
+    "refine_dim": 32,
+}
+
+
 class _Grasps(Dataset):
     def __init__(
         self, keypoints, object_index, objects, n_object_points, n_inside_points, seed, deterministic

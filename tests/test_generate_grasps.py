@@ -17,16 +17,8 @@ from halo.checkpoint import save_checkpoint
 from halo.cli import main as halo_main
 from halo.occupancy import HaloModel, NetworkConfig
 from lightning_modules.halo_vae import HaloVaeModule
-from tests.fake_grasp_data import FakeGraspDataModule
+from tests.fake_grasp_data import SMALL_VAE, FakeGraspDataModule
 
-SMALL_VAE = {
-    "object_dim": 32,
-    "object_hidden_dim": 32,
-    "z_dim": 8,
-    "encoder_dim": 64,
-    "decoder_dim": 64,
-    "refine_dim": 32,
-}
 N = 3
 
 

@@ -41,17 +41,8 @@ from halo.grasp_vae import (
 from halo.occupancy import HaloModel, NetworkConfig
 from halo.skeleton import BONES
 from lightning_modules.halo_vae import HaloBaseMissingError, HaloVaeModule
-from tests.fake_grasp_data import FakeGraspDataModule
+from tests.fake_grasp_data import SMALL_VAE, FakeGraspDataModule
 from tests.helpers import quiet_trainer, random_hands
-
-SMALL_VAE = {
-    "object_dim": 32,
-    "object_hidden_dim": 32,
-    "z_dim": 8,
-    "encoder_dim": 64,
-    "decoder_dim": 64,
-    "refine_dim": 32,
-}
 
 
 @pytest.fixture(scope="session")
