@@ -202,10 +202,12 @@ def _closed_object(mesh: trimesh.Trimesh, name: str) -> trimesh.Trimesh:
     return mesh.convex_hull
 
 
-def _object_arrays(root: Path, names_paths: dict[str, str], config: RecordsConfig) -> dict[str, np.ndarray]:
+def _object_arrays(
+    root: Path, names_paths: dict[str, str], config: RecordsConfig, loaded: dict[str, trimesh.Trimesh]
+) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {"names": np.array(sorted(names_paths))}
     for i, name in enumerate(sorted(names_paths)):
-        mesh = load_object_mesh(root, names_paths[name], name)
+        mesh = loaded[name] if name in loaded else load_object_mesh(root, names_paths[name], name)
         rng = np.random.default_rng([config.seed, i])
         surface, _ = trimesh.sample.sample_surface(mesh, config.n_surface_points, seed=rng)
         closed = _closed_object(mesh, str(root / names_paths[name]))
@@ -276,6 +278,7 @@ def build_grasp_records(
     object_ids = {name: i for i, name in enumerate(sorted(split_by_object))}
     columns: dict[str, dict[str, list[np.ndarray]]] = {s: {k: [] for k in ARRAYS} for s in SPLITS}
     object_paths: dict[str, str] = {}
+    meshes: dict[str, trimesh.Trimesh] = {}  # read once, used for the frame centres and the samples
     hull_cache: dict[str, np.ndarray] = {}
     for path in _progress(files, "grasp records", progress):
         try:
@@ -293,7 +296,7 @@ def build_grasp_records(
             if len(frames) == 0:
                 continue
             if name not in hull_cache:
-                mesh = load_object_mesh(root, seq.object_mesh, name)
+                mesh = meshes[name] = load_object_mesh(root, seq.object_mesh, name)
                 # The posed bounding box is spanned by convex-hull vertices: far fewer to rotate.
                 hull_cache[name] = np.asarray(mesh.convex_hull.vertices, dtype=np.float64)
                 object_paths[name] = seq.object_mesh
@@ -334,7 +337,7 @@ def build_grasp_records(
     absent = [n for n in all_names if n not in object_paths]
     if absent:
         raise GrabFileError(f"{root}: no object mesh found for {absent}")
-    atomic_write_npz(out_dir / "objects.npz", _object_arrays(root, object_paths, config))
+    atomic_write_npz(out_dir / "objects.npz", _object_arrays(root, object_paths, config, meshes))
     np.save(out_dir / "hand_faces.npy", poser.faces)
     for split in SPLITS:
         report.frames[split] = _write_split(out_dir, split, columns[split])
