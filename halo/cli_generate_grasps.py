@@ -153,6 +153,9 @@ def _generate_grasps(args: argparse.Namespace) -> int:
                 raise GraspCliError(str(exc)) from exc
         for w in caught:  # unit warnings: say them once, on stderr, in the CLI's voice
             print(f"halo generate grasps: warning: {w.message}", file=sys.stderr)
+        mesh.vertices = np.asarray(mesh.vertices, dtype=np.float32).astype(
+            np.float64
+        )  # as the .ply stores it
         if not mesh.is_watertight:
             print(
                 f"halo generate grasps: warning: {path} is not watertight; interpenetration metrics use its "

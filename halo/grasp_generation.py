@@ -125,6 +125,9 @@ def evaluate_grasp(
         result.error = f"no hand mesh: {exc}"
         return result
     result.mesh_seconds = time.perf_counter() - t0
+    # Score the hand as mesh files store it (float32 vertices), so `halo eval grasps` on the
+    # written files reproduces these numbers voxel for voxel.
+    hand.vertices = np.asarray(hand.vertices, dtype=np.float32).astype(np.float64)
     result.hand = hand
     if len(hand.faces) == 0:
         result.error = "empty hand mesh (HALO occupancy below the threshold everywhere)"
