@@ -23,7 +23,7 @@ test-fast: setup  ## every capability in a small configuration (~2-3 min on 2 co
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
 test-cluster: setup  ## DDP (2 CPU processes) and a real local SLURM cluster (root: installs slurm-wlm + munge)
-	$(PY) -m pytest -q -p no:xdist -m slow tests/test_ddp.py tests/test_cluster.py
+	$(PY) -m pytest -q -p no:xdist -m slow tests/training/test_ddp.py tests/training/test_cluster.py
 
 test-all: setup  ## including slow tests
 	$(PY) -m pytest -q -n 2

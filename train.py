@@ -32,7 +32,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from halo.perf import tune_allocator
+from halo.utils.allocator import tune_allocator
 from lightning_modules import run_utils
 
 log = logging.getLogger("train")
@@ -57,7 +57,7 @@ def _export_best_network(model: L.LightningModule, best: str | None, run_dir: Pa
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit (and optionally test) from a composed config; returns (metrics, built objects)."""
     # Large, short-lived activations: glibc's default mmap threshold makes every step
-    # page-fault fresh memory, which is several times slower on VMs (halo/perf.py).
+    # page-fault fresh memory, which is several times slower on VMs (halo/utils/allocator.py).
     tune_allocator()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)

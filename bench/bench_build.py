@@ -24,14 +24,14 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=100_000)
     args = parser.parse_args()
 
-    from halo.hand_build import BuildConfig, SyntheticHandSource, build_split
+    from halo.data.build import BuildConfig, SyntheticHandSource, build_split
 
     config = BuildConfig(n_points=args.points, n_iou_points=args.points, n_pointcloud=args.points)
     warm = SyntheticHandSource(1)
     warm.prepare(warm.names()[0])  # build the synthetic model and import open3d outside the timings
-    import halo.inside
+    import halo.geometry.inside
 
-    halo.inside.inside_backend()
+    halo.geometry.inside.inside_backend()
     with tempfile.TemporaryDirectory() as tmp:
         n_prof = max(5, args.hands // 4)
         prof = cProfile.Profile()

@@ -28,9 +28,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    from halo.grasp_objects import OBJECT_SPECS
-    from halo.grasp_synth import GraspSynthesizer, SyntheticGrabConfig, SynthStats, write_synthetic_grab
-    from halo.synthetic_hand import get_synthetic_hand_model
+    from halo.grasp.objects import OBJECT_SPECS
+    from halo.grasp.synthesizer import GraspSynthesizer, SyntheticGrabConfig, SynthStats, write_synthetic_grab
+    from halo.hands.synthetic_hand import get_synthetic_hand_model
 
     model = get_synthetic_hand_model()
     names = args.objects or list(OBJECT_SPECS)

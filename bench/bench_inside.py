@@ -22,8 +22,8 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=100_000)
     args = parser.parse_args()
 
-    from halo.mano import ManoLayer
-    from halo.synthetic_hand import get_synthetic_hand_model, sample_hand_poses
+    from halo.hands.mano import ManoLayer
+    from halo.hands.synthetic_hand import get_synthetic_hand_model, sample_hand_poses
 
     model = get_synthetic_hand_model()
     with torch.no_grad():
@@ -53,7 +53,7 @@ def main() -> None:
         return scene.compute_occupancy(o3d.core.Tensor(pts.astype(np.float32))).numpy() > 0.5
 
     candidates = {
-        "halo.inside.points_inside_mesh (default)": lambda: __import__("halo.inside").inside.points_inside_mesh(
+        "halo.geometry.inside.points_inside_mesh (default)": lambda: __import__("halo.geometry.inside").inside.points_inside_mesh(
             verts, faces, pts, check_watertight=False),
         "open3d RaycastingScene.compute_occupancy": o3d,
         "trimesh contains (embreex)": lambda: trimesh.Trimesh(verts, faces, process=False).contains(pts),

@@ -34,16 +34,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    from halo.grasp_metrics import (
+    from halo.geometry.inside import inside_backend
+    from halo.grasp.metrics import (
         grasp_metrics,
         intersection_volume_cm3,
         prepare_hand_mesh,
         prepare_object_mesh,
         signed_distance_m,
     )
-    from halo.inside import inside_backend
-    from halo.mano import ManoLayer
-    from halo.synthetic_hand import get_synthetic_hand_model, sample_hand_poses
+    from halo.hands.mano import ManoLayer
+    from halo.hands.synthetic_hand import get_synthetic_hand_model, sample_hand_poses
 
     model = get_synthetic_hand_model()
     layer = ManoLayer(model, dtype=torch.float64)

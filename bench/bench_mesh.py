@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from pykdtree.kdtree import KDTree
 
-from halo.checkpoint import load_model
-from halo.cli import _default_checkpoint
-from halo.hand_field import HandOccupancyField
-from halo.mesh import extract_hand_mesh
-from halo.metrics import chamfer_l1_mm
-from halo.occupancy import HaloModel
-from halo.sequences import random_skeletons
+from halo.cli.app import _default_checkpoint
+from halo.core.checkpoint import load_model
+from halo.core.model import HaloModel
+from halo.eval.surface_metrics import chamfer_l1_mm
+from halo.hands.sequences import random_skeletons
+from halo.meshing.hand_field import HandOccupancyField
+from halo.meshing.hand_mesh import extract_hand_mesh
 
 
 def timed(fn, repeats: int):
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--dense-512", action="store_true", help="also build the (slow) dense 512 reference")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from halo.perf import tune_allocator
+    from halo.utils.allocator import tune_allocator
 
     print(f"allocator tuning applied: {tune_allocator()}")
     if args.checkpoint is None:

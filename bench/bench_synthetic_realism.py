@@ -20,12 +20,12 @@ import numpy as np
 import torch
 import trimesh
 
-from halo import render
-from halo.checkpoint import load_model
-from halo.cli import _default_checkpoint
-from halo.mano import ManoLayer
-from halo.mesh import extract_hand_mesh
-from halo.synthetic_hand import get_synthetic_hand_model, sample_hand_poses
+from halo.cli.app import _default_checkpoint
+from halo.core.checkpoint import load_model
+from halo.hands.mano import ManoLayer
+from halo.hands.synthetic_hand import get_synthetic_hand_model, sample_hand_poses
+from halo.meshing.hand_mesh import extract_hand_mesh
+from halo.viz import render
 
 
 def volumetric_iou(a: trimesh.Trimesh, b: trimesh.Trimesh, n: int = 200_000, seed: int = 0) -> float:

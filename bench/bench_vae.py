@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from halo.perf import tune_allocator  # noqa: E402
+from halo.utils.allocator import tune_allocator  # noqa: E402
 from lightning_modules.halo_vae import HaloVaeModule  # noqa: E402
 from tests.fake_grasp_data import FakeGraspDataModule  # noqa: E402
 

@@ -9,12 +9,12 @@ validations like :class:`callbacks.mesh_validation.MeshValidation`) and, with
 * samples ``grasps_per_object`` grasps with ``pl_module.sample`` (the same object points and
   the same latent draws at every round, so the curves show the model changing, not noise;
   refined when the module's ``refine_at_generation`` is on);
-* meshes each hand with the frozen HALO base (:func:`halo.mesh.extract_hand_mesh`, low
+* meshes each hand with the frozen HALO base (:func:`halo.meshing.hand_mesh.extract_hand_mesh`, low
   resolution for speed: 16/3 = effective 128 by default) and scores it with
-  :func:`halo.grasp_metrics.grasp_metrics` (:mod:`halo.grasp_generation`);
+  :func:`halo.grasp.metrics.grasp_metrics` (:mod:`halo.grasp.pipeline`);
 * logs ``val_grasp/volume_cm3``, ``val_grasp/depth_cm``, ``val_grasp/contact_ratio`` (means over
   all grasps), ``val_grasp/entropy`` and ``val_grasp/cluster_size_cm`` (k-means diversity of all
-  grasps pooled, :func:`halo.grasp_metrics.cluster_analysis`, k capped at half the number of grasps),
+  grasps pooled, :func:`halo.grasp.metrics.cluster_analysis`, k capped at half the number of grasps),
   ``val_grasp/failed`` (grasps without a usable hand mesh) and ``val_grasp/seconds``;
 * writes ``<out_dir>/grasps/<tag>/{per_object.csv,per_object.md,grasps.csv,keypoints.npz}``,
   ``<out_dir>/renders/grasps_<tag>.png`` (one row per object: hand + object) and redraws
@@ -41,7 +41,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.validation_rounds import ValidationRounds, is_wandb, log_step
-from halo.grasp_generation import (
+from halo.grasp.pipeline import (
     GRASP_TABLE_COLUMNS,
     OBJECT_TABLE_COLUMNS,
     GraspResult,
@@ -207,7 +207,7 @@ class GraspValidation(ValidationRounds):
         return metrics
 
     def _render(self, results: list[GraspResult], objects: list, path: Path) -> np.ndarray | None:
-        from halo import render
+        from halo.viz import render
 
         meshes = {o.name: o.mesh for o in objects}
         tiles, labels = [], []

@@ -5,9 +5,9 @@ sanity check excluded) and, with ``on_fit_end``, once more with the final weight
 training ends (unless the last validation already saw them).  For the first
 ``num_hands`` hands of the validation split it
 
-* extracts a mesh with the current weights (:func:`halo.mesh.extract_hand_mesh` on a CPU
+* extracts a mesh with the current weights (:func:`halo.meshing.hand_mesh.extract_hand_mesh` on a CPU
   float32 copy of ``pl_module.halo_model``; training is not disturbed),
-* scores it with :func:`halo.evaluation.evaluate_sample` (the same code as ``halo eval
+* scores it with :func:`halo.eval.mesh_evaluation.evaluate_sample` (the same code as ``halo eval
   meshes``) against the split's point cloud and IoU points, and logs the means through
   ``pl_module.log`` (so every logger gets them and ``ModelCheckpoint``/``EarlyStopping`` can
   monitor them): ``val_mesh/iou`` (mesh inside test), ``val_mesh/chamfer_l1_mm``,
@@ -58,7 +58,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.validation_rounds import ValidationRounds, is_wandb, log_step
-from halo.evaluation import (
+from halo.core.model import HaloModel
+from halo.eval.mesh_evaluation import (
     EvalSample,
     comparison_grid,
     evaluate_sample,
@@ -67,8 +68,7 @@ from halo.evaluation import (
     render_comparison,
     write_rows_csv,
 )
-from halo.metrics import summarize_metrics
-from halo.occupancy import HaloModel
+from halo.eval.surface_metrics import summarize_metrics
 
 __all__ = ["MeshValidation"]
 
@@ -191,7 +191,7 @@ class MeshValidation(ValidationRounds):
             model = pl_module.model
         if not isinstance(model, HaloModel):
             raise TypeError(
-                f"{type(pl_module).__name__} has no `halo_model` (a halo.occupancy.HaloModel) to mesh"
+                f"{type(pl_module).__name__} has no `halo_model` (a halo.core.model.HaloModel) to mesh"
             )
         # A CPU float32 copy: mesh extraction runs on the CPU, and training state stays untouched.
         return copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
@@ -257,7 +257,7 @@ class MeshValidation(ValidationRounds):
 
         grid = None
         if self.render and pairs:
-            from halo import render
+            from halo.viz import render
 
             grid = comparison_grid(pairs, [format_label(r) for r in rows], hands_per_row=self.hands_per_row)
             render.save_png(grid, root / "renders" / f"{tag}.png")

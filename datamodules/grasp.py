@@ -5,7 +5,7 @@
   root, its file list and the record settings.
 * :class:`SyntheticGraspsDataModule` (``data=synthetic_grasps``, the default for
   HALO-VAE): procedural objects grasped by the synthetic hand, generated on first
-  use in the GRAB layout (:mod:`halo.grasp_synth`) and then read by the same code.
+  use in the GRAB layout (:mod:`halo.grasp.synthesizer`) and then read by the same code.
 
 Batches are dicts of float32 tensors in metres, in the object-centred frame
 (origin = the centre of the posed object's bounding box, GRAB world orientation,
@@ -35,8 +35,8 @@ from scipy.spatial.transform import Rotation
 from torch.utils.data import Dataset
 
 from datamodules.loading import SplitLoaders
-from halo.grab import GrabFileError
-from halo.grasp_records import (
+from halo.grasp.grab import GrabFileError
+from halo.grasp.records import (
     SPLITS,
     GraspObject,
     RecordsConfig,
@@ -51,7 +51,7 @@ __all__ = ["GraspRecordsDataset", "GraspDataModule", "GrabDataModule", "Syntheti
 
 
 class GraspRecordsDataset(Dataset):
-    """One split of a records folder (:mod:`halo.grasp_records`).
+    """One split of a records folder (:mod:`halo.grasp.records`).
 
     Args:
         records_dir: the build's output folder.
@@ -140,7 +140,7 @@ class GraspDataModule(SplitLoaders, L.LightningDataModule):
     """Loaders over a finished records folder (subclasses build it in ``prepare_data``).
 
     Args:
-        records_dir: folder written by :func:`halo.grasp_records.build_grasp_records`.
+        records_dir: folder written by :func:`halo.grasp.records.build_grasp_records`.
         batch_size / val_batch_size: items per batch.
         n_object_points / n_inside_points: per item (the original: 600 each).
         augment_rotation: random rotations of training items.
@@ -248,7 +248,7 @@ class GrabDataModule(GraspDataModule):
         root: the GRAB root (holds ``grab/`` and ``tools/``).
         mano_model: path to the right-hand MANO model (``MANO_RIGHT.pkl``).
         cache_dir: where records are built (``<cache_dir>/grab_records-<key>``).
-        records: :class:`halo.grasp_records.RecordsConfig` fields (frame stride,
+        records: :class:`halo.grasp.records.RecordsConfig` fields (frame stride,
             contact filter, intents, subjects, object split, samples per object).
         Other arguments: :class:`GraspDataModule`.
     """
@@ -289,7 +289,7 @@ class GrabDataModule(GraspDataModule):
 class SyntheticGraspsDataModule(GrabDataModule):
     """Synthetic grasps generated on first use in the GRAB layout, then read like GRAB.
 
-    The GRAB-layout root is ``cache_dir/grab/<key>`` (:func:`halo.grasp_synth.synthetic_grab_root`,
+    The GRAB-layout root is ``cache_dir/grab/<key>`` (:func:`halo.grasp.synthesizer.synthetic_grab_root`,
     keyed by the generation settings) and its records ``cache_dir/records-<key>``
     (keyed by those and the record settings).  Object names follow GRAB's, so the
     standard split applies (test: mug, wineglass, toothpaste; val: apple, toothbrush).
@@ -297,9 +297,9 @@ class SyntheticGraspsDataModule(GrabDataModule):
     Args:
         cache_dir: holds the generated root and its records.
         objects / grasps_per_object / subjects / grasp_frames / away_frames /
-            generation_seed: :class:`halo.grasp_synth.SyntheticGrabConfig`.
+            generation_seed: :class:`halo.grasp.synthesizer.SyntheticGrabConfig`.
         generation_workers: processes used to generate.
-        records: record settings (:class:`halo.grasp_records.RecordsConfig` fields).
+        records: record settings (:class:`halo.grasp.records.RecordsConfig` fields).
         Other arguments: :class:`GraspDataModule`.
     """
 
@@ -317,7 +317,7 @@ class SyntheticGraspsDataModule(GrabDataModule):
         records: dict | None = None,
         **kwargs,
     ):
-        from halo import grasp_synth
+        from halo.grasp import synthesizer as grasp_synth
 
         self.synth_config = grasp_synth.SyntheticGrabConfig(
             objects=objects,
@@ -344,7 +344,7 @@ class SyntheticGraspsDataModule(GrabDataModule):
         return self.records_dir
 
     def prepare_data(self) -> None:
-        from halo import grasp_synth
+        from halo.grasp import synthesizer as grasp_synth
 
         if records_finished(self._records()):
             return

@@ -31,15 +31,15 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.loading import SplitLoaders
-from halo.hand_build import BuildConfig, build_synthetic_dataset, synthetic_dataset_key
-from halo.hand_dataset import (
+from halo.core.skeleton import MODEL_UNITS_PER_METRE
+from halo.data.build import BuildConfig, build_synthetic_dataset, synthetic_dataset_key
+from halo.data.layout import (
     DatasetFormatError,
     finished_samples,
     read_datalist,
     read_points,
     sample_paths,
 )
-from halo.skeleton import MODEL_UNITS_PER_METRE
 
 __all__ = [
     "HandOccupancyDataModule",

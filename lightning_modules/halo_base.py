@@ -1,4 +1,4 @@
-"""HALO base occupancy model as a LightningModule (thin glue around :class:`halo.occupancy.HaloModel`).
+"""HALO base occupancy model as a LightningModule (thin glue around :class:`halo.core.model.HaloModel`).
 
 Batch format (dicts of collated tensors, metres, every tensor in the sample's own frame):
 
@@ -32,9 +32,9 @@ import torch
 from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric
 
-from halo.checkpoint import load_model, save_checkpoint
-from halo.evaluation import occupancy_iou  # one definition: `halo eval meshes` reproduces val/iou
-from halo.occupancy import HaloModel, NetworkConfig
+from halo.core.checkpoint import load_model, save_checkpoint
+from halo.core.model import HaloModel, NetworkConfig
+from halo.eval.mesh_evaluation import occupancy_iou  # one definition: `halo eval meshes` reproduces val/iou
 from lightning_modules.train_logging import TrainStepLogging
 
 LOSSES = ("mse", "bce")
@@ -56,7 +56,7 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
     """Keypoints + query points -> occupancy, trained on ground-truth occupancy samples.
 
     Args:
-        net: :class:`~halo.occupancy.NetworkConfig` fields (any key it accepts is passed through;
+        net: :class:`~halo.core.model.NetworkConfig` fields (any key it accepts is passed through;
             ``part_radii`` turns on part culling, which the CPU recipe uses: each part is evaluated
             only near its bone, in training and meshing alike).
         loss: ``"mse"`` (the original: MSE between the max-over-parts sigmoid probability and
@@ -73,7 +73,7 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
             over the trainer's total steps; cannot be extended when resuming with more steps).
         warmup_steps: linear warm-up length for ``"cosine"``.
         init_from: checkpoint to start from (the original ``model_best.pt``, a ``halo-base`` file or
-            a HaloBaseModule ``.ckpt``, read by :func:`halo.checkpoint.load_model`); copied in when ``fit``
+            a HaloBaseModule ``.ckpt``, read by :func:`halo.core.checkpoint.load_model`); copied in when ``fit``
             starts (a resumed fit then restores its own checkpoint's weights over it).
         iou_threshold: occupancy probability threshold of ``val/iou``.
     """
@@ -131,7 +131,7 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
     # ------------------------------------------------------------------ the plain network
     @property
     def halo_model(self) -> HaloModel:
-        """The trained :class:`halo.occupancy.HaloModel` (usable without Lightning)."""
+        """The trained :class:`halo.core.model.HaloModel` (usable without Lightning)."""
         return self.model
 
     def export_halo_checkpoint(self, path: str | Path, metadata: dict | None = None) -> Path:

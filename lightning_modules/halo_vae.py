@@ -1,4 +1,4 @@
-"""HALO-VAE as a LightningModule: thin glue around :class:`halo.grasp_vae.GraspVAE` and a frozen HALO base.
+"""HALO-VAE as a LightningModule: thin glue around :class:`halo.grasp.vae.GraspVAE` and a frozen HALO base.
 
 Batch format (the grasp datamodules', :mod:`datamodules.grasp`; metres, object-centred frame):
 ``keypoints`` (B,21,3), ``object_points`` (B,P,3), ``inside_points`` (B,M,3), ``object_index`` (B,).
@@ -12,7 +12,7 @@ Loss (spec 6.3; distances in cm inside the terms, so the original's weights keep
       + [train_refine_net] w_refine * (the same terms on the refinement of noisy ground truth)
 
 ``L_inter`` runs the FROZEN HALO base (``halo_checkpoint``, any file
-:func:`halo.checkpoint.load_model` reads): its parameters never require grad, it is in eval
+:func:`halo.core.checkpoint.load_model` reads): its parameters never require grad, it is in eval
 mode, it is not a registered submodule (so it is not in ``parameters()``, the optimizer,
 ``state_dict()`` or the Lightning checkpoint) and is loaded from ``halo_checkpoint`` whenever
 the module is built, including by ``load_from_checkpoint``.  The checkpoint records the base's
@@ -31,7 +31,7 @@ neither trained nor applied at generation):
   term needs no ground truth; a pose-independent anatomy term (bone lengths, root-bone and
   root-plane angles of the batch's hand) keeps those samples hand-shaped, or the decoder escapes
   the term by emitting hands the frozen base reads as empty;
-* ``use_contact_loss``: this project's contact term (:func:`halo.grasp_vae.contact_loss`;
+* ``use_contact_loss``: this project's contact term (:func:`halo.grasp.vae.contact_loss`;
   the original had none active);
 * ``train_refine_net``: train the refinement net on noisy ground truth (the original's config
   enabled it but its trainer never trained it);
@@ -59,8 +59,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from halo.checkpoint import load_model
-from halo.grasp_vae import (
+from halo.core.checkpoint import load_model
+from halo.core.model import HaloModel
+from halo.grasp.vae import (
     REFINE_NOISE,
     GraspVAE,
     GraspVaeConfig,
@@ -76,7 +77,6 @@ from halo.grasp_vae import (
     root_bone_angle_loss,
     root_plane_angle_loss,
 )
-from halo.occupancy import HaloModel
 from lightning_modules.train_logging import TrainStepLogging
 
 #: Loss weights of the original's GRAB config (spec 6.3, no-BPS weights) + this project's terms.
@@ -139,7 +139,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
     """Object points -> grasp keypoints, trained with HALO's interpenetration term (see module docstring).
 
     Args:
-        vae: :class:`halo.grasp_vae.GraspVaeConfig` fields (architecture; ``object_encoder``
+        vae: :class:`halo.grasp.vae.GraspVaeConfig` fields (architecture; ``object_encoder``
             ``pointnet`` or ``bps``).
         halo_checkpoint: the frozen HALO base (needed by ``use_inter_loss``, validation meshes and
             generation); ``None`` only when neither the loss nor meshes are wanted.
@@ -147,7 +147,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         use_inter_loss, use_contact_loss, use_prior_inter_loss, train_refine_net, refine_at_generation:
             see module docstring.
         refine_steps: refinement iterations (training unrolls them too; the original: 3).
-        refine_noise: ``isotropic`` (default) or ``original`` (:func:`halo.grasp_vae.perturb_for_refinement`).
+        refine_noise: ``isotropic`` (default) or ``original`` (:func:`halo.grasp.vae.perturb_for_refinement`).
         refine_joint_noise_m, refine_shift_max_m: noise of the refinement training inputs.
         contact_threshold_m: ground-truth joints closer than this to the object count as touching.
         inter_threshold: occupancy at or below this does not count as interpenetration (original: 0.5).
@@ -360,7 +360,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         """Terms on grasps decoded from z ~ N(0, I), i.e. on what generation produces (seeded in
         validation, so ``val/prior_inter_loss`` compares across runs and configurations).
 
-        ``prior_inter``: :func:`halo.grasp_vae.interpenetration_loss`.  ``prior_anatomy``: the
+        ``prior_inter``: :func:`halo.grasp.vae.interpenetration_loss`.  ``prior_anatomy``: the
         pose-independent hand-shape terms against the batch's ground-truth hand (bone lengths, root-bone
         angles, root-plane angles, with their reconstruction weights).  Without it the decoder learns to
         escape the interpenetration term on prior samples by producing hands the frozen HALO base

@@ -1,4 +1,4 @@
-"""Shared by tests/test_ddp.py and tests/test_cluster.py: the tiny experiment's dataset, built once
+"""Shared by tests/training/test_ddp.py and tests/training/test_cluster.py: the tiny experiment's dataset, built once
 per test session, and running ``train.py`` the way a user does."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.test_train import compose_train, read_wandb_records
+from tests.training.test_train import compose_train, read_wandb_records
 
 TRAIN_PY = REPO_ROOT / "train.py"
 EXPERIMENT = "halo_base_tiny"

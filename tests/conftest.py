@@ -45,7 +45,7 @@ def _deterministic_threads():
 @pytest.fixture(scope="session")
 def model():
     """The synthetic MANO-format hand model (built once per test process)."""
-    from halo.synthetic_hand import get_synthetic_hand_model
+    from halo.hands.synthetic_hand import get_synthetic_hand_model
 
     return get_synthetic_hand_model()
 
@@ -53,6 +53,6 @@ def model():
 @pytest.fixture(scope="session")
 def layer(model):
     """A float64 MANO layer over the synthetic hand model."""
-    from halo.mano import ManoLayer
+    from halo.hands.mano import ManoLayer
 
     return ManoLayer(model, dtype=torch.float64)

@@ -1,7 +1,7 @@
 """A tiny in-memory grasp datamodule with the grasp batch contract (tests only; no files, seconds to build).
 
 Objects are spheres of 2.5-4.5 cm radius; each grasp is the procedural test skeleton
-(:func:`halo.sequences.pose_skeleton`) curled around its sphere: the sphere's centre sits
+(:func:`halo.hands.sequences.pose_skeleton`) curled around its sphere: the sphere's centre sits
 between the palm and the fingertips and its radius leaves ~8 mm to the closest joint, so the
 fingers touch it like a hand would.  Everything is object-centred, metres, float32.
 """
@@ -15,8 +15,8 @@ import trimesh
 from scipy.spatial.transform import Rotation
 from torch.utils.data import DataLoader, Dataset
 
-from halo.grasp_records import GraspObject
-from halo.sequences import KEY_POSES, pose_skeleton
+from halo.grasp.records import GraspObject
+from halo.hands.sequences import KEY_POSES, pose_skeleton
 
 FINGER_THICKNESS_M = 0.008
 
@@ -51,7 +51,7 @@ def grasp_around(radius: float, rng: np.random.Generator) -> np.ndarray:
     return kp @ rot.T
 
 
-#: A HALO-VAE small enough for CPU tests (halo.grasp_vae.GraspVaeConfig fields).
+#: A HALO-VAE small enough for CPU tests (halo.grasp.vae.GraspVaeConfig fields).
 SMALL_VAE = {
     "object_dim": 32,
     "object_hidden_dim": 32,

@@ -1,7 +1,7 @@
 """A tiny in-memory hand-occupancy datamodule for training tests (no files, no mesh tests).
 
 Each "hand" is the union of capsules around the 20 skeleton bones of a
-procedurally posed skeleton (``halo.sequences.random_skeletons``): cheap exact
+procedurally posed skeleton (``halo.hands.sequences.random_skeletons``): cheap exact
 occupancy, a hand-like shape, and the batch format of the real datamodules.
 """
 
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from halo.sequences import random_skeletons
-from halo.skeleton import PART_BONES
+from halo.core.skeleton import PART_BONES
+from halo.hands.sequences import random_skeletons
 
 # All 20 bones (parent, child) of the MANO-order skeleton: wrist to each finger root, then the chains.
 _BONES = np.array(

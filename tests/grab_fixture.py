@@ -1,6 +1,6 @@
 """A tiny GRAB-layout root written by the tests (GRAB's encoding, the synthetic hand).
 
-Written independently of :mod:`halo.grasp_synth` from GRAB's documented format:
+Written independently of :mod:`halo.grasp.synthesizer` from GRAB's documented format:
 every key a 0-d object array, object pose ``v @ R(global_orient) + transl``
 (row vectors), the right hand as MANO with ``flat_hand_mean=True`` and the
 subject's template mesh, contact ids 41..55 for right fingers.
@@ -17,8 +17,8 @@ import torch
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from halo.mano import ManoLayer, ManoModel
-from halo.synthetic_hand import sample_hand_poses
+from halo.hands.mano import ManoLayer, ManoModel
+from halo.hands.synthetic_hand import sample_hand_poses
 
 #: object name -> (mesh factory, split under GRAB's standard rule)
 OBJECTS = {

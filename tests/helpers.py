@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from halo.sequences import random_skeletons
+from halo.hands.sequences import random_skeletons
 
 
 def random_hands(n: int, seed: int = 0, curl: float = 0.6, dtype=torch.float64) -> torch.Tensor:

@@ -1,0 +1,2 @@
+"""Triangle-mesh geometry shared by data, evaluation and grasps: inside tests, mesh files with
+unit guessing, sealing open meshes."""

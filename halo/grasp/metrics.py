@@ -1,0 +1,644 @@
+"""Physical plausibility and diversity of grasps: interpenetration, contact, simulation, k-means diversity.
+
+Definitions follow HALO's evaluation (``halo/evaluate.py``, ``evaluate_cluster.py``,
+``utils/intersection.py`` in korrawe/halo) and GraspTTA's (``metric/*.py``); see
+``data_formats_and_metrics.md`` section B4.  Inputs are in metres; every returned
+quantity carries its unit in its name, and the unit never depends on the code path
+(the original's ``intersection_eval`` returned the depth in metres when there was
+no penetration and in centimetres otherwise).
+
+Per grasp (:func:`grasp_metrics`):
+
+- ``volume_cm3``: interpenetration volume.  A grid of points with spacing ``pitch_m``
+  (1 mm) fills the intersection of the two bounding boxes; the points inside both
+  meshes are counted and the volume is ``count * pitch^3``.  Each point stands for the
+  cube of side ``pitch`` around it (cell centres), so the estimate is unbiased; HALO's
+  grid starts on the box corner, which differs by at most one layer of cells.  HALO
+  returns 0 whenever no hand vertex is inside the object; here the grid is evaluated
+  whenever the boxes overlap, so an object edge pressed between hand vertices counts.
+- ``depth_cm``: penetration depth, the largest distance from a hand vertex inside the
+  object to the object surface (0 without penetration).  Always >= 0.
+- ``min_distance_cm``: smallest signed distance from a hand vertex to the object
+  surface, negative inside (HALO's "inter dist"; ``-depth_cm`` when penetrating).
+- ``contact``: ``min signed distance <= contact_tol_m``.  ``contact_tol_m=0``
+  reproduces HALO's contact ratio (a hand vertex on or inside the object), the default
+  ``0.005`` GraspTTA's (a vertex inside or within 5 mm).
+
+The hand is made watertight first (an open MANO hand gets its wrist hole closed by
+:func:`halo.data.prepare.seal_mesh`, like HALO's ``seal``); the object gets
+``trimesh.repair.fix_normals`` and optionally its convex hull (HALO's ObMan-style
+evaluations).  Inside tests use :func:`halo.geometry.inside.points_inside_mesh` (open3d).
+
+Over many grasps: :func:`contact_ratio`, :func:`summarize_grasp_metrics`, and the
+diversity measure :func:`cluster_analysis` (k-means entropy and cluster size of
+canonicalized keypoints).  :func:`simulation_displacement_m` runs GraspTTA's
+pybullet protocol (optional dependency: ``pip install pybullet``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+from halo.data.prepare import seal_mesh
+from halo.geometry.inside import MeshNotWatertightError, points_inside_mesh
+
+__all__ = [
+    "ClusterStats",
+    "GraspMetrics",
+    "GridTooLargeError",
+    "OptionalDependencyError",
+    "cluster_analysis",
+    "contact_ratio",
+    "grasp_metrics",
+    "intersection_volume_cm3",
+    "prepare_hand_mesh",
+    "prepare_object_mesh",
+    "require_pybullet",
+    "signed_distance_m",
+    "simulation_displacement_m",
+    "summarize_grasp_metrics",
+]
+
+M_TO_CM = 100.0
+M3_TO_CM3 = 1e6
+#: Grid points per inside-test call: bounds memory (~50 MB of float64 points) on large overlaps.
+_GRID_CHUNK = 2_000_000
+#: Refuse larger grids (1e8 points = a 46 cm cube at 1 mm): almost always meshes that are not in metres.
+MAX_GRID_POINTS = 100_000_000
+
+
+class GridTooLargeError(ValueError):
+    """The interpenetration grid would be huge: the meshes are probably not in metres."""
+
+
+class OptionalDependencyError(ImportError):
+    """A feature needs a package that is not installed; the message says how to install it."""
+
+
+# ----------------------------------------------------------------------------- mesh preparation
+
+
+def prepare_hand_mesh(hand: trimesh.Trimesh, *, name: str = "hand") -> trimesh.Trimesh:
+    """A watertight copy of ``hand`` (metres): duplicate vertices merged, one open boundary sealed.
+
+    A MANO hand has one hole (the wrist); it is closed by a fan around the hole's
+    centroid (:func:`halo.data.prepare.seal_mesh`).  Raises ``MeshNotWatertightError``
+    naming ``name`` when the mesh stays open (several holes, non-manifold edges).
+    """
+    mesh = trimesh.Trimesh(np.asarray(hand.vertices), np.asarray(hand.faces), process=True)
+    if len(mesh.faces) == 0:
+        raise MeshNotWatertightError(f"{name}: mesh has no faces")
+    if mesh.is_watertight:
+        return mesh
+    try:
+        vertices, faces, _ = seal_mesh(mesh.vertices, mesh.faces, name=name)
+    except ValueError as exc:
+        raise MeshNotWatertightError(f"{name}: hand mesh is open and cannot be sealed ({exc})") from exc
+    sealed = trimesh.Trimesh(vertices, faces, process=False)
+    if not sealed.is_watertight:
+        raise MeshNotWatertightError(
+            f"{name}: hand mesh is not watertight even after closing its boundary loop "
+            "(non-manifold edges or inconsistent winding)"
+        )
+    return sealed
+
+
+def prepare_object_mesh(
+    obj: trimesh.Trimesh, *, convex_hull: bool = False, name: str = "object"
+) -> trimesh.Trimesh:
+    """A copy of ``obj`` with consistent outward normals (``fix_normals``), optionally its convex hull.
+
+    Raises ``MeshNotWatertightError`` naming ``name`` when the result is not closed
+    (inside/outside would be undefined; ``convex_hull=True`` always gives a closed mesh).
+    """
+    mesh = trimesh.Trimesh(np.asarray(obj.vertices), np.asarray(obj.faces), process=True)
+    if len(mesh.faces) == 0:
+        raise MeshNotWatertightError(f"{name}: mesh has no faces")
+    if convex_hull:
+        mesh = mesh.convex_hull
+    trimesh.repair.fix_normals(mesh)
+    if not mesh.is_watertight:
+        raise MeshNotWatertightError(
+            f"{name}: object mesh is not watertight ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces); "
+            "close its holes or evaluate against its convex hull (object_convex_hull=True / --convex-hull)"
+        )
+    return mesh
+
+
+# ----------------------------------------------------------------------------- distances and volume
+
+
+def signed_distance_m(mesh: trimesh.Trimesh, points: np.ndarray, *, name: str = "mesh") -> np.ndarray:
+    """(N,) signed distance (metres) from ``points`` (N,3) to a closed mesh: negative inside.
+
+    open3d's ``RaycastingScene.compute_signed_distance`` (exact closest-point distance,
+    sign from the same ray test as :func:`halo.geometry.inside.points_inside_mesh`); without
+    open3d, trimesh's closest-point query plus :func:`points_inside_mesh`.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    _require_watertight(mesh, name)
+    try:
+        import open3d as o3d  # noqa: PLC0415 (heavy; optional at import time)
+    except ImportError:
+        _, dist, _ = trimesh.proximity.closest_point(mesh, points)
+        inside = points_inside_mesh(mesh.vertices, mesh.faces, points, check_watertight=False, name=name)
+        return np.where(inside, -np.asarray(dist, dtype=np.float64), dist)
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(
+        o3d.core.Tensor(np.ascontiguousarray(mesh.vertices, dtype=np.float32)),
+        o3d.core.Tensor(np.ascontiguousarray(mesh.faces, dtype=np.uint32)),
+    )
+    query = o3d.core.Tensor(np.ascontiguousarray(points, dtype=np.float32))
+    return scene.compute_signed_distance(query).numpy().astype(np.float64)
+
+
+def _require_watertight(mesh: trimesh.Trimesh, name: str) -> None:
+    # ``is_watertight`` is cached on the mesh, so repeated checks of one mesh are free.
+    if len(mesh.faces) == 0:
+        raise MeshNotWatertightError(f"{name}: mesh has no faces")
+    if not mesh.is_watertight:
+        raise MeshNotWatertightError(
+            f"{name}: mesh is not watertight ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces); "
+            "inside/outside is undefined: close its holes first"
+        )
+
+
+def _grid_chunks(lo: np.ndarray, counts: tuple[int, int, int], pitch: float):
+    """Yield (M,3) blocks of the cell centres of a grid starting at ``lo``, at most ~_GRID_CHUNK each."""
+    nx, ny, nz = counts
+    axes = [lo[d] + (np.arange(counts[d]) + 0.5) * pitch for d in range(3)]
+    if ny * nz <= _GRID_CHUNK:  # whole x-slabs via meshgrid (~10x faster than unravelling indices)
+        step = _GRID_CHUNK // (ny * nz)
+        for x0 in range(0, nx, step):
+            block = np.meshgrid(axes[0][x0 : x0 + step], axes[1], axes[2], indexing="ij")
+            yield np.stack(block, axis=-1).reshape(-1, 3)
+        return
+    total = nx * ny * nz
+    for start in range(0, total, _GRID_CHUNK):
+        ijk = np.unravel_index(np.arange(start, min(start + _GRID_CHUNK, total)), counts)
+        yield np.stack([axes[d][ijk[d]] for d in range(3)], axis=1)
+
+
+def _count_inside_both(
+    points: np.ndarray, first: tuple[trimesh.Trimesh, str], second: tuple[trimesh.Trimesh, str]
+) -> int:
+    """How many of ``points`` (M,3) lie inside both meshes: all tested against ``first``, survivors against ``second``."""
+    (m1, n1), (m2, n2) = first, second
+    keep = points_inside_mesh(m1.vertices, m1.faces, points, check_watertight=False, name=n1)
+    if not keep.any():
+        return 0
+    return int(points_inside_mesh(m2.vertices, m2.faces, points[keep], check_watertight=False, name=n2).sum())
+
+
+#: Coarse blocks aimed for by the block culling (a few thousand distance queries per mesh).
+_TARGET_BLOCKS = 2000
+#: Grids smaller than this are tested point by point (culling would not pay off).
+_MIN_CULL_POINTS = 50_000
+#: Safety margin (m) on the block test, far above open3d's float32 distance error (~1e-7 m).
+_CULL_MARGIN_M = 1e-6
+
+
+def _count_with_block_culling(
+    lo: np.ndarray,
+    counts: tuple[int, int, int],
+    pitch: float,
+    meshes: list[tuple[trimesh.Trimesh, str]],
+) -> int:
+    """Exact count of grid cell centres inside both meshes, skipping whole blocks that are decided.
+
+    The grid is split into blocks of b^3 cells.  If a block's centre lies farther than the
+    block's half-diagonal (+ margin) from a mesh's surface, the surface does not cross the
+    block, so every cell centre in it is on the same side of that mesh as the block centre.
+    Blocks outside either mesh are dropped, blocks inside both are counted whole, and only
+    the cells of the remaining (surface-crossing) blocks are tested one by one.
+    """
+    total = counts[0] * counts[1] * counts[2]
+    b = max(4, math.ceil((total / _TARGET_BLOCKS) ** (1 / 3)))
+    n_blocks = tuple(math.ceil(c / b) for c in counts)
+    radius = math.sqrt(3) * (b - 1) / 2 * pitch + _CULL_MARGIN_M
+    # Block centre = mean of its b^3 cell centres = lo + (block index + 0.5) * b * pitch
+    # (blocks at the far end may hang over the grid; their missing cells are dropped below).
+    centres = np.concatenate(list(_grid_chunks(lo, n_blocks, b * pitch)))
+    signed = [signed_distance_m(m, centres, name=n) for m, n in meshes]
+    outside = [sd > radius for sd in signed]
+    inside_both_blocks = (signed[0] < -radius) & (signed[1] < -radius)
+    mixed = ~(outside[0] | outside[1]) & ~inside_both_blocks
+    # Test the cells against the mesh that rules out more blocks first: fewer survivors.
+    first, second = meshes if outside[0].sum() >= outside[1].sum() else meshes[::-1]
+
+    ijk = np.stack(np.unravel_index(np.arange(len(centres)), n_blocks), axis=1)  # block indices
+    sizes = np.minimum(b, np.asarray(counts) - ijk * b)  # cells per axis inside the grid
+    count = int(sizes[inside_both_blocks].prod(axis=1).sum())
+    offsets = np.stack(np.meshgrid(*[np.arange(b)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+    mixed_ids = np.flatnonzero(mixed)
+    per_chunk = max(1, _GRID_CHUNK // b**3)
+    for start in range(0, len(mixed_ids), per_chunk):
+        ids = mixed_ids[start : start + per_chunk]
+        cells = (ijk[ids, None, :] * b + offsets[None]).reshape(-1, 3)
+        cells = cells[(cells < np.asarray(counts)).all(axis=1)]  # drop cells past the grid's end
+        count += _count_inside_both(lo + (cells + 0.5) * pitch, first, second)
+    return count
+
+
+def intersection_volume_cm3(
+    mesh_a: trimesh.Trimesh,
+    mesh_b: trimesh.Trimesh,
+    pitch_m: float = 0.001,
+    *,
+    names: tuple[str, str] = ("mesh_a", "mesh_b"),
+    max_grid_points: int = MAX_GRID_POINTS,
+    block_culling: bool = True,
+) -> float:
+    """Volume (cm^3) of the region inside both closed meshes (metres), on a grid of spacing ``pitch_m``.
+
+    The grid covers the intersection of the two bounding boxes with cells of side
+    ``pitch_m``; the cell centres inside both meshes are counted (volume = count * pitch^3).
+    ``block_culling`` (default) decides whole blocks of cells from one signed distance per
+    block and mesh and tests only the cells of blocks the surfaces cross: the same count,
+    ~2x faster for a hand and an object (``bench/bench_intersect.py``).  Without it every
+    cell centre is tested against one mesh and the survivors against the other.  Both meshes
+    must be watertight (``MeshNotWatertightError`` naming ``names`` otherwise, also when the
+    boxes are disjoint).  More than ``max_grid_points`` grid points raise
+    :class:`GridTooLargeError` (meshes in mm read as metres would otherwise ask for ~1e13 points).
+    """
+    if not pitch_m > 0:
+        raise ValueError(f"pitch_m must be > 0, got {pitch_m}")
+    _require_watertight(mesh_a, names[0])
+    _require_watertight(mesh_b, names[1])
+    lo = np.maximum(mesh_a.bounds[0], mesh_b.bounds[0])
+    hi = np.minimum(mesh_a.bounds[1], mesh_b.bounds[1])
+    if np.any(hi <= lo):
+        return 0.0
+    counts = tuple(max(1, math.ceil(float(c))) for c in (hi - lo) / pitch_m)
+    total = math.prod(counts)  # Python ints: no overflow on absurd sizes
+    if total > max_grid_points:
+        raise GridTooLargeError(
+            f"{names[0]} / {names[1]}: the overlap of the bounding boxes is {np.round(hi - lo, 4).tolist()} "
+            f"(metres expected) = {total:.3g} grid points at pitch {pitch_m:g} m (limit {max_grid_points:.3g}); "
+            "are the meshes in mm or cm? rescale them to metres (or use a coarser pitch)"
+        )
+    meshes = [(mesh_a, names[0]), (mesh_b, names[1])]
+    if block_culling and total >= _MIN_CULL_POINTS:
+        count = _count_with_block_culling(lo, counts, pitch_m, meshes)
+    else:
+        # Smaller volume first: usually fewer survivors for the second test.
+        first, second = sorted(meshes, key=lambda m: abs(float(m[0].volume)))
+        count = sum(_count_inside_both(points, first, second) for points in _grid_chunks(lo, counts, pitch_m))
+    return count * pitch_m**3 * M3_TO_CM3
+
+
+# ----------------------------------------------------------------------------- per-grasp metrics
+
+
+@dataclass(frozen=True)
+class GraspMetrics:
+    """Physical plausibility of one hand/object pair (see the module docstring for definitions)."""
+
+    volume_cm3: float  # interpenetration volume
+    depth_cm: float  # max penetration depth of hand vertices inside the object, >= 0
+    min_distance_cm: float  # min signed hand-vertex distance to the object surface (negative = inside)
+    contact: bool  # min signed distance <= the contact tolerance
+
+    def as_dict(self) -> dict[str, float | bool]:
+        return asdict(self)
+
+
+def grasp_metrics(
+    hand: trimesh.Trimesh,
+    obj: trimesh.Trimesh,
+    *,
+    pitch_m: float = 0.001,
+    contact_tol_m: float = 0.005,
+    object_convex_hull: bool = False,
+    hand_name: str = "hand",
+    object_name: str = "object",
+) -> GraspMetrics:
+    """Interpenetration volume, penetration depth, signed distance and contact of a hand and an object.
+
+    Args:
+        hand: hand mesh in metres; an open MANO hand (wrist hole) is sealed first.
+        obj: object mesh in metres, watertight (or use ``object_convex_hull``).
+        pitch_m: grid spacing of the volume estimate (HALO: 1 mm).
+        contact_tol_m: contact when a hand vertex is inside the object or within this
+            distance of it.  0 reproduces HALO's contact ratio, 0.005 (default) GraspTTA's.
+        object_convex_hull: evaluate against the object's convex hull (HALO on ObMan-style sets).
+        hand_name, object_name: labels for error messages (e.g. the file names).
+    """
+    if contact_tol_m < 0:
+        raise ValueError(f"contact_tol_m must be >= 0, got {contact_tol_m}")
+    hand_m = prepare_hand_mesh(hand, name=hand_name)
+    obj_m = prepare_object_mesh(obj, convex_hull=object_convex_hull, name=object_name)
+    signed = signed_distance_m(obj_m, hand_m.vertices, name=object_name)
+    min_signed = float(signed.min())
+    volume = intersection_volume_cm3(hand_m, obj_m, pitch_m, names=(hand_name, object_name))
+    return GraspMetrics(
+        volume_cm3=volume,
+        depth_cm=max(0.0, -min_signed) * M_TO_CM,
+        min_distance_cm=min_signed * M_TO_CM,
+        contact=bool(min_signed <= contact_tol_m),
+    )
+
+
+def contact_ratio(metrics: Sequence[GraspMetrics]) -> float:
+    """Fraction of grasps in contact (in [0,1])."""
+    if len(metrics) == 0:
+        raise ValueError("contact_ratio of an empty list of grasps")
+    return sum(bool(m.contact) for m in metrics) / len(metrics)
+
+
+def summarize_grasp_metrics(metrics: Sequence[GraspMetrics]) -> dict[str, float | int]:
+    """Means over grasps: ``count``, ``mean_volume_cm3``, ``mean_depth_cm``, ``mean_min_distance_cm``,
+    ``contact_ratio``, ``n_contact``, ``max_volume_cm3``, ``max_depth_cm``."""
+    if len(metrics) == 0:
+        raise ValueError("summarize_grasp_metrics of an empty list of grasps")
+    vol = np.array([m.volume_cm3 for m in metrics], dtype=np.float64)
+    depth = np.array([m.depth_cm for m in metrics], dtype=np.float64)
+    dist = np.array([m.min_distance_cm for m in metrics], dtype=np.float64)
+    n_contact = sum(bool(m.contact) for m in metrics)
+    return {
+        "count": len(metrics),
+        "mean_volume_cm3": float(vol.mean()),
+        "mean_depth_cm": float(depth.mean()),
+        "mean_min_distance_cm": float(dist.mean()),
+        "contact_ratio": n_contact / len(metrics),
+        "n_contact": n_contact,
+        "max_volume_cm3": float(vol.max()),
+        "max_depth_cm": float(depth.max()),
+    }
+
+
+# ----------------------------------------------------------------------------- diversity
+
+
+@dataclass(frozen=True)
+class ClusterStats:
+    """k-means diversity of a set of hands (HALO's ``evaluate_cluster.diversity``)."""
+
+    entropy: float  # nats, of the cluster-size histogram; max ln(k)
+    cluster_size_cm: float  # mean distance of a hand's features to its cluster centre
+    counts: np.ndarray  # (k,) hands per cluster (zeros for clusters k-means left empty or merged)
+    k: int  # clusters asked for
+    n_samples: int = 0
+
+    @property
+    def max_entropy(self) -> float:
+        return math.log(self.k)
+
+    def as_dict(self) -> dict:
+        return {
+            "entropy": self.entropy,
+            "max_entropy": self.max_entropy,
+            "cluster_size_cm": self.cluster_size_cm,
+            "k": self.k,
+            "n_samples": self.n_samples,
+            "counts": [int(c) for c in self.counts],
+        }
+
+
+def _canonical_features_cm(keypoints: np.ndarray, canonicalize: bool) -> np.ndarray:
+    """(N,63) flattened keypoints in cm, optionally in the canonical hand frame (global pose removed)."""
+    if not canonicalize:
+        return keypoints.reshape(len(keypoints), -1) * M_TO_CM
+    import torch  # noqa: PLC0415 (only this path needs it)
+
+    from halo.core.canonicalization import apply_transform, global_normalization  # noqa: PLC0415
+
+    kp = torch.from_numpy(keypoints)
+    canon = apply_transform(global_normalization(kp), kp).numpy()
+    return canon.reshape(len(canon), -1) * M_TO_CM
+
+
+def _kmeans_pp_init(features: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(k,D) k-means++ seeds: each next seed drawn with probability ~ squared distance to the chosen ones."""
+    seeds = [features[rng.integers(len(features))]]
+    d2 = ((features - seeds[0]) ** 2).sum(1)
+    for _ in range(k - 1):
+        total = d2.sum()
+        idx = rng.integers(len(features)) if total <= 0 else rng.choice(len(features), p=d2 / total)
+        seeds.append(features[idx])
+        d2 = np.minimum(d2, ((features - features[idx]) ** 2).sum(1))
+    return np.stack(seeds)
+
+
+def cluster_analysis(
+    keypoints: np.ndarray,
+    k: int = 20,
+    seed: int | np.random.Generator | None = 0,
+    canonicalize: bool = True,
+    *,
+    init: str = "random",
+    n_init: int = 20,
+    merge_tol_cm: float = 1e-3,
+) -> ClusterStats:
+    """Diversity of hands as the entropy of a k-means clustering of their keypoints.
+
+    Each hand (21 keypoints, metres, MANO order) is moved to the canonical hand frame
+    (:func:`halo.core.canonicalization.global_normalization`: wrist at the origin, palm frame
+    fixed; this removes the global pose, so only the articulation counts), flattened to
+    63 features in cm (no whitening), and clustered with ``scipy.cluster.vq.kmeans``;
+    hands are assigned with ``vq``.  ``entropy`` = ``scipy.stats.entropy`` (natural log)
+    of the hands-per-cluster histogram (max ln k ~ 3.00 for k=20), ``cluster_size_cm`` =
+    mean distance of the hands to their assigned centre.
+
+    Args:
+        keypoints: (N,21,3) metres, N >= k.  With ``canonicalize=False`` any (N,...) array
+            of features in metres is accepted (flattened, x100).
+        k: clusters (HALO: 20).
+        seed: seed or numpy Generator for the k-means initialisation.
+        canonicalize: remove the global pose first (HALO does).
+        init: "random" = scipy's kmeans (k random hands as initial centres, ``n_init``
+            restarts, lowest distortion kept): HALO's protocol.  With many tight, equal
+            clusters it often merges two clusters and leaves one split (a local minimum),
+            so it underestimates the entropy of very clustered sets.  "k-means++" =
+            k-means++ seeding for each restart (finds well-separated clusters reliably).
+        n_init: k-means restarts.
+        merge_tol_cm: centres closer than this are merged before assigning.  Without it,
+            hands that are identical up to rounding (the same articulation in several global
+            poses) would be split across clusters by round-off and look diverse; with it they
+            form one cluster (entropy 0).  Real clusters are centimetres apart, so the
+            default 10 micrometres changes nothing else.
+    """
+    from scipy.cluster.vq import kmeans, vq  # noqa: PLC0415
+    from scipy.sparse.csgraph import connected_components  # noqa: PLC0415
+    from scipy.spatial.distance import cdist  # noqa: PLC0415
+    from scipy.stats import entropy  # noqa: PLC0415
+
+    keypoints = np.asarray(keypoints, dtype=np.float64)
+    if canonicalize and (keypoints.ndim != 3 or keypoints.shape[1:] != (21, 3)):
+        raise ValueError(f"keypoints must have shape (N, 21, 3) in metres, got {keypoints.shape}")
+    if keypoints.ndim < 2:
+        raise ValueError(f"keypoints must have shape (N, ...) with one row per hand, got {keypoints.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n = len(keypoints)
+    if n < k:
+        raise ValueError(f"cluster analysis needs at least k={k} hands, got {n} (lower k or add hands)")
+    if not np.isfinite(keypoints).all():
+        raise ValueError("keypoints contain NaN or infinite values")
+    if init not in ("random", "k-means++"):
+        raise ValueError(f"init must be 'random' or 'k-means++', got {init!r}")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    features = _canonical_features_cm(keypoints, canonicalize)
+
+    def run_kmeans(k_or_guess, restarts: int):
+        try:
+            return kmeans(features, k_or_guess, iter=restarts, rng=rng)
+        except TypeError:  # SciPy < 1.15 calls the generator argument ``seed``
+            return kmeans(features, k_or_guess, iter=restarts, seed=rng)
+
+    if init == "random":
+        centres, _ = run_kmeans(k, n_init)
+    else:
+        best = None
+        for _ in range(n_init):
+            guess = _kmeans_pp_init(features, k, rng)
+            cand, distortion = run_kmeans(guess, 1)
+            if best is None or distortion < best[1]:
+                best = (cand, distortion)
+        centres = best[0]
+
+    # Merge (near-)coincident centres, then recompute each merged centre from its hands.
+    adjacency = cdist(centres, centres) <= merge_tol_cm
+    n_groups, group = connected_components(adjacency, directed=False)
+    if n_groups < len(centres):
+        labels, _ = vq(features, centres)
+        merged = group[labels]
+        centres = np.stack([features[merged == g].mean(0) for g in range(n_groups) if (merged == g).any()])
+    labels, dist = vq(features, centres)
+    counts = np.bincount(labels, minlength=k)  # numpy's histogram, as scipy.histogram is gone
+    return ClusterStats(
+        entropy=float(entropy(counts)),
+        cluster_size_cm=float(dist.mean()),
+        counts=counts,
+        k=k,
+        n_samples=n,
+    )
+
+
+# ----------------------------------------------------------------------------- simulation
+
+
+def require_pybullet():
+    """The ``pybullet`` module, or :class:`OptionalDependencyError` with the install command."""
+    try:
+        import pybullet  # noqa: PLC0415
+    except ImportError as exc:
+        raise OptionalDependencyError(
+            "the simulation displacement needs pybullet: pip install pybullet "
+            "(or this project's extra: pip install -e '.[sim]')"
+        ) from exc
+    return pybullet
+
+
+@contextlib.contextmanager
+def _stdout_to_devnull():
+    """Silence output written to file descriptor 1 by C code (keeps ``--json`` stdout clean)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def simulation_displacement_m(
+    hand: trimesh.Trimesh,
+    obj: trimesh.Trimesh,
+    *,
+    gravity_m_s2: Sequence[float] = (0.0, 0.0, -9.8),
+    steps: int = 35,
+    timestep_s: float = 1.0 / 240.0,
+    friction: float = 3.0,
+    object_restitution: float = 0.5,
+    hand_restitution: float = 0.0,
+    object_mass_kg: float = 1.0,
+    solver_iterations: int = 150,
+    vhacd_resolution: int = 1000,
+    vhacd_concavity: float = 0.001,
+) -> float:
+    """How far (metres) the object moves under gravity while held by the static hand.
+
+    GraspTTA's protocol (from ObMan): pybullet DIRECT; the hand is a static concave
+    triangle mesh (mass 0, restitution 0); the object is a convex decomposition
+    (pybullet's built-in V-HACD) of mass 1 kg placed at its vertex mean, restitution
+    0.5; lateral friction 3 for both; time step 1/240 s; 35 steps; 150 solver
+    iterations.  The result is the distance between the object's start and end
+    positions.  Free fall over 35 steps is ~0.107 m (pybullet's semi-implicit Euler:
+    g dt^2 n(n+1)/2), so a value near 0.1 m means the hand does not hold the object;
+    GraspTTA uses 0.03 m as its stability threshold.
+
+    Args:
+        hand, obj: meshes in metres, in the same frame.
+        gravity_m_s2: gravity vector in that frame (default -z: GRAB's world frame is
+            z-up; GraspTTA's camera-frame data use their own vertical axis).
+        vhacd_resolution, vhacd_concavity: V-HACD voxel count and allowed concavity
+            (GraspTTA / ObMan: 1000 and 0.001).
+
+    Raises:
+        OptionalDependencyError: pybullet is not installed (``pip install pybullet``).
+    """
+    p = require_pybullet()
+    hand_v = np.asarray(hand.vertices, dtype=np.float64)
+    hand_f = np.asarray(hand.faces, dtype=np.int64)
+    obj_v = np.asarray(obj.vertices, dtype=np.float64)
+    centre = obj_v.mean(axis=0)
+    client = p.connect(p.DIRECT)
+    try:
+        p.setPhysicsEngineParameter(
+            fixedTimeStep=timestep_s, numSolverIterations=solver_iterations, physicsClientId=client
+        )
+        p.setGravity(*[float(g) for g in gravity_m_s2], physicsClientId=client)
+
+        hand_shape = p.createCollisionShape(
+            p.GEOM_MESH,
+            vertices=hand_v.tolist(),
+            indices=hand_f.reshape(-1).tolist(),
+            flags=p.GEOM_FORCE_CONCAVE_TRIMESH,
+            physicsClientId=client,
+        )
+        hand_body = p.createMultiBody(baseMass=0, baseCollisionShapeIndex=hand_shape, physicsClientId=client)
+        p.changeDynamics(
+            hand_body, -1, lateralFriction=friction, restitution=hand_restitution, physicsClientId=client
+        )
+
+        with tempfile.TemporaryDirectory(prefix="halo_vhacd_") as tmp:
+            src, dst, log = (os.path.join(tmp, n) for n in ("object.obj", "object_vhacd.obj", "vhacd.log"))
+            trimesh.Trimesh(obj_v - centre, np.asarray(obj.faces), process=False).export(src)
+            with _stdout_to_devnull():  # V-HACD prints its progress from C straight to fd 1
+                p.vhacd(
+                    src, dst, log, resolution=int(vhacd_resolution), concavity=vhacd_concavity,
+                    physicsClientId=client,
+                )  # fmt: skip
+            if not Path(dst).is_file() or Path(dst).stat().st_size == 0:
+                raise RuntimeError("V-HACD produced no convex decomposition of the object")
+            obj_shape = p.createCollisionShape(p.GEOM_MESH, fileName=dst, physicsClientId=client)
+        obj_body = p.createMultiBody(
+            baseMass=object_mass_kg,
+            baseCollisionShapeIndex=obj_shape,
+            basePosition=centre.tolist(),
+            physicsClientId=client,
+        )
+        p.changeDynamics(
+            obj_body, -1, lateralFriction=friction, restitution=object_restitution, physicsClientId=client
+        )
+        start = np.array(p.getBasePositionAndOrientation(obj_body, physicsClientId=client)[0])
+        for _ in range(int(steps)):
+            p.stepSimulation(physicsClientId=client)
+        end = np.array(p.getBasePositionAndOrientation(obj_body, physicsClientId=client)[0])
+    finally:
+        p.disconnect(physicsClientId=client)
+    return float(np.linalg.norm(end - start))

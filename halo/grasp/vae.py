@@ -1,0 +1,708 @@
+"""HALO-VAE: object-conditioned grasp generation as 21 hand keypoints (torch only).
+
+Pieces (spec 6.2; every tensor at the boundary is metres, object-centred frame, MANO joint order):
+
+* object encoder: a ResNet-PointNet over the object's surface samples (``object_encoder="pointnet"``,
+  the original) or a basis-point-set encoder (``"bps"``: a fixed, seeded basis of ``bps_points``
+  points uniform in a ball of ``bps_radius_m`` around the object centre; feature = distance from
+  each basis point to the nearest object point; an MLP);
+* posterior encoder q(z | keypoints, object code), a diagonal Gaussian;
+* decoder (z, object code) -> 21 keypoints;
+* refinement net (keypoints, object code, per-joint distance to the object) -> keypoint offsets,
+  applied ``steps`` times.
+
+The networks work internally in the original's units (centimetres: ``units_per_metre`` = 100):
+inputs are scaled up and the decoder's output is scaled back to metres, so the original's
+architecture sees the same magnitudes it was designed for.
+
+Loss terms (spec 6.3) are plain functions below.  Distances inside the losses are taken in
+centimetres (metres x 100): the original computed its keypoint and bone-length MSEs on
+centimetre keypoints, so its weights (2.0 keypoints, 2.0 bone lengths, ...) keep their meaning
+here while every input and output stays in metres.  Angle terms are unit-free; the
+interpenetration term is a mean occupancy (unit-free) evaluated on points in metres (the
+original mixed cm and m there; spec 10.3).
+
+:func:`load_grasp_vae` reads a trained model from a ``HaloVaeModule`` Lightning checkpoint
+without importing Lightning or Hydra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from halo.core.canonicalization import canonicalize
+from halo.core.model import HaloModel
+from halo.core.skeleton import BONES, FINGER_JOINTS, NUM_JOINTS
+
+__all__ = [
+    "OBJECT_ENCODERS",
+    "BpsEncoder",
+    "GraspVAE",
+    "GraspVaeConfig",
+    "GraspVaeError",
+    "PointNetEncoder",
+    "RefineNet",
+    "VaeOutput",
+    "all_bone_angle_loss",
+    "angle_difference",
+    "bone_length_loss",
+    "bps_basis",
+    "contact_loss",
+    "halo_fingerprint",
+    "halo_occupancy",
+    "interpenetration_loss",
+    "joint_object_distances",
+    "keypoint_loss",
+    "kl_divergence",
+    "load_grasp_vae",
+    "perturb_for_refinement",
+    "plausible_hands",
+    "root_bone_angle_loss",
+    "root_bone_angles",
+    "root_plane_angle_loss",
+    "root_plane_angles",
+    "signed_joint_object_distances",
+]
+
+OBJECT_ENCODERS = ("pointnet", "bps")
+CM_PER_M = 100.0  # loss distances are centimetres so the original's loss weights keep their meaning
+
+
+class GraspVaeError(ValueError):
+    """Bad configuration, input shapes or checkpoint (names the key / shape / file)."""
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class GraspVaeConfig:
+    """Architecture of :class:`GraspVAE` (defaults = the original's GRAB config, spec 6.2 / 9)."""
+
+    object_encoder: str = "pointnet"  # "pointnet" (the original) | "bps"
+    object_dim: int = 256  # object code size
+    object_hidden_dim: int = 256  # PointNet / BPS-MLP width
+    z_dim: int = 32
+    encoder_dim: int = 256  # posterior encoder width
+    decoder_dim: int = 256
+    refine_dim: int = 128
+    bps_points: int = 4096
+    bps_radius_m: float = 0.15
+    bps_seed: int = 0
+    units_per_metre: float = 100.0  # network-internal units: centimetres, as the original
+    refine_signed_distance: bool = True  # RefineNet's distance feature signed (False: the original's)
+
+    def __post_init__(self) -> None:
+        if self.object_encoder not in OBJECT_ENCODERS:
+            raise GraspVaeError(
+                f"object_encoder must be one of {', '.join(OBJECT_ENCODERS)}, got {self.object_encoder!r}"
+            )
+        for name in ("object_dim", "object_hidden_dim", "z_dim", "encoder_dim", "decoder_dim", "refine_dim"):
+            if int(getattr(self, name)) < 1:
+                raise GraspVaeError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.object_encoder == "bps" and (self.bps_points < 1 or self.bps_radius_m <= 0):
+            raise GraspVaeError(
+                f"bps_points must be >= 1 and bps_radius_m > 0, got {self.bps_points} / {self.bps_radius_m}"
+            )
+        if self.units_per_metre <= 0:
+            raise GraspVaeError(f"units_per_metre must be > 0, got {self.units_per_metre}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping | None) -> GraspVaeConfig:
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise GraspVaeError(
+                f"unknown GraspVAE config keys {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+class ResnetBlockFC(nn.Module):
+    """Pre-activation residual MLP block (ReLU), second layer zero-initialised, bias-free projection shortcut."""
+
+    def __init__(self, size_in: int, size_out: int):
+        super().__init__()
+        size_h = min(size_in, size_out)
+        self.fc_0 = nn.Linear(size_in, size_h)
+        self.fc_1 = nn.Linear(size_h, size_out)
+        nn.init.zeros_(self.fc_1.weight)  # the block starts as its shortcut
+        self.shortcut = nn.Linear(size_in, size_out, bias=False) if size_in != size_out else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dx = self.fc_1(F.relu(self.fc_0(F.relu(x))))
+        return (x if self.shortcut is None else self.shortcut(x)) + dx
+
+
+class _ResidualMLP(nn.Module):
+    """Linear(in, width) -> ``blocks`` x [h + act(Linear(h))] -> Linear(width, out), LeakyReLU."""
+
+    def __init__(self, dim_in: int, width: int, dim_out: int, blocks: int, slope: float):
+        super().__init__()
+        self.fc_in = nn.Linear(dim_in, width)
+        self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+        self.fc_out = nn.Linear(width, dim_out)
+        self.slope = slope
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.leaky_relu(self.fc_in(x), self.slope)
+        for fc in self.blocks:
+            h = h + F.leaky_relu(fc(h), self.slope)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(self.features(x))
+
+
+def _check_points(points: torch.Tensor, name: str) -> None:
+    if not isinstance(points, torch.Tensor) or points.dim() != 3 or points.shape[-1] != 3:
+        shape = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
+        raise GraspVaeError(f"{name} must have shape (B, N, 3) in metres, got {shape}")
+    if points.shape[1] == 0:
+        raise GraspVaeError(f"{name} holds no points (shape {tuple(points.shape)})")
+
+
+def _check_keypoints(keypoints: torch.Tensor, name: str = "keypoints") -> None:
+    if not isinstance(keypoints, torch.Tensor) or keypoints.dim() != 3 or keypoints.shape[1:] != (21, 3):
+        shape = tuple(keypoints.shape) if isinstance(keypoints, torch.Tensor) else type(keypoints).__name__
+        raise GraspVaeError(f"{name} must have shape (B, 21, 3) in metres, got {shape}")
+
+
+# ----------------------------------------------------------------------------- object encoders
+
+
+class PointNetEncoder(nn.Module):
+    """ResNet-PointNet (spec 6.2): object points (B,P,3) metres -> code (B,object_dim).
+
+    Linear(3, 2h); five residual blocks 2h -> h, each followed (except the last) by
+    max-pooling over points and concatenating the pooled feature to every point;
+    max-pool, ReLU, Linear(h, object_dim).
+    """
+
+    def __init__(self, config: GraspVaeConfig):
+        super().__init__()
+        h = config.object_hidden_dim
+        self.scale = config.units_per_metre
+        self.fc_pos = nn.Linear(3, 2 * h)
+        self.blocks = nn.ModuleList(ResnetBlockFC(2 * h, h) for _ in range(5))
+        self.fc_c = nn.Linear(h, config.object_dim)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        _check_points(points, "object_points")
+        net = self.fc_pos(points * self.scale)
+        for i, block in enumerate(self.blocks):
+            if i > 0:
+                pooled = net.max(dim=1, keepdim=True).values.expand_as(net)
+                net = torch.cat([net, pooled], dim=-1)
+            net = block(net)
+        return self.fc_c(F.relu(net.max(dim=1).values))
+
+
+def bps_basis(n: int, radius_m: float, seed: int) -> torch.Tensor:
+    """(n,3) float32 basis points uniform in a ball of ``radius_m`` (metres), from a seeded numpy generator."""
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=(n, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True).clip(1e-12)
+    radius = radius_m * rng.uniform(size=(n, 1)) ** (1.0 / 3.0)  # uniform in volume
+    return torch.from_numpy((direction * radius).astype(np.float32))
+
+
+class BpsEncoder(nn.Module):
+    """Basis point set encoder: distance of each fixed basis point to the nearest object point -> MLP.
+
+    The basis is a buffer (saved with the weights), so a checkpoint always encodes with
+    the basis it was trained with.
+    """
+
+    def __init__(self, config: GraspVaeConfig):
+        super().__init__()
+        self.scale = config.units_per_metre
+        self.register_buffer("basis", bps_basis(config.bps_points, config.bps_radius_m, config.bps_seed))
+        h = config.object_hidden_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(config.bps_points, h),
+            nn.ReLU(),
+            nn.Linear(h, h),
+            nn.ReLU(),
+            nn.Linear(h, config.object_dim),
+        )
+
+    def features(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, bps_points) nearest-object-point distances, network units."""
+        _check_points(points, "object_points")
+        basis = self.basis.to(points)[None].expand(points.shape[0], -1, -1)
+        return torch.cdist(basis, points).amin(dim=-1) * self.scale
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.features(points))
+
+
+# ----------------------------------------------------------------------------- VAE
+
+
+@dataclass
+class VaeOutput:
+    keypoints: torch.Tensor  # (B,21,3) metres, decoded
+    mean: torch.Tensor  # (B,z) posterior mean
+    logstd: torch.Tensor  # (B,z) posterior log standard deviation
+    z: torch.Tensor  # (B,z) the latent that was decoded
+    object_code: torch.Tensor  # (B,object_dim)
+
+
+class RefineNet(nn.Module):
+    """(keypoints, object code, per-joint object distance) -> keypoint offset (spec 6.2's RefineNet).
+
+    Linear(63 + object_dim + 21, w), three residual layers, Linear(w, 63); LeakyReLU(0.1).
+    The last layer starts at zero, so an untrained refinement is the identity.  With
+    ``refine_signed_distance`` (default) the distance feature carries a sign (negative inside,
+    :func:`signed_joint_object_distances`): the original's unsigned distance cannot tell a joint
+    just outside the surface from one just inside it, which is exactly what refinement must fix.
+    """
+
+    def __init__(self, config: GraspVaeConfig):
+        super().__init__()
+        self.scale = config.units_per_metre
+        self.signed = config.refine_signed_distance
+        self.net = _ResidualMLP(63 + config.object_dim + NUM_JOINTS, config.refine_dim, 63, 3, 0.1)
+        nn.init.zeros_(self.net.fc_out.weight)
+        nn.init.zeros_(self.net.fc_out.bias)
+
+    def forward(
+        self, keypoints: torch.Tensor, object_code: torch.Tensor, object_points: torch.Tensor
+    ) -> torch.Tensor:
+        """One refinement step: (B,21,3) metres -> (B,21,3) metres."""
+        features = signed_joint_object_distances if self.signed else joint_object_distances
+        dist = features(keypoints, object_points) * self.scale
+        x = torch.cat([keypoints.flatten(1) * self.scale, object_code, dist], dim=-1)
+        return keypoints + self.net(x).view(-1, NUM_JOINTS, 3) / self.scale
+
+
+class GraspVAE(nn.Module):
+    """Object-conditioned VAE over 21 hand keypoints (metres, object-centred frame)."""
+
+    def __init__(self, config: GraspVaeConfig | Mapping | None = None):
+        super().__init__()
+        if not isinstance(config, GraspVaeConfig):
+            config = GraspVaeConfig.from_dict(config)
+        self.config = config
+        self.object_encoder = (
+            PointNetEncoder(config) if config.object_encoder == "pointnet" else BpsEncoder(config)
+        )
+        self.posterior = _ResidualMLP(63 + config.object_dim, config.encoder_dim, 2 * config.z_dim, 3, 0.2)
+        # The posterior starts at the prior (mean 0, std 1): with centimetre inputs a default-initialised
+        # head starts with a KL in the thousands, which dominates the first hundreds of steps.
+        nn.init.zeros_(self.posterior.fc_out.weight)
+        nn.init.zeros_(self.posterior.fc_out.bias)
+        self.decoder = _ResidualMLP(config.z_dim + config.object_dim, config.decoder_dim, 63, 2, 0.1)
+        self.refine_net = RefineNet(config)
+
+    @property
+    def scale(self) -> float:
+        return self.config.units_per_metre
+
+    def encode_object(self, object_points: torch.Tensor) -> torch.Tensor:
+        """(B,P,3) metres -> (B,object_dim)."""
+        return self.object_encoder(object_points)
+
+    def encode(self, keypoints: torch.Tensor, object_code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior q(z | keypoints, object): mean and log-std, each (B,z_dim)."""
+        _check_keypoints(keypoints)
+        out = self.posterior(torch.cat([keypoints.flatten(1) * self.scale, object_code], dim=-1))
+        mean, logstd = out.chunk(2, dim=-1)
+        return mean, logstd
+
+    def decode(self, z: torch.Tensor, object_code: torch.Tensor) -> torch.Tensor:
+        """(B,z_dim), (B,object_dim) -> keypoints (B,21,3) metres."""
+        return self.decoder(torch.cat([z, object_code], dim=-1)).view(-1, NUM_JOINTS, 3) / self.scale
+
+    def forward(self, keypoints: torch.Tensor, object_points: torch.Tensor, sample: bool = True) -> VaeOutput:
+        """Reconstruct ``keypoints`` (B,21,3) given ``object_points`` (B,P,3).
+
+        ``sample``: decode z ~ q (reparameterised, training) or the posterior mean (deterministic).
+        """
+        code = self.encode_object(object_points)
+        mean, logstd = self.encode(keypoints, code)
+        z = mean + torch.randn_like(mean) * logstd.exp() if sample else mean
+        return VaeOutput(self.decode(z, code), mean, logstd, z, code)
+
+    def refine(
+        self,
+        keypoints: torch.Tensor,
+        object_points: torch.Tensor,
+        steps: int = 3,
+        object_code: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Apply the refinement net ``steps`` times to (B,21,3) keypoints (metres)."""
+        _check_keypoints(keypoints)
+        code = self.encode_object(object_points) if object_code is None else object_code
+        for _ in range(int(steps)):
+            keypoints = self.refine_net(keypoints, code, object_points)
+        return keypoints
+
+    @torch.no_grad()
+    def sample(
+        self,
+        object_points: torch.Tensor,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        refine_steps: int = 0,
+    ) -> torch.Tensor:
+        """``n`` grasps per object: z ~ N(0, I) -> keypoints (B,n,21,3) metres, optionally refined.
+
+        ``object_points``: (P,3) or (B,P,3) object surface samples, metres, object-centred.
+        Returns (n,21,3) for a (P,3) input.
+        """
+        single = isinstance(object_points, torch.Tensor) and object_points.dim() == 2
+        pts = object_points[None] if single else object_points
+        _check_points(pts, "object_points")
+        if int(n) < 1:
+            raise GraspVaeError(f"n (grasps per object) must be >= 1, got {n}")
+        bsz = pts.shape[0]
+        pts = pts.repeat_interleave(int(n), dim=0)  # (B*n,P,3)
+        code = self.encode_object(pts)
+        z = torch.randn(
+            bsz * int(n), self.config.z_dim, generator=generator, device="cpu", dtype=code.dtype
+        ).to(code.device)
+        kp = self.decode(z, code)
+        if refine_steps > 0:
+            kp = self.refine(kp, pts, refine_steps, object_code=code)
+        kp = kp.view(bsz, int(n), NUM_JOINTS, 3)
+        return kp[0] if single else kp
+
+
+# ----------------------------------------------------------------------------- loss terms
+
+
+def keypoint_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE of keypoint coordinates in cm^2 (inputs (B,21,3) metres), mean over batch, joints, axes."""
+    return F.mse_loss(pred * CM_PER_M, target * CM_PER_M)
+
+
+def _bone_vectors(keypoints: torch.Tensor) -> torch.Tensor:
+    """(B,20,3) child - parent of the 20 bones (finger-major, root bone first)."""
+    parents = [p for p, _ in BONES]
+    children = [c for _, c in BONES]
+    return keypoints[:, children] - keypoints[:, parents]
+
+
+def bone_length_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE of the 20 bone lengths in cm^2 (inputs (B,21,3) metres)."""
+    return F.mse_loss(
+        _bone_vectors(pred).norm(dim=-1) * CM_PER_M, _bone_vectors(target).norm(dim=-1) * CM_PER_M
+    )
+
+
+def angle_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mean(|cos a - cos b| + |sin a - sin b|) over all elements (radians in, unit-free out).
+
+    Periodic, and linear rather than quadratic near zero difference (the original's angle loss).
+    """
+    return ((torch.cos(a) - torch.cos(b)).abs() + (torch.sin(a) - torch.sin(b)).abs()).mean()
+
+
+def _signed_angle(u: torch.Tensor, v: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    c = torch.linalg.cross(u, v, dim=-1)
+    ang = torch.atan2(c.norm(dim=-1), (u * v).sum(-1))
+    return torch.where((ref * c).sum(-1) < 0, -ang, ang)
+
+
+def _root_bones(keypoints: torch.Tensor) -> torch.Tensor:
+    """(B,5,3) wrist -> thumb CMC / finger MCP, thumb..pinky."""
+    roots = [f[0] for f in FINGER_JOINTS]
+    return keypoints[:, roots] - keypoints[:, :1]
+
+
+def root_bone_angles(keypoints: torch.Tensor) -> torch.Tensor:
+    """(B,4) signed angles (rad) between consecutive root bones: thumb-index, index-middle, middle-ring,
+    ring-pinky.  Sign reference: the palm normal (middle root bone x index root bone), as in the
+    canonicalization's global frame."""
+    b = _root_bones(keypoints)
+    palm = torch.linalg.cross(b[:, 2], b[:, 1], dim=-1)[:, None].expand(-1, 4, -1)
+    return _signed_angle(b[:, :4], b[:, 1:], palm)
+
+
+def root_plane_angles(keypoints: torch.Tensor) -> torch.Tensor:
+    """(B,3) signed dihedral angles (rad) between consecutive root-bone planes.
+
+    Plane normals n_k = b_{k+1} x b_k of neighbouring root bones (k = thumb|index .. ring|pinky);
+    angle k rotates n_k onto n_{k+1} about their shared bone b_{k+1} (the quantities the
+    canonicalization normalizes to 0.8 / 0.2 / 0.2 rad).
+    """
+    b = _root_bones(keypoints)
+    n = torch.linalg.cross(b[:, 1:], b[:, :4], dim=-1)  # (B,4,3)
+    return _signed_angle(n[:, :3], n[:, 1:], b[:, 1:4])
+
+
+def root_bone_angle_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`angle_difference` of :func:`root_bone_angles` (inputs (B,21,3) metres)."""
+    return angle_difference(root_bone_angles(pred), root_bone_angles(target))
+
+
+def root_plane_angle_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`angle_difference` of :func:`root_plane_angles` (inputs (B,21,3) metres)."""
+    return angle_difference(root_plane_angles(pred), root_plane_angles(target))
+
+
+def all_bone_angle_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`angle_difference` of the canonicalization's (B,15,2) flexion/abduction angles.
+
+    As in the original, the global normalization and the local bone frames are detached
+    (:func:`halo.core.canonicalization.canonicalize`), so the gradient flows through the bone
+    directions only.  Inputs are not validated (a decoder in early training may output
+    degenerate hands; their angles are finite garbage, not an exception).
+    """
+    pred_angles = canonicalize(pred, validate=False).bone_angles
+    with torch.no_grad():
+        target_angles = canonicalize(target, validate=False).bone_angles
+    return angle_difference(pred_angles, target_angles)
+
+
+def kl_divergence(mean: torch.Tensor, logstd: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logstd)^2) || N(0, I)), summed over latent dims, mean over the batch (B,z)->()."""
+    return (0.5 * (mean.pow(2) + (2 * logstd).exp() - 1.0) - logstd).sum(-1).mean()
+
+
+_MIN_BONE_M = 1e-3  # hands with a bone shorter than 1 mm have no defined frame
+
+
+def plausible_hands(keypoints: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: finite keypoints, every bone >= 1 mm and non-parallel index/middle root bones.
+
+    HALO's canonicalization is undefined for the others (it raises on them); losses through
+    HALO skip them instead, so an early, still degenerate decoder output cannot stop training.
+    """
+    kp = keypoints.detach()
+    finite = torch.isfinite(kp).flatten(1).all(-1)
+    kp = torch.nan_to_num(kp)
+    bones_ok = (_bone_vectors(kp).norm(dim=-1) >= _MIN_BONE_M).all(-1)
+    middle, index = kp[:, 9] - kp[:, 0], kp[:, 5] - kp[:, 0]
+    sin = torch.linalg.cross(middle, index, dim=-1).norm(dim=-1) / (
+        middle.norm(dim=-1) * index.norm(dim=-1)
+    ).clamp_min(1e-30)
+    return finite & bones_ok & (sin > 1e-3)
+
+
+def halo_occupancy(halo_model: HaloModel, points: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+    """HALO occupancy (B,N) of ``points`` (B,N,3) for hands ``keypoints`` (B,21,3), metres.
+
+    :meth:`HaloModel.occupancy` without the keypoint validation (callers filter with
+    :func:`plausible_hands`); differentiable w.r.t. ``keypoints`` and ``points`` only when the
+    HALO parameters are frozen by the caller.  Part culling (``part_radii``) is honoured.
+    """
+    pose = canonicalize(keypoints, validate=False)
+    mats, lengths = HaloModel.model_inputs(pose)
+    net = halo_model.network
+    dtype = net.global_proj_weight.dtype
+    pts = HaloModel.points_to_model(pose, points.to(keypoints.dtype)).to(dtype)
+    if halo_model.config.part_radii is not None:
+        segments = HaloModel.part_segments(pose, mats).to(dtype)
+        logits = net.forward_culled(pts, mats.to(dtype), lengths.to(dtype), segments)
+    else:
+        logits = net(pts, mats.to(dtype), lengths.to(dtype))
+    return net.combine(logits)
+
+
+def interpenetration_loss(
+    halo_model: HaloModel,
+    keypoints: torch.Tensor,
+    inside_points: torch.Tensor,
+    threshold: float = 0.5,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean HALO occupancy of the object's interior points where the hand claims them (spec 6.3).
+
+    Args:
+        halo_model: the frozen HALO base (its parameters must not require grad; they get none).
+        keypoints: (B,21,3) predicted hands, metres, object-centred.
+        inside_points: (B,M,3) points inside the object, metres, same frame.
+        threshold: occupancies at or below it count as 0 (the original zeroed values <= 0.5), so
+            only interior points that are actually inside the hand are pushed out.
+        valid: optional (B,) bool mask of hands to score (default :func:`plausible_hands`).
+
+    Returns:
+        () mean over points and over the batch (invalid hands contribute 0); gradient flows to
+        ``keypoints`` through HALO's canonicalization (global frame and bone frames detached).
+    """
+    _check_keypoints(keypoints)
+    _check_points(inside_points, "inside_points")
+    valid = plausible_hands(keypoints) if valid is None else valid
+    if not bool(valid.any()):
+        return keypoints.sum() * 0.0
+    occ = halo_occupancy(halo_model, inside_points[valid], keypoints[valid])  # (b,M)
+    occ = torch.where(occ > threshold, occ, torch.zeros_like(occ))
+    return occ.mean(dim=-1).sum() / keypoints.shape[0]
+
+
+def joint_object_distances(keypoints: torch.Tensor, object_points: torch.Tensor) -> torch.Tensor:
+    """(B,21) distance (metres) from every joint to its nearest object surface sample."""
+    return torch.cdist(keypoints, object_points.to(keypoints)).amin(dim=-1)
+
+
+def signed_joint_object_distances(keypoints: torch.Tensor, object_points: torch.Tensor) -> torch.Tensor:
+    """(B,21) distance (metres) to the nearest object surface sample, negative for joints inside.
+
+    Inside/outside from surface samples alone: a joint is outside when it lies beyond its nearest
+    surface sample as seen from the object centre (the frame's origin, the bounding-box centre):
+    ``(joint - p) . p > 0``.  Exact for star-shaped objects around their centre (spheres, boxes,
+    cylinders, most graspable things); a cheap, differentiable-in-value feature, not a mesh test.
+    """
+    pts = object_points.to(keypoints)
+    d = torch.cdist(keypoints, pts)  # (B,21,P)
+    dist, idx = d.min(dim=-1)
+    nearest = torch.gather(pts, 1, idx[..., None].expand(-1, -1, 3))  # (B,21,3)
+    outside = ((keypoints - nearest) * nearest).sum(-1) >= 0
+    return torch.where(outside, dist, -dist)
+
+
+def contact_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    object_points: torch.Tensor,
+    contact_threshold_m: float = 0.02,
+) -> torch.Tensor:
+    """One-sided joint-to-object distance matching on the ground truth's contact joints, cm^2.
+
+    For every joint whose ground-truth distance to the object surface is below
+    ``contact_threshold_m`` (a joint that touches: finger joints sit ~5-10 mm under the skin),
+    penalise the predicted joint for being farther from the object than the ground-truth joint:
+    ``mean(relu(d_pred - d_gt)^2)`` over those joints, distances in cm.
+
+    Why this form: keypoints lie inside the fingers, so "the hand touches the object" means
+    "the touching joints are as close as in real grasps", and the ground-truth distance already
+    includes the finger's thickness (no hand-surface model needed, exact at any range, cheap).
+    It only attracts: nothing pulls a joint into the object; the interpenetration term pushes
+    out, so together they seek the contact surface.  (The original's unused surface loss was
+    two-sided MSE on all joints, which mostly duplicates the keypoint loss.)
+
+    Args:
+        pred, target: (B,21,3) metres; object_points: (B,P,3) metres, same frame.
+    Returns:
+        () loss; 0 when no ground-truth joint is in contact.
+    """
+    _check_keypoints(pred, "pred")
+    _check_keypoints(target, "target")
+    _check_points(object_points, "object_points")
+    d_pred = joint_object_distances(pred, object_points)
+    with torch.no_grad():
+        d_gt = joint_object_distances(target, object_points)
+        touching = (d_gt < contact_threshold_m).to(pred.dtype)
+    gap = F.relu(d_pred - d_gt) * CM_PER_M
+    return (gap.pow(2) * touching).sum() / touching.sum().clamp_min(1.0)
+
+
+REFINE_NOISE = ("isotropic", "original")
+
+
+def perturb_for_refinement(
+    keypoints: torch.Tensor,
+    *,
+    joint_noise_m: float = 0.005,
+    shift_max_m: float = 0.02,
+    mode: str = "isotropic",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Noisy copies (B,21,3) of ground-truth keypoints the refinement net learns to undo.
+
+    ``"original"`` (spec 6.1): N(0, joint_noise) on joints 6..20 and one uniform scalar in
+    [0, shift_max) added to every coordinate (a shift along (1,1,1) only).
+    ``"isotropic"`` (default): N(0, joint_noise) on every joint and a rigid shift of uniform
+    length in [0, shift_max) in a uniformly random direction, which also covers the
+    hand-floats-off-the-object and hand-sinks-in errors a sampled grasp makes.
+    """
+    if mode not in REFINE_NOISE:
+        raise GraspVaeError(f"refine noise mode must be one of {', '.join(REFINE_NOISE)}, got {mode!r}")
+    bsz = keypoints.shape[0]
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator).to(keypoints)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator).to(keypoints)
+
+    noise = randn(bsz, NUM_JOINTS, 3) * joint_noise_m
+    if mode == "original":
+        noise[:, :6] = 0.0
+        return keypoints + noise + rand(bsz, 1, 1) * shift_max_m
+    direction = randn(bsz, 1, 3)
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return keypoints + noise + direction * rand(bsz, 1, 1) * shift_max_m
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def load_grasp_vae(path: str | Path, *, trust_pickle: bool = True) -> tuple[GraspVAE, dict]:
+    """A trained :class:`GraspVAE` from a ``HaloVaeModule`` Lightning checkpoint, without Lightning.
+
+    The file is first read with ``torch.load(weights_only=True)`` (no code runs; the module's
+    hyper-parameters are plain values).  Only when that fails (e.g. a datamodule stored
+    ``pathlib`` paths in its hyper-parameters) is it fully unpickled, and only with
+    ``trust_pickle`` (default True, as :func:`halo.core.checkpoint.load_model`): full unpickling can
+    run code, so pass False for files you do not trust.  Returns the model in eval mode and
+    ``meta``: ``hyper_parameters`` (loss switches, ``halo_checkpoint`` path,
+    ``refine_at_generation``, ``refine_steps``, ``object_points``...), ``global_step``, ``epoch``
+    and ``halo_base`` (path + fingerprint of the HALO base used in training, when recorded).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such VAE checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem reads the same to the user
+        if not trust_pickle:
+            raise GraspVaeError(
+                f"{path}: cannot be read with weights_only=True ({type(exc).__name__}); load it with "
+                "trust_pickle=True only if you trust the file"
+            ) from exc
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:  # noqa: BLE001
+            raise GraspVaeError(
+                f"{path}: cannot be read as a Lightning checkpoint ({type(exc2).__name__}: {exc2})"
+            ) from exc2
+    hparams = payload.get("hyper_parameters") if isinstance(payload, dict) else None
+    if not isinstance(hparams, Mapping) or "vae" not in hparams or "state_dict" not in payload:
+        keys = sorted(hparams)[:12] if isinstance(hparams, Mapping) else None
+        raise GraspVaeError(
+            f"{path}: not a HALO-VAE checkpoint (needs hyper_parameters['vae'] and a state_dict; "
+            f"hyper_parameters keys: {keys}); HALO base checkpoints go to `halo mesh`"
+        )
+    model = GraspVAE(GraspVaeConfig.from_dict(hparams["vae"]))
+    weights = {k[len("vae.") :]: v for k, v in payload["state_dict"].items() if k.startswith("vae.")}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise GraspVaeError(f"{path}: state_dict does not match hyper_parameters['vae']: {exc}") from exc
+    meta = {
+        "source": str(path),
+        "hyper_parameters": dict(hparams),
+        "global_step": int(payload.get("global_step", -1)),
+        "epoch": int(payload.get("epoch", -1)),
+        "halo_base": payload.get("halo_base"),
+    }
+    return model.eval(), meta
+
+
+def halo_fingerprint(model: nn.Module) -> str:
+    """Short content hash of a model's weights (to check that the same HALO base is used again)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Offscreen rendering of hand meshes, skeletons, objects and grids of them."""
