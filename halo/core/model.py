@@ -349,7 +349,14 @@ class HaloModel(nn.Module):
         keypoints_m: torch.Tensor,
         is_left: torch.Tensor | None = None,
         return_parts: bool = False,
+        validate: bool = True,
     ) -> OccupancyOutput:
+        """The one HALO forward pass (every caller, the HALO-VAE's losses included, goes through it).
+
+        ``validate=False`` skips the keypoint checks of :func:`canonicalize` (callers that filter
+        degenerate hands themselves, e.g. with ``halo.grasp.vae.plausible_hands``, inside a training
+        step); the float32 geometry guard under autocast applies either way.
+        """
         if points_m.dim() != 3 or points_m.shape[-1] != 3 or points_m.shape[0] != keypoints_m.shape[0]:
             raise ValueError(
                 f"points must have shape (B,N,3) with B = {keypoints_m.shape[0]} (keypoints' batch), "
@@ -359,7 +366,9 @@ class HaloModel(nn.Module):
         # mixed-precision autocast: bf16 keypoint math would move the hand by millimetres.  Only the
         # part MLPs below run in the autocast dtype.
         with torch.autocast(device_type=keypoints_m.device.type, enabled=False):
-            pose = canonicalize(keypoints_m, is_left)  # in the keypoints' dtype (float64 stays precise)
+            pose = canonicalize(
+                keypoints_m, is_left, validate=validate
+            )  # in the keypoints' dtype (float64 stays precise)
             mats, lengths = self.model_inputs(pose)
             points_model = self.points_to_model(pose, points_m.to(keypoints_m.dtype))
             segments = self.part_segments(pose, mats) if self.config.part_radii is not None else None
@@ -374,7 +383,9 @@ class HaloModel(nn.Module):
         labels = logits.argmax(dim=-1) if return_parts else None
         return OccupancyOutput(occ, labels, logits if return_parts else None, pose)
 
-    def occupancy(self, points_m, keypoints_m, is_left=None, return_parts: bool = False):
+    def occupancy(
+        self, points_m, keypoints_m, is_left=None, return_parts: bool = False, validate: bool = True
+    ):
         """Occupancy probabilities (B,N); with ``return_parts`` also the (B,N) part labels."""
-        out = self.forward(points_m, keypoints_m, is_left, return_parts)
+        out = self.forward(points_m, keypoints_m, is_left, return_parts, validate=validate)
         return (out.occupancy, out.part_labels) if return_parts else out.occupancy

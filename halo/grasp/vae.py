@@ -499,21 +499,11 @@ def plausible_hands(keypoints: torch.Tensor) -> torch.Tensor:
 def halo_occupancy(halo_model: HaloModel, points: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
     """HALO occupancy (B,N) of ``points`` (B,N,3) for hands ``keypoints`` (B,21,3), metres.
 
-    :meth:`HaloModel.occupancy` without the keypoint validation (callers filter with
-    :func:`plausible_hands`); differentiable w.r.t. ``keypoints`` and ``points`` only when the
-    HALO parameters are frozen by the caller.  Part culling (``part_radii``) is honoured.
+    :meth:`HaloModel.forward` with ``validate=False`` (callers filter with :func:`plausible_hands`),
+    so the VAE's terms use the same forward pass as everything else, float32 geometry guard under
+    autocast included.  Differentiable w.r.t. ``keypoints`` and ``points``.
     """
-    pose = canonicalize(keypoints, validate=False)
-    mats, lengths = HaloModel.model_inputs(pose)
-    net = halo_model.network
-    dtype = net.global_proj_weight.dtype
-    pts = HaloModel.points_to_model(pose, points.to(keypoints.dtype)).to(dtype)
-    if halo_model.config.part_radii is not None:
-        segments = HaloModel.part_segments(pose, mats).to(dtype)
-        logits = net.forward_culled(pts, mats.to(dtype), lengths.to(dtype), segments)
-    else:
-        logits = net(pts, mats.to(dtype), lengths.to(dtype))
-    return net.combine(logits)
+    return halo_model(points.to(keypoints.dtype), keypoints, validate=False).occupancy
 
 
 def interpenetration_loss(

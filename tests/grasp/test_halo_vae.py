@@ -172,6 +172,30 @@ def test_interpenetration_is_halo_occupancy_above_half_with_gradient_to_keypoint
     assert all(p.grad is None for p in halo.parameters())
 
 
+def test_interpenetration_under_bf16_autocast_keeps_halo_geometry_in_float32(halo_base, monkeypatch):
+    """The VAE's HALO term goes through HaloModel.forward, so the float32 guard holds under bf16."""
+    import halo.core.model as model_module
+
+    halo, _ = load_model(halo_base)
+    halo.requires_grad_(False)
+    kp = random_hands(2, seed=7, dtype=torch.float32)
+    inside = kp[:, 5:6] + 0.03 * torch.randn(2, 300, 3, generator=torch.Generator().manual_seed(1))
+    seen = []
+    real = model_module.canonicalize
+
+    def spy(keypoints, *args, **kwargs):
+        pose = real(keypoints, *args, **kwargs)
+        seen.append(pose.part_transforms.dtype)
+        return pose
+
+    monkeypatch.setattr(model_module, "canonicalize", spy)
+    reference = interpenetration_loss(halo, kp, inside)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = interpenetration_loss(halo, kp, inside)
+    assert seen == [torch.float32, torch.float32]  # both calls went through the one forward pass
+    assert mixed.item() == pytest.approx(reference.item(), abs=0.02)
+
+
 def test_interpenetration_skips_degenerate_hands_instead_of_raising(halo_base):
     halo, _ = load_model(halo_base)
     kp = random_hands(2, seed=6, dtype=torch.float32)
