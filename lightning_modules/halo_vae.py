@@ -68,7 +68,6 @@ from halo.grasp.vae import (
     all_bone_angle_loss,
     bone_length_loss,
     contact_loss,
-    halo_fingerprint,
     interpenetration_loss,
     keypoint_loss,
     kl_divergence,
@@ -77,6 +76,7 @@ from halo.grasp.vae import (
     root_bone_angle_loss,
     root_plane_angle_loss,
 )
+from halo.grasp.vae_checkpoint import halo_fingerprint
 from lightning_modules.train_logging import TrainStepLogging
 
 #: Loss weights of the original's GRAB config (spec 6.3, no-BPS weights) + this project's terms.

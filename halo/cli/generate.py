@@ -1,7 +1,7 @@
 """``halo generate grasps``: grasps for arbitrary object meshes from a trained HALO-VAE checkpoint.
 
 Reads the VAE from its Lightning checkpoint without Lightning or Hydra
-(:func:`halo.grasp.vae.load_grasp_vae`) and the frozen HALO base from the path recorded in the
+(:func:`halo.grasp.vae_checkpoint.load_grasp_vae`) and the frozen HALO base from the path recorded in the
 checkpoint's hyper-parameters (``--halo-checkpoint`` overrides it).  For every object mesh
 (.ply/.obj/.stl/.off, metres; a mesh clearly in mm or cm is rescaled with a warning, see
 :func:`halo.geometry.mesh_io.load_mesh_m`) it samples ``-n`` grasps (object centred at its bounding-box
@@ -73,7 +73,8 @@ def _object_names(files: list[Path]) -> list[str]:
 def _load_models(args: argparse.Namespace):
 
     from halo.core.checkpoint import load_model
-    from halo.grasp.vae import GraspVaeError, halo_fingerprint, load_grasp_vae
+    from halo.grasp.vae import GraspVaeError
+    from halo.grasp.vae_checkpoint import halo_fingerprint, load_grasp_vae
 
     try:
         vae, meta = load_grasp_vae(args.checkpoint)

@@ -136,7 +136,7 @@ def test_reading_a_vae_checkpoint_needs_neither_lightning_nor_hydra(vae_checkpoi
 
     ckpt, _ = vae_checkpoint
     code = (
-        "import sys; from halo.grasp.vae import load_grasp_vae; import halo.cli.generate; "
+        "import sys; from halo.grasp.vae_checkpoint import load_grasp_vae; import halo.cli.generate; "
         f"vae, meta = load_grasp_vae({str(ckpt)!r}, trust_pickle=False); "
         "bad = [n for n in ('lightning', 'pytorch_lightning', 'hydra', 'omegaconf') if n in sys.modules]; "
         "assert not bad, bad; print(meta['global_step'])"

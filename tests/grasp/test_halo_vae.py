@@ -31,7 +31,6 @@ from halo.grasp.vae import (
     joint_object_distances,
     keypoint_loss,
     kl_divergence,
-    load_grasp_vae,
     perturb_for_refinement,
     plausible_hands,
     root_bone_angle_loss,
@@ -40,6 +39,7 @@ from halo.grasp.vae import (
     root_plane_angles,
     signed_joint_object_distances,
 )
+from halo.grasp.vae_checkpoint import load_grasp_vae
 from lightning_modules.halo_vae import HaloBaseMissingError, HaloVaeModule
 from tests.fake_grasp_data import SMALL_VAE, FakeGraspDataModule
 from tests.helpers import quiet_trainer, random_hands
