@@ -23,7 +23,6 @@ Splits are by object (GRAB's standard split for real data).  Records are built i
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ from halo.grasp.records import (
     records_finished,
     records_key,
 )
+from halo.utils.cache import build_once, cache_key, keyed_dir
 
 __all__ = ["GraspRecordsDataset", "GraspDataModule", "GrabDataModule", "SyntheticGraspsDataModule"]
 
@@ -273,14 +273,17 @@ class GrabDataModule(GraspDataModule):
     def _records(self) -> Path:
         if self.records_dir is None:
             self._key = records_key(self.root, self.records_config, str(self.mano_model or ""))
-            self.records_dir = self.cache_dir / f"grab_records-{self._key}"
+            self.records_dir = keyed_dir(self.cache_dir, "grab_records", self._key)
             self.hparams["records_dir"] = str(self.records_dir.resolve())
         return self.records_dir
 
     def prepare_data(self) -> None:
+        # Locked: DDP nodes and the parallel jobs of a sweep share the cache folder.
         out = self._records()
-        if records_finished(out):
-            return
+        build_once(out, lambda: records_finished(out), self._build_records)
+
+    def _build_records(self) -> None:
+        out = self._records()
         print(f"[halo] building grasp records from {self.root} into {out}")
         report = build_grasp_records(self.root, out, self.records_config, mano_model=self.mano_model)
         print(f"[halo] {report.summary()}")
@@ -337,9 +340,8 @@ class SyntheticGraspsDataModule(GrabDataModule):
     def _records(self) -> Path:
         if self.records_dir is None:
             # The root may not exist yet: key the records on the generation and record settings.
-            blob = json.dumps([self._synth_key, dataclasses.asdict(self.records_config)], sort_keys=True)
-            self._key = hashlib.sha1(blob.encode()).hexdigest()[:12]
-            self.records_dir = self.cache_dir / f"records-{self._key}"
+            self._key = cache_key([self._synth_key, dataclasses.asdict(self.records_config)])
+            self.records_dir = keyed_dir(self.cache_dir, "records", self._key)
             self.hparams["records_dir"] = str(self.records_dir.resolve())
         return self.records_dir
 

@@ -20,8 +20,6 @@ Batches are dicts of tensors in metres (the sample's normalized frame):
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import warnings
 from pathlib import Path
 
@@ -40,24 +38,13 @@ from halo.data.layout import (
     read_points,
     sample_paths,
 )
+from halo.utils.cache import build_once, keyed_dir
 
 __all__ = [
     "HandOccupancyDataModule",
     "HandOccupancyDataset",
     "SyntheticHandsDataModule",
 ]
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path):
-    """An inter-process lock file: one builder per dataset (DDP nodes, parallel sweep jobs)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class HandOccupancyDataset(Dataset):
@@ -229,11 +216,6 @@ class HandOccupancyDataModule(SplitLoaders, L.LightningDataModule):
     def split_dataset(self, stage: str):
         return self._dataset(stage)
 
-    def mesh_paths(self, stage: str, index: int) -> dict[str, Path]:
-        """Files of one sample (ground-truth mesh, point cloud) for mesh-level evaluation."""
-        ds = self._dataset(stage)
-        return sample_paths(ds.split_dir, ds.names[index])
-
 
 class SyntheticHandsDataModule(HandOccupancyDataModule):
     """The built-in synthetic hands, generated on first use into ``cache_dir/<key>/``.
@@ -244,8 +226,8 @@ class SyntheticHandsDataModule(HandOccupancyDataModule):
     process per node while the other ranks wait at a barrier, and a lock file
     (``<cache_dir>/synthetic_hands-<key>.lock``) lets one process build while every other
     one that wants the same dataset (other nodes, the parallel jobs of a sweep) waits and
-    then reuses it.  Sample files are written atomically, so even where ``flock`` does not
-    reach across machines a second builder only repeats work.
+    then reuses it (:func:`halo.utils.cache.build_once`).  Sample files are written atomically,
+    so even where the lock does not reach across machines a second builder only repeats work.
     """
 
     def __init__(
@@ -271,7 +253,7 @@ class SyntheticHandsDataModule(HandOccupancyDataModule):
             n_points=n_points, n_iou_points=n_iou_points, n_pointcloud=n_pointcloud
         )
         key = synthetic_dataset_key(self.num, self.generation_seed, self.build_config)
-        self.root = self.cache_dir / f"synthetic_hands-{key}"
+        self.root = keyed_dir(self.cache_dir, "synthetic_hands", key)
         # Recorded in checkpoints (datamodule_hyper_parameters): `halo eval meshes` finds the data from it.
         self.hparams.update(
             root=str(self.root.resolve()), cache_dir=str(self.cache_dir), num_train=num_train, num_val=num_val,
@@ -286,15 +268,13 @@ class SyntheticHandsDataModule(HandOccupancyDataModule):
         )
 
     def prepare_data(self) -> None:
-        if self.is_built():
-            return
-        with _exclusive_lock(self.root.with_name(self.root.name + ".lock")):
-            if self.is_built():  # another process built it while this one waited
-                return
-            print(f"[halo] generating synthetic hands {self.num} into {self.root}")
-            reports = build_synthetic_dataset(
-                self.root, num=self.num, seed=self.generation_seed, config=self.build_config,
-                workers=self.build_workers,
-            )  # fmt: skip
-            for report in reports.values():
-                print(f"[halo] {report.summary()}")
+        build_once(self.root, self.is_built, self._build)
+
+    def _build(self) -> None:
+        print(f"[halo] generating synthetic hands {self.num} into {self.root}")
+        reports = build_synthetic_dataset(
+            self.root, num=self.num, seed=self.generation_seed, config=self.build_config,
+            workers=self.build_workers,
+        )  # fmt: skip
+        for report in reports.values():
+            print(f"[halo] {report.summary()}")

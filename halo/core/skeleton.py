@@ -50,6 +50,13 @@ FINGER_JOINTS: tuple[tuple[int, int, int, int], ...] = (
     (17, 18, 19, 20),
 )
 
+#: Fingers in MANO's internal (16-joint) order, and each finger's MANO joints root to distal.
+#: The MANO layer, the synthetic hand and the grasp synthesizer index MANO joints with these.
+MANO_FINGER_ORDER: tuple[str, ...] = ("index", "middle", "pinky", "ring", "thumb")
+MANO_FINGER_JOINTS: dict[str, tuple[int, int, int]] = {
+    name: (3 * i + 1, 3 * i + 2, 3 * i + 3) for i, name in enumerate(MANO_FINGER_ORDER)
+}
+
 #: HALO's 16 occupancy parts: name and the bone (parent, child) that drives it.
 #: Part order follows the original network (MANO internal joint order):
 #: palm, index x3, middle x3, pinky x3, ring x3, thumb x3.  The palm bone is

@@ -28,8 +28,6 @@ Occupancy labels come from :func:`halo.geometry.inside.points_inside_mesh`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import multiprocessing as mp
 import sys
 import time
@@ -45,9 +43,12 @@ import torch
 import trimesh
 
 from halo.core.skeleton import MODEL_BOX_HALF_SIDE, MODEL_UNITS_PER_METRE
-from halo.data.layout import atomic_write_text, finished_samples, write_datalist, write_sample
+from halo.data.layout import finished_samples, write_datalist, write_sample
 from halo.data.prepare import PreparedHand, prepare_from_mano, prepare_from_vertices
 from halo.geometry.inside import points_inside_mesh
+from halo.utils.atomic import atomic_write_json
+from halo.utils.cache import cache_key
+from halo.utils.progress import progress_bar
 
 __all__ = [
     "BuildConfig",
@@ -360,12 +361,6 @@ def _build_one(name: str) -> tuple[str, str | None]:
         return name, detail
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
-    return tqdm(total=total, desc=desc, unit="hand", disable=not enabled, dynamic_ncols=True, file=sys.stderr)
-
-
 def build_split(
     source: HandSource,
     split_dir: str | Path,
@@ -394,7 +389,7 @@ def build_split(
     failed: dict[str, str] = {}
     report_error = on_error or (lambda n, m: print(f"[halo data] skipped {n}: {m}", file=sys.stderr))
     t0 = time.perf_counter()
-    bar = _progress(len(todo), f"building {split_dir.name}", progress and len(todo) > 0)
+    bar = progress_bar(total=len(todo), desc=f"building {split_dir.name}", unit="hand", enabled=progress)
     args = (source, config, str(split_dir), seed)
     try:
         if workers <= 1 or len(todo) <= 1:
@@ -468,12 +463,11 @@ def build_synthetic_dataset(
     manifest = {"source": "synthetic", "seed": seed, "num": {k: int(v) for k, v in num.items()},
                 "config": config.to_dict(),
                 "complete": all(not r.failed for r in reports.values())}  # fmt: skip
-    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    atomic_write_json(root / MANIFEST, manifest)
     return reports
 
 
 def synthetic_dataset_key(num: dict[str, int], seed: int, config: BuildConfig) -> str:
     """Cache key of a synthetic dataset: a short hash of everything that determines its content."""
-    blob = json.dumps({"num": {k: int(v) for k, v in sorted(num.items())}, "seed": seed,
-                       "config": config.to_dict(), "format": 1}, sort_keys=True)  # fmt: skip
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return cache_key({"num": {k: int(v) for k, v in sorted(num.items())}, "seed": seed,
+                      "config": config.to_dict(), "format": 1})  # fmt: skip

@@ -44,7 +44,6 @@ of a build.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +52,7 @@ import numpy as np
 import trimesh
 
 from halo.core.skeleton import MODEL_UNITS_PER_METRE, NUM_PARTS
+from halo.utils.atomic import atomic_path, atomic_write_npz, atomic_write_text
 
 __all__ = [
     "DATALIST",
@@ -62,7 +62,7 @@ __all__ = [
     "POINTS_IOU_DIR",
     "DatasetFormatError",
     "HandPoints",
-    "atomic_write_npz",
+    "atomic_write_npz",  # re-exported from halo.utils.atomic for old callers (halo.grasp.records)
     "atomic_write_text",
     "finished_samples",
     "open_npz",
@@ -115,34 +115,6 @@ def sample_paths(split_dir: str | Path, name: str) -> dict[str, Path]:
     }
 
 
-def _tmp_path(path: Path) -> Path:
-    # Hidden and without the final suffix, so no reader globbing *.npz ever sees it.
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` to a hidden temp name in the same folder, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to a hidden temp name in the same folder, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _model_mats(mats_m: np.ndarray) -> np.ndarray:
     out = np.array(mats_m, dtype=np.float32)
     out[..., :3, 3] *= MODEL_UNITS_PER_METRE
@@ -189,13 +161,8 @@ def write_sample(
             **common,
         },
     )
-    mesh_tmp = _tmp_path(paths["mesh"])
-    paths["mesh"].parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_path(paths["mesh"]) as mesh_tmp:
         trimesh.Trimesh(mesh_vertices * s, mesh_faces, process=False).export(mesh_tmp, file_type="off")
-        os.replace(mesh_tmp, paths["mesh"])
-    finally:
-        mesh_tmp.unlink(missing_ok=True)
     atomic_write_npz(
         paths["points"],
         {

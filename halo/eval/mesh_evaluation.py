@@ -22,7 +22,6 @@ Lightning here: :mod:`callbacks.mesh_validation` and ``halo eval`` both use thes
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
 import time
@@ -44,6 +43,8 @@ from halo.data.layout import (
 )
 from halo.eval.surface_metrics import mesh_metrics
 from halo.meshing.hand_mesh import HandMesh, extract_hand_mesh
+from halo.utils.tables import write_csv
+from halo.viz.camera import palm_view
 
 __all__ = [
     "EvalSample",
@@ -55,7 +56,6 @@ __all__ = [
     "load_eval_sample",
     "network_iou",
     "occupancy_iou",
-    "palm_view",
     "render_comparison",
     "split_names",
     "write_rows_csv",
@@ -323,18 +323,15 @@ def evaluate_split(
 
 
 def write_rows_csv(rows: Sequence[Mapping[str, object]], path: str | Path) -> Path:
-    """Rows -> CSV (columns in :data:`ROW_COLUMNS` order, then any others in order of appearance)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Rows -> CSV (columns in :data:`ROW_COLUMNS` order, then any others in order of appearance).
+
+    Floats are written with ``repr`` (round-trip exact).
+    """
     keys: list[str] = [c for c in ROW_COLUMNS if any(c in r for r in rows)]
     for r in rows:
         keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: _csv_value(r.get(k, "")) for k in keys})
-    return path
+    exact = [{k: _csv_value(r.get(k, "")) for k in keys} for r in rows]
+    return write_csv(exact, path, keys)
 
 
 def _csv_value(v: object) -> object:
@@ -346,19 +343,6 @@ def _csv_value(v: object) -> object:
 # ---------------------------------------------------------------------------------------------
 # Renders: predicted | ground truth
 # ---------------------------------------------------------------------------------------------
-
-
-def palm_view(keypoints: np.ndarray) -> np.ndarray:
-    """Camera rotation (rows: camera x, y, z) facing the palm of one hand, fingers up in the image."""
-    kp = np.asarray(keypoints, dtype=np.float64).reshape(21, 3)
-    up = kp[9] - kp[0]  # wrist -> middle finger root
-    normal = np.cross(kp[9] - kp[0], kp[5] - kp[0])
-    if np.linalg.norm(normal) < 1e-9 or np.linalg.norm(up) < 1e-9:
-        return np.eye(3)
-    z = normal / np.linalg.norm(normal)
-    y = -(up - up @ z * z)
-    y /= np.linalg.norm(y)
-    return np.stack([np.cross(y, z), y, z])
 
 
 def _blank(size: int, shade: int = 235) -> np.ndarray:

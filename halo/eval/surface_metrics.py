@@ -26,6 +26,7 @@ import trimesh
 from pykdtree.kdtree import KDTree
 
 from halo.geometry.inside import points_inside_mesh
+from halo.utils.tables import markdown_table
 
 __all__ = [
     "MeshMetrics",
@@ -323,7 +324,8 @@ def _fmt(v: float, digits: int) -> str:
 
 def metrics_markdown_table(summary: Mapping[str, Mapping[str, float]], digits: int = 4) -> str:
     """Markdown table ``| metric | mean | median |`` of a :func:`summarize_metrics` result."""
-    lines = ["| metric | mean | median |", "| --- | ---: | ---: |"]
-    for key, s in summary.items():
-        lines.append(f"| {key} | {_fmt(float(s['mean']), digits)} | {_fmt(float(s['median']), digits)} |")
-    return "\n".join(lines) + "\n"
+    rows = [
+        {"metric": key, "mean": _fmt(float(s["mean"]), digits), "median": _fmt(float(s["median"]), digits)}
+        for key, s in summary.items()
+    ]
+    return markdown_table(rows, ("metric", "mean", "median"), align="lrr")

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import trimesh
 
-__all__ = ["MeshNotWatertightError", "inside_backend", "points_inside_mesh"]
+__all__ = ["MeshNotWatertightError", "inside_backend", "o3d_points", "points_inside_mesh", "raycasting_scene"]
 
 
 class MeshNotWatertightError(ValueError):
@@ -81,6 +81,27 @@ def _warn_fallback(reason: str) -> None:
     )
 
 
+def raycasting_scene(vertices: np.ndarray, faces: np.ndarray):
+    """An open3d ``RaycastingScene`` holding one triangle mesh (float32 vertices, uint32 faces)."""
+    o3d, reason = _open3d()
+    if o3d is None:
+        raise RuntimeError(f"open3d is needed for distance queries and is unavailable ({reason})")
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(
+        o3d.core.Tensor(np.ascontiguousarray(vertices, dtype=np.float32)),
+        o3d.core.Tensor(np.ascontiguousarray(faces, dtype=np.uint32)),
+    )
+    return scene
+
+
+def o3d_points(points: np.ndarray):
+    """(N,3) points as the float32 open3d tensor that ``RaycastingScene`` queries take."""
+    o3d, reason = _open3d()
+    if o3d is None:
+        raise RuntimeError(f"open3d is needed for distance queries and is unavailable ({reason})")
+    return o3d.core.Tensor(np.ascontiguousarray(points, dtype=np.float32))
+
+
 def points_inside_mesh(
     vertices: np.ndarray,
     faces: np.ndarray,
@@ -113,19 +134,14 @@ def points_inside_mesh(
         if not mesh.is_watertight:
             raise MeshNotWatertightError(
                 f"{name}: mesh is not watertight ({len(vertices)} vertices, {len(faces)} faces); "
-                "seal it first (MANO meshes: halo.data.prepare.seal_mano_mesh)"
+                "seal it first (MANO meshes: halo.geometry.sealing.seal_mesh)"
             )
     if len(points) == 0:
         return np.zeros(0, dtype=bool)
 
     o3d, reason = _open3d()
     if o3d is not None:
-        scene = o3d.t.geometry.RaycastingScene()
-        scene.add_triangles(
-            o3d.core.Tensor(np.ascontiguousarray(vertices, dtype=np.float32)),
-            o3d.core.Tensor(np.ascontiguousarray(faces, dtype=np.uint32)),
-        )
-        occ = scene.compute_occupancy(o3d.core.Tensor(np.ascontiguousarray(points, dtype=np.float32)))
+        occ = raycasting_scene(vertices, faces).compute_occupancy(o3d_points(points))
         return occ.numpy() > 0.5
     inside_backend()  # raises with a clear message when embree is missing too
     _warn_fallback(reason or "not installed")

@@ -25,7 +25,7 @@ Per grasp (:func:`grasp_metrics`):
   ``0.005`` GraspTTA's (a vertex inside or within 5 mm).
 
 The hand is made watertight first (an open MANO hand gets its wrist hole closed by
-:func:`halo.data.prepare.seal_mesh`, like HALO's ``seal``); the object gets
+:func:`halo.geometry.sealing.seal_mesh`, like HALO's ``seal``); the object gets
 ``trimesh.repair.fix_normals`` and optionally its convex hull (HALO's ObMan-style
 evaluations).  Inside tests use :func:`halo.geometry.inside.points_inside_mesh` (open3d).
 
@@ -49,8 +49,8 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from halo.data.prepare import seal_mesh
-from halo.geometry.inside import MeshNotWatertightError, points_inside_mesh
+from halo.geometry.inside import MeshNotWatertightError, o3d_points, points_inside_mesh, raycasting_scene
+from halo.geometry.sealing import seal_mesh
 
 __all__ = [
     "ClusterStats",
@@ -92,7 +92,7 @@ def prepare_hand_mesh(hand: trimesh.Trimesh, *, name: str = "hand") -> trimesh.T
     """A watertight copy of ``hand`` (metres): duplicate vertices merged, one open boundary sealed.
 
     A MANO hand has one hole (the wrist); it is closed by a fan around the hole's
-    centroid (:func:`halo.data.prepare.seal_mesh`).  Raises ``MeshNotWatertightError``
+    centroid (:func:`halo.geometry.sealing.seal_mesh`).  Raises ``MeshNotWatertightError``
     naming ``name`` when the mesh stays open (several holes, non-manifold edges).
     """
     mesh = trimesh.Trimesh(np.asarray(hand.vertices), np.asarray(hand.faces), process=True)
@@ -148,18 +148,13 @@ def signed_distance_m(mesh: trimesh.Trimesh, points: np.ndarray, *, name: str = 
     points = np.asarray(points, dtype=np.float64)
     _require_watertight(mesh, name)
     try:
-        import open3d as o3d  # noqa: PLC0415 (heavy; optional at import time)
+        import open3d  # noqa: F401, PLC0415 (heavy; optional at import time)
     except ImportError:
         _, dist, _ = trimesh.proximity.closest_point(mesh, points)
         inside = points_inside_mesh(mesh.vertices, mesh.faces, points, check_watertight=False, name=name)
         return np.where(inside, -np.asarray(dist, dtype=np.float64), dist)
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(
-        o3d.core.Tensor(np.ascontiguousarray(mesh.vertices, dtype=np.float32)),
-        o3d.core.Tensor(np.ascontiguousarray(mesh.faces, dtype=np.uint32)),
-    )
-    query = o3d.core.Tensor(np.ascontiguousarray(points, dtype=np.float32))
-    return scene.compute_signed_distance(query).numpy().astype(np.float64)
+    scene = raycasting_scene(mesh.vertices, mesh.faces)
+    return scene.compute_signed_distance(o3d_points(points)).numpy().astype(np.float64)
 
 
 def _require_watertight(mesh: trimesh.Trimesh, name: str) -> None:

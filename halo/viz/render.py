@@ -1,24 +1,13 @@
-"""Offscreen CPU rendering of hand meshes and keypoint skeletons.
+"""Offscreen CPU rendering of hand meshes, keypoint skeletons and scenes.
 
 Everything here renders without a display: pyrender draws through EGL, which on a
 machine without a GPU is Mesa's llvmpipe software rasteriser (tens of milliseconds
 for a 600x600 image of a 100k-face hand mesh).  ``import halo.viz.render`` is cheap:
 OpenGL and pyrender are imported the first time something is drawn.
 
-Camera convention (``Camera``): OpenCV pinhole.  A world point ``p`` (metres) goes
-to camera coordinates ``p_cam = R @ p + t`` (x right, y down, z forward, so visible
-points have ``z > 0``) and to pixels ``u = f x / z + cx``, ``v = f y / z + cy``.
-Pixel coordinates are OpenCV-style: the centre of column ``i`` / row ``j`` is at
-``u = i`` / ``v = j`` (so ``np.round(uv)`` indexes the pixel a point lands on, and
-matplotlib's ``imshow`` overlays match).  The image centre is therefore
-``((W - 1) / 2, (H - 1) / 2)``, the default principal point; it is the same
-optical axis as the original HALO demo's "principal point (300, 300)", which was
-given in OpenGL window coordinates, where pixel centres sit at half-integers.
-
-The default ``Camera()`` is the original demo camera for one 600x600 half:
-focal 5000 px, translation (0, 0.05, 2.5) m, no rotation.  With it a hand whose
-wrist is at the world origin appears in the middle of the image, fingers up
-(world -y is image up).
+Cameras and views are :mod:`halo.viz.camera`; grids, PNGs and animations
+:mod:`halo.viz.images`.  Both are re-exported here, so ``from halo.viz import render``
+gives the whole rendering API.
 
 Colours given to the public functions are display (sRGB) values in [0, 1]; they are
 converted to linear albedo because pyrender's shader gamma-encodes its output.
@@ -27,18 +16,18 @@ converted to linear albedo because pyrender's shader gamma-encodes its output.
 from __future__ import annotations
 
 import atexit
-import math
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import trimesh
 
 from halo.core.skeleton import BONES, FINGER_JOINTS, NUM_JOINTS
+from halo.viz.camera import Camera, camera_for, check_points, look_at, palm_view
+from halo.viz.images import render_grid, save_png, write_animation
 
 # Must be set before anything imports OpenGL: PyOpenGL picks its platform once,
 # at import time.  setdefault so that a user who chose osmesa keeps it.
@@ -50,6 +39,9 @@ __all__ = [
     "FINGER_COLORS",
     "WRIST_COLOR",
     "close_renderers",
+    "look_at",
+    "palm_view",
+    "points_mesh",
     "render_grid",
     "render_hand_and_skeleton",
     "render_mesh",
@@ -105,19 +97,10 @@ _EGL_HELP = (
 )
 
 
+
 # ----------------------------------------------------------------------------
 # Input checks
 # ----------------------------------------------------------------------------
-def _check_points(points: Any, name: str) -> np.ndarray:
-    """Return ``points`` as a finite float64 (N, 3) array with N >= 1, else raise ValueError."""
-    arr = np.asarray(points, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != 3 or arr.shape[0] == 0:
-        raise ValueError(f"{name} must have shape (N, 3) with N >= 1, got {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contain NaN or inf values")
-    return arr
-
-
 def _check_keypoints(keypoints: Any) -> np.ndarray:
     """Return keypoints as a finite float64 (21, 3) array (metres), else raise ValueError."""
     arr = np.asarray(keypoints, dtype=np.float64)
@@ -169,200 +152,6 @@ def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
     """Display sRGB in [0, 1] -> linear; the shader re-encodes with gamma 2.2, so use the same power."""
     return np.clip(c, 0.0, 1.0) ** 2.2
 
-
-# ----------------------------------------------------------------------------
-# Camera
-# ----------------------------------------------------------------------------
-# Rows are the camera axes (x right, y down, z forward) in world coordinates.
-# "front" is the demo view: looking along world +z, world +y down in the image.
-_VIEWS: dict[str, np.ndarray] = {
-    "front": np.eye(3),
-    "back": np.array([[-1.0, 0, 0], [0, 1, 0], [0, 0, -1]]),
-    # camera on the +x side looking along -x; world +z appears on the right
-    "right": np.array([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]]),
-    "left": np.array([[0.0, 0, -1], [0, 1, 0], [1, 0, 0]]),
-    # camera above (world -y is "up" in the front view) looking along +y;
-    # world x stays right, the side facing the front camera (-z) is at the bottom
-    "top": np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]),
-    "bottom": np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]),
-}
-_VIEWS["side"] = _VIEWS["right"]
-
-
-@dataclass
-class Camera:
-    """OpenCV-style pinhole camera: ``p_cam = R @ p_world + t``, pixels ``(f x/z + cx, f y/z + cy)``.
-
-    Attributes:
-        width, height: image size in pixels.
-        focal: focal length in pixels (same for x and y).
-        cx, cy: principal point in pixels, pixel centres at integers (OpenCV);
-            ``None`` means the image centre ``((width - 1) / 2, (height - 1) / 2)``.
-        translation: t in metres.  The default (0, 0.05, 2.5) is the original HALO demo's.
-        rotation: R, a (3, 3) rotation (world -> camera); ``None`` means identity.
-    """
-
-    width: int = 600
-    height: int = 600
-    focal: float = 5000.0
-    cx: float | None = None
-    cy: float | None = None
-    translation: tuple[float, float, float] = (0.0, 0.05, 2.5)
-    rotation: np.ndarray | None = field(default=None, compare=False)
-
-    def __post_init__(self) -> None:
-        if (
-            int(self.width) != self.width
-            or int(self.height) != self.height
-            or self.width < 1
-            or self.height < 1
-        ):
-            raise ValueError(f"camera width/height must be positive integers, got {self.width}x{self.height}")
-        self.width, self.height = int(self.width), int(self.height)
-        if not (math.isfinite(self.focal) and self.focal > 0):
-            raise ValueError(f"camera focal must be a positive number of pixels, got {self.focal}")
-        t = np.asarray(self.translation, dtype=np.float64)
-        if t.shape != (3,) or not np.isfinite(t).all():
-            raise ValueError(
-                f"camera translation must be 3 finite numbers (metres), got {self.translation!r}"
-            )
-        self.translation = (float(t[0]), float(t[1]), float(t[2]))
-        if self.rotation is not None:
-            r = np.asarray(self.rotation, dtype=np.float64)
-            if r.shape != (3, 3) or not np.allclose(r @ r.T, np.eye(3), atol=1e-5) or np.linalg.det(r) < 0:
-                raise ValueError("camera rotation must be a (3, 3) proper rotation matrix")
-            self.rotation = r
-
-    # -- derived quantities -------------------------------------------------
-    @property
-    def R(self) -> np.ndarray:
-        """(3, 3) world -> camera rotation."""
-        return np.eye(3) if self.rotation is None else np.asarray(self.rotation, dtype=np.float64)
-
-    @property
-    def t(self) -> np.ndarray:
-        """(3,) world -> camera translation, metres."""
-        return np.asarray(self.translation, dtype=np.float64)
-
-    @property
-    def principal_point(self) -> tuple[float, float]:
-        """(cx, cy) in pixels, OpenCV convention (pixel centres at integers)."""
-        cx = (self.width - 1) / 2.0 if self.cx is None else float(self.cx)
-        cy = (self.height - 1) / 2.0 if self.cy is None else float(self.cy)
-        return cx, cy
-
-    @property
-    def K(self) -> np.ndarray:
-        """(3, 3) OpenCV intrinsics matrix."""
-        cx, cy = self.principal_point
-        return np.array([[self.focal, 0.0, cx], [0.0, self.focal, cy], [0.0, 0.0, 1.0]])
-
-    def world_to_camera(self, points: np.ndarray) -> np.ndarray:
-        """(N, 3) world metres -> (N, 3) OpenCV camera coordinates (metres, z forward)."""
-        pts = _check_points(points, "points")
-        return pts @ self.R.T + self.t
-
-    def project(self, points: np.ndarray) -> np.ndarray:
-        """Project (N, 3) world points (metres) to (N, 2) pixel coordinates (u right, v down).
-
-        Pixel centres are at integer coordinates, so ``np.round(uv).astype(int)`` is the
-        (column, row) a point is drawn on.  Points at or behind the camera (z <= 0) give NaN.
-        """
-        pc = self.world_to_camera(points)
-        cx, cy = self.principal_point
-        z = pc[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            uv = np.stack([self.focal * pc[:, 0] / z + cx, self.focal * pc[:, 1] / z + cy], axis=1)
-        uv[z <= 0] = np.nan
-        return uv
-
-    @classmethod
-    def framing(
-        cls,
-        points: np.ndarray,
-        width: int = 600,
-        height: int = 600,
-        fill: float = 0.8,
-        view: str | np.ndarray = "front",
-        focal: float | None = None,
-    ) -> Camera:
-        """A camera that looks at ``points`` (N, 3, metres) and frames them.
-
-        Args:
-            points: geometry to frame (e.g. mesh vertices, keypoints), metres.
-            width, height: image size in pixels.
-            fill: fraction of the image width/height the points' projection spans along
-                its tighter axis (0 < fill <= 1).
-            view: "front" (the demo's: looking along world +z, world +y down), "back",
-                "side" (= "right": from +x), "left", "top" (from -y), "bottom", or a
-                (3, 3) world -> camera rotation.
-            focal: focal length in pixels; default ``4 * max(width, height)`` (about 14
-                degrees field of view: mild perspective, close to the demo's look).
-
-        Returns:
-            A ``Camera`` with the principal point at the image centre and the points'
-            projected bounding box centred in the image.
-        """
-        pts = _check_points(points, "points")
-        if not 0.0 < fill <= 1.0:
-            raise ValueError(f"fill must be in (0, 1], got {fill}")
-        if isinstance(view, str):
-            if view not in _VIEWS:
-                raise ValueError(f"unknown view {view!r}; use one of {sorted(_VIEWS)} or a (3, 3) rotation")
-            rot = _VIEWS[view].copy()
-        else:
-            rot = np.asarray(view, dtype=np.float64)
-        f = float(focal) if focal is not None else 4.0 * max(width, height)
-        q = pts @ rot.T  # points in camera-aligned axes, before translation
-        extent = float(np.max(q.max(0) - q.min(0)))
-        if extent < 1e-9:  # a single point: frame a 10 cm neighbourhood
-            extent = 0.1
-            q = np.concatenate([q, q[:1] + [[0.05, 0.05, 0.0]], q[:1] - [[0.05, 0.05, 0.0]]])
-        half_w, half_h = fill * width / 2.0, fill * height / 2.0
-        # t_xy: centre the bounding box; t_z: the smallest distance at which every point
-        # projects inside the fill box (|x + tx| f / (z + tz) <= half_w, same for y).
-        # Perspective shifts the projected box, so re-centre and refit a few times.
-        t = np.array([-(q[:, 0].min() + q[:, 0].max()) / 2, -(q[:, 1].min() + q[:, 1].max()) / 2, 0.0])
-        near = 0.05 * extent
-        for _ in range(4):
-            need = np.maximum(np.abs(q[:, 0] + t[0]) * f / half_w, np.abs(q[:, 1] + t[1]) * f / half_h)
-            t[2] = max(float(np.max(need - q[:, 2])), float(near - q[:, 2].min()))
-            z = q[:, 2] + t[2]
-            u, v = f * (q[:, 0] + t[0]) / z, f * (q[:, 1] + t[1]) / z
-            du, dv = (u.min() + u.max()) / 2, (v.min() + v.max()) / 2
-            depth = float(np.median(z))
-            t[0] -= du * depth / f
-            t[1] -= dv * depth / f
-        need = np.maximum(np.abs(q[:, 0] + t[0]) * f / half_w, np.abs(q[:, 1] + t[1]) * f / half_h)
-        t[2] = max(float(np.max(need - q[:, 2])), float(near - q[:, 2].min()))
-        return cls(
-            width=width,
-            height=height,
-            focal=f,
-            translation=(float(t[0]), float(t[1]), float(t[2])),
-            rotation=None if isinstance(view, str) and view == "front" else rot,
-        )
-
-    def _gl_pose(self) -> np.ndarray:
-        """(4, 4) camera-to-world pose in OpenGL convention (camera looks down -z, y up), for pyrender.
-
-        OpenGL camera coordinates are OpenCV's with y and z negated: ``p_gl = F (R p + t)``,
-        ``F = diag(1, -1, -1)``.  The pose is the inverse: ``[R^T F | -R^T t]``.
-        """
-        flip = np.diag([1.0, -1.0, -1.0])
-        pose = np.eye(4)
-        pose[:3, :3] = self.R.T @ flip
-        pose[:3, 3] = -self.R.T @ self.t
-        return pose
-
-
-def _camera_for(points: np.ndarray, camera: Camera | None) -> Camera:
-    """The given camera, or one framing ``points`` when it is None."""
-    if camera is None:
-        return Camera.framing(points)
-    if not isinstance(camera, Camera):
-        raise ValueError(f"camera must be a halo.viz.render.Camera or None, got {type(camera).__name__}")
-    return camera
 
 
 # ----------------------------------------------------------------------------
@@ -531,7 +320,7 @@ def render_mesh(
         (H, W, 3) uint8 image.
     """
     _check_mesh(mesh)
-    cam = _camera_for(mesh.vertices, camera)
+    cam = camera_for(mesh.vertices, camera)
     if vertex_colors is None and color is None:
         vertex_colors = _mesh_vertex_colors(mesh)
     if vertex_colors is not None:
@@ -629,7 +418,7 @@ def skeleton_mesh(
 
 def points_mesh(points: np.ndarray, radius: float = 0.0015) -> trimesh.Trimesh:
     """Small octahedra at ``points`` (N,3, metres): a point cloud that :func:`render_scene` can draw."""
-    pts = _check_points(points, "points") if len(points) else np.zeros((0, 3))
+    pts = check_points(points, "points") if len(points) else np.zeros((0, 3))
     if len(pts) == 0:
         raise ValueError("points_mesh needs at least one point")
     corners = radius * np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], float)
@@ -661,7 +450,7 @@ def render_skeleton(
     Returns a (H, W, 3) uint8 image.
     """
     skel = skeleton_mesh(keypoints, joint_radius=joint_radius, bone_radius=bone_radius, color=color)
-    cam = _camera_for(skel.vertices, camera)
+    cam = camera_for(skel.vertices, camera)
     return _render_items([_item(skel, _mesh_vertex_colors(skel))], cam, background)
 
 
@@ -687,7 +476,7 @@ def render_hand_and_skeleton(
     """
     _check_mesh(mesh)
     kp = _check_keypoints(keypoints)
-    cam = _camera_for(np.concatenate([np.asarray(mesh.vertices), kp]), camera)
+    cam = camera_for(np.concatenate([np.asarray(mesh.vertices), kp]), camera)
     left = render_skeleton(kp, cam, color=skeleton_color, background=background)
     right = render_mesh(mesh, cam, color=color, background=background)
     return np.concatenate([left, right], axis=1)
@@ -729,171 +518,5 @@ def render_scene(
         else:
             col = _check_rgb(c, f"colors[{i}]")
         items.append(_item(m, col))
-    cam = _camera_for(np.concatenate([it.vertices for it in items]), camera)
+    cam = camera_for(np.concatenate([it.vertices for it in items]), camera)
     return _render_items(items, cam, background)
-
-
-# ----------------------------------------------------------------------------
-# Images and animations
-# ----------------------------------------------------------------------------
-def _to_rgb_uint8(image: Any, name: str = "image") -> np.ndarray:
-    """(H, W), (H, W, 3) or (H, W, 4), uint8 or float in [0, 1] -> (H, W, 3) uint8 (alpha dropped)."""
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} must have shape (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
-    arr = arr[..., :3]
-    if arr.dtype == np.uint8:
-        return np.ascontiguousarray(arr)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise ValueError(f"{name} contains NaN or inf values")
-        return np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
-    raise ValueError(f"{name} must be uint8 or float in [0, 1], got dtype {arr.dtype}")
-
-
-def _font(size: int) -> Any:
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)  # scalable font, Pillow >= 10.1
-    except TypeError:  # older Pillow: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def render_grid(
-    images: Sequence[np.ndarray],
-    ncols: int,
-    labels: Sequence[str] | None = None,
-    pad: int = 0,
-    background: Sequence[int] = (255, 255, 255),
-    label_color: Sequence[int] = (0, 0, 0),
-) -> np.ndarray:
-    """Tile images into a grid, row-major, with optional text labels at each cell's top-left.
-
-    Args:
-        images: (H, W[, 3|4]) arrays, uint8 or floats in [0, 1]; cells take the largest size
-            and smaller images sit at their cell's top-left.
-        ncols: number of columns (>= 1); rows = ceil(len(images) / ncols).
-        labels: optional, one string per image.
-        pad: pixels between cells and around the border.
-        background, label_color: RGB 0-255.
-
-    Returns:
-        (rows * Hc + (rows + 1) * pad, ncols * Wc + (ncols + 1) * pad, 3) uint8, where
-        (Hc, Wc) is the largest image size.
-    """
-    if len(images) == 0:
-        raise ValueError("render_grid needs at least one image")
-    if int(ncols) != ncols or ncols < 1:
-        raise ValueError(f"ncols must be a positive integer, got {ncols}")
-    if labels is not None and len(labels) != len(images):
-        raise ValueError(f"got {len(labels)} labels for {len(images)} images")
-    if pad < 0:
-        raise ValueError(f"pad must be >= 0, got {pad}")
-    ncols = int(ncols)
-    tiles = [_to_rgb_uint8(im, f"images[{i}]") for i, im in enumerate(images)]
-    ch = max(t.shape[0] for t in tiles)
-    cw = max(t.shape[1] for t in tiles)
-    nrows = math.ceil(len(tiles) / ncols)
-    out = np.empty((nrows * ch + (nrows + 1) * pad, ncols * cw + (ncols + 1) * pad, 3), dtype=np.uint8)
-    out[:] = np.asarray(background, dtype=np.uint8)
-    origins = []
-    for k, tile in enumerate(tiles):
-        r, c = divmod(k, ncols)
-        y0, x0 = pad + r * (ch + pad), pad + c * (cw + pad)
-        out[y0 : y0 + tile.shape[0], x0 : x0 + tile.shape[1]] = tile
-        origins.append((x0, y0))
-    if labels is not None:
-        from PIL import Image, ImageDraw
-
-        pil = Image.fromarray(out)
-        draw = ImageDraw.Draw(pil)
-        font = _font(max(10, ch // 28))
-        for (x0, y0), text in zip(origins, labels, strict=True):
-            if text:
-                # A light box behind the text keeps it readable over dark renders.
-                box = draw.textbbox((x0 + 4, y0 + 3), str(text), font=font)
-                draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=tuple(background))
-                draw.text((x0 + 4, y0 + 3), str(text), fill=tuple(label_color), font=font)
-        out = np.asarray(pil)
-    return out
-
-
-def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an (H, W[, 3|4]) uint8 or [0, 1]-float image as PNG (RGBA kept); creates parent folders."""
-    from PIL import Image
-
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        rgba = _to_rgb_uint8(arr)  # validates; then put the alpha back
-        alpha = arr[..., 3] if arr.dtype == np.uint8 else np.round(np.clip(arr[..., 3], 0, 1) * 255)
-        pil = Image.fromarray(np.dstack([rgba, alpha.astype(np.uint8)]), mode="RGBA")
-    else:
-        pil = Image.fromarray(_to_rgb_uint8(arr))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pil.save(out, format="PNG")
-    return out
-
-
-def _mp4_writer_available() -> str | None:
-    """Name of an importable mp4 backend for imageio ("ffmpeg" or "pyav"), or None."""
-    import importlib.util
-
-    if importlib.util.find_spec("imageio_ffmpeg") is not None:
-        return "ffmpeg"
-    if importlib.util.find_spec("av") is not None:
-        return "pyav"
-    return None
-
-
-def write_animation(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float = 15) -> Path:
-    """Write frames (each (H, W[, 3|4]), uint8 or [0, 1] floats, all the same size) as .gif or .mp4.
-
-    GIF is written with Pillow (always available), looping forever.  MP4 needs
-    ``imageio-ffmpeg`` or ``av`` installed; without one a RuntimeError says so and suggests .gif.
-    """
-    if len(frames) == 0:
-        raise ValueError("write_animation needs at least one frame")
-    if not (fps > 0 and math.isfinite(fps)):
-        raise ValueError(f"fps must be positive, got {fps}")
-    rgb = [_to_rgb_uint8(f, f"frames[{i}]") for i, f in enumerate(frames)]
-    if any(f.shape != rgb[0].shape for f in rgb):
-        raise ValueError(f"all frames must have the same size, got {sorted({f.shape for f in rgb})}")
-    out = Path(path)
-    suffix = out.suffix.lower()
-    if suffix not in (".gif", ".mp4"):
-        raise ValueError(f"animation path must end in .gif or .mp4, got {out.name!r}")
-    if suffix == ".mp4":
-        backend = _mp4_writer_available()
-        if backend is None:
-            raise RuntimeError(
-                "writing .mp4 needs an mp4 encoder for imageio (`pip install imageio-ffmpeg` or "
-                "`pip install av`); none is installed. Write a .gif instead."
-            )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # H.264 with yuv420p needs even sizes: pad with the edge colour instead of resizing.
-        h, w = rgb[0].shape[:2]
-        padded = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for f in rgb]
-        import imageio.v3 as iio
-
-        if backend == "ffmpeg":
-            iio.imwrite(out, np.stack(padded), plugin="FFMPEG", fps=fps, macro_block_size=1)
-        else:
-            iio.imwrite(out, np.stack(padded), plugin="pyav", codec="libx264", fps=fps)
-        return out
-    from PIL import Image
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pil = [Image.fromarray(f) for f in rgb]
-    pil[0].save(
-        out,
-        format="GIF",
-        save_all=True,
-        append_images=pil[1:],
-        duration=max(20, round(1000.0 / fps)),  # ms per frame; browsers clamp below 20 ms
-        loop=0,
-    )
-    return out
