@@ -29,7 +29,8 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from halo.grasp.objects import OBJECT_SPECS
-    from halo.grasp.synthesizer import GraspSynthesizer, SyntheticGrabConfig, SynthStats, write_synthetic_grab
+    from halo.grasp.synthesis import GraspSynthesizer, SynthStats
+    from halo.grasp.synthetic_grab import SyntheticGrabConfig, write_synthetic_grab
     from halo.hands.synthetic_hand import get_synthetic_hand_model
 
     model = get_synthetic_hand_model()

@@ -27,7 +27,9 @@ def progress_bar(
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
         total = len(iterable)
     disable = not enabled or (total is not None and total < 2)
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, file=sys.stderr)
+    return tqdm(
+        iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, file=sys.stderr
+    )
 
 
 def note(message: str) -> None:

@@ -33,11 +33,9 @@ from halo.data.layout import (
     sample_paths,
 )
 from halo.data.prepare import (
-    boundary_loops,
     load_prepared,
     prepare_from_mano,
     save_prepared,
-    seal_mesh,
     vertex_part_labels,
 )
 from halo.geometry.inside import MeshNotWatertightError, inside_backend, points_inside_mesh
@@ -83,24 +81,6 @@ def test_inside_test_refuses_open_meshes(hands):
 
 
 # ----------------------------------------------------------------------------- preparation
-
-
-def test_seal_mesh_closes_one_wrist_hole(model):
-    verts, faces = model.v_template, model.f
-    # Open a hole: drop the faces around one vertex (a disc), as MANO's wrist opening.
-    centre = int(np.argmin(verts[:, 0]))  # any vertex works; take an extreme one
-    keep = ~np.isin(faces, [centre]).any(axis=1)
-    loops = boundary_loops(faces[keep])
-    assert len(loops) == 1 and len(loops[0]) >= 3
-    v2, f2, new = seal_mesh(verts, faces[keep])
-    mesh = trimesh.Trimesh(v2, f2, process=False)
-    assert mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0
-    assert len(new) == 1 and np.allclose(v2[new[0]], verts[loops[0]].mean(0))
-    # Two holes are not a MANO-like hand: refused, naming the mesh.
-    far = int(np.argmax(verts[:, 0]))
-    keep2 = keep & ~np.isin(faces, [far]).any(axis=1)
-    with pytest.raises(ValueError, match="bad.ply: 2 holes"):
-        seal_mesh(verts, faces[keep2], name="bad.ply")
 
 
 def test_prepare_from_mano_frames_transforms_and_labels(layer, hands):

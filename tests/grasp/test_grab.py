@@ -200,7 +200,7 @@ def test_datamodule_builds_once_and_serves_batches(tmp_path, grab_root, hand_mod
         records={"frame_stride": 1, "n_surface_points": 256, "n_inside_points": 256},
     )  # fmt: skip
     assert dm2._records() == dm._records()
-    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock"] == [dm._records().name]
 
 
 # ----------------------------------------------------------------------------
@@ -282,11 +282,22 @@ def test_synthetic_roots_carry_their_hand_model(tmp_path, grab_root, hand_model)
     np.testing.assert_allclose(kps[0], truth.hand_keypoints[seq.name][2], atol=1e-6)
 
 
-def test_axis_angle_matrices_match_scipy():
-    rv = Rotation.random(5, random_state=1).as_rotvec()
-    np.testing.assert_allclose(
-        grab.object_rotation(rv), np.swapaxes(Rotation.from_rotvec(rv).as_matrix(), 1, 2)
+def test_object_pose_follows_grabs_row_vector_convention():
+    # Hand-computed: GRAB moves a template vertex v to v @ R(global_orient) + transl (row vectors).
+    # 90 deg about +z: R = [[0,-1,0],[1,0,0],[0,0,1]], so e_x @ R = (0,-1,0) and e_y @ R = (1,0,0).
+    # 120 deg about (1,1,1): R cycles x->y->z for column vectors, so e_x @ R = (0,0,1).
+    orient = np.array([[0.0, 0.0, np.pi / 2], np.full(3, 2 * np.pi / 3 / np.sqrt(3))])
+    expected = np.array(
+        [
+            [[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]],  # column form: R^T
+            [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]],
+        ]
     )
+    np.testing.assert_allclose(grab.object_rotation(orient), expected, atol=1e-12)
+    template = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    world = grab.object_world_vertices(template, orient, np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(world[0], [[0.0, -1.0, 1.0], [1.0, 0.0, 1.0]], atol=1e-12)
+    np.testing.assert_allclose(world[1], [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], atol=1e-12)
 
 
 def test_synthetic_grasps_datamodule_generates_once_and_reads_like_grab(tmp_path):

@@ -12,6 +12,7 @@ import trimesh
 from scipy.spatial.transform import Rotation
 
 from halo.core.skeleton import bone_lengths_from_keypoints
+from halo.hands import pose_sampler
 from halo.hands import synthetic_hand as sh
 from halo.hands.mano import load_mano_model
 
@@ -123,9 +124,9 @@ def test_pose_kinds_look_like_their_names(model, layer):
 
 
 def test_pinch_table_brings_pads_together():
-    for curl in np.linspace(sh._PINCH_CURLS[0], sh._PINCH_CURLS[-1], 11):
-        thumb = np.array([np.interp(curl, sh._PINCH_CURLS, sh._PINCH_THUMB[:, k]) for k in range(5)])
-        gap, clearance = sh._pinch_gap(curl, thumb)
+    for curl in np.linspace(pose_sampler._PINCH_CURLS[0], pose_sampler._PINCH_CURLS[-1], 11):
+        thumb = np.array([np.interp(curl, pose_sampler._PINCH_CURLS, pose_sampler._PINCH_THUMB[:, k]) for k in range(5)])
+        gap, clearance = pose_sampler._pinch_gap(curl, thumb)
         assert 0.0 <= gap < 0.003 and clearance > -0.0005
 
 

@@ -17,7 +17,7 @@ import pytest
 import trimesh
 
 from halo.core.skeleton import FINGER_JOINTS
-from halo.viz import render
+from halo.viz import images, render
 from halo.viz.render import (
     Camera,
     render_grid,
@@ -246,7 +246,7 @@ def test_png_and_gif_round_trip(tmp_path):
 
 
 def test_mp4_without_writer_suggests_gif(tmp_path, monkeypatch):
-    monkeypatch.setattr(render, "_mp4_writer_available", lambda: None)
+    monkeypatch.setattr(images, "_mp4_writer_available", lambda: None)
     with pytest.raises(RuntimeError, match=r"\.gif"):
         write_animation([np.zeros((8, 8, 3), np.uint8)], tmp_path / "a.mp4")
 
