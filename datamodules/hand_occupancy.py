@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.loading import SplitLoaders
-from halo.core.skeleton import MODEL_UNITS_PER_METRE
+from halo.core.skeleton import model_units_to_metres
 from halo.data.build import BuildConfig, build_synthetic_dataset, synthetic_dataset_key
 from halo.data.layout import (
     DatasetFormatError,
@@ -80,7 +80,7 @@ class HandOccupancyDataset(Dataset):
         self.points_per_sample = int(points_per_sample)
         self.iou_points_per_sample = iou_points_per_sample
         self.surface_per_sample = int(surface_per_sample)
-        self.jitter_m = float(jitter) / MODEL_UNITS_PER_METRE
+        self.jitter_m = model_units_to_metres(float(jitter))
         self.deterministic = deterministic
         self.seed = seed
         self._warned_iou = False

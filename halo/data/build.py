@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import trimesh
 
-from halo.core.skeleton import MODEL_BOX_HALF_SIDE, MODEL_UNITS_PER_METRE
+from halo.core.skeleton import MODEL_BOX_HALF_SIDE, model_units_to_metres
 from halo.data.layout import finished_samples, write_datalist, write_sample
 from halo.data.prepare import PreparedHand, prepare_from_mano, prepare_from_vertices
 from halo.geometry.inside import points_inside_mesh
@@ -101,8 +101,8 @@ def _seed_of(name: str, seed: int) -> int:
 def sample_occupancy(hand: PreparedHand, config: BuildConfig, seed: int = 0) -> SampledHand:
     """Points, IoU points and the surface point cloud of one prepared hand."""
     rng = np.random.default_rng(seed)
-    half = config.box_half_side / MODEL_UNITS_PER_METRE
-    noise = config.noise_std / MODEL_UNITS_PER_METRE
+    half = model_units_to_metres(config.box_half_side)
+    noise = model_units_to_metres(config.noise_std)
     mesh = trimesh.Trimesh(hand.vertices, hand.faces, process=False)
     n_uniform = int(round(config.n_points * config.uniform_fraction))
     n_near = config.n_points - n_uniform

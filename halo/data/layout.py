@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from halo.core.skeleton import MODEL_UNITS_PER_METRE, NUM_PARTS
+from halo.core.skeleton import NUM_PARTS, metres_to_model_units, model_units_to_metres
 from halo.utils.atomic import atomic_path, atomic_write_npz, atomic_write_text
 
 __all__ = [
@@ -81,7 +81,6 @@ POINTS_IOU_DIR = "points_iou"
 POINTCLOUD_DIR = "pointcloud"
 MESH_DIR = "mesh_scaled"
 DATALIST = "datalist.txt"
-_TO_M = 1.0 / MODEL_UNITS_PER_METRE
 
 
 class DatasetFormatError(ValueError):
@@ -117,7 +116,7 @@ def sample_paths(split_dir: str | Path, name: str) -> dict[str, Path]:
 
 def _model_mats(mats_m: np.ndarray) -> np.ndarray:
     out = np.array(mats_m, dtype=np.float32)
-    out[..., :3, 3] *= MODEL_UNITS_PER_METRE
+    out[..., :3, 3] = metres_to_model_units(out[..., :3, 3])
     return out
 
 
@@ -143,12 +142,11 @@ def write_sample(
 ) -> dict[str, Path]:
     """Write one sample (all inputs metres, normalized frame); ``points/`` last."""
     paths = sample_paths(split_dir, name)
-    s = MODEL_UNITS_PER_METRE
     common = {"loc": np.zeros(3, np.float32), "scale": np.float32(1.0)}
     atomic_write_npz(
         paths["pointcloud"],
         {
-            "points": (surface_points * s).astype(np.float16),
+            "points": metres_to_model_units(surface_points).astype(np.float16),
             "normals": surface_normals.astype(np.float16),
             **common,
         },
@@ -156,24 +154,24 @@ def write_sample(
     atomic_write_npz(
         paths["points_iou"],
         {
-            "points": (iou_points * s).astype(np.float16),
+            "points": metres_to_model_units(iou_points).astype(np.float16),
             "occupancies": np.packbits(iou_occupancies),
             **common,
         },
     )
     with atomic_path(paths["mesh"]) as mesh_tmp:
-        trimesh.Trimesh(mesh_vertices * s, mesh_faces, process=False).export(mesh_tmp, file_type="off")
+        trimesh.Trimesh(metres_to_model_units(mesh_vertices), mesh_faces, process=False).export(mesh_tmp, file_type="off")
     atomic_write_npz(
         paths["points"],
         {
-            "points": (points * s).astype(np.float16),
+            "points": metres_to_model_units(points).astype(np.float16),
             "occupancies": np.packbits(occupancies),
             **common,
             "shape": np.asarray(betas, np.float32),
             "joints_trans": _model_mats(part_transforms),
             "bone_lengths": np.asarray(bone_lengths, np.float32),
-            "hand_joints": (keypoints * s).astype(np.float32),
-            "verts": (labelled_points * s).astype(np.float32),
+            "hand_joints": metres_to_model_units(keypoints).astype(np.float32),
+            "verts": metres_to_model_units(labelled_points).astype(np.float32),
             "vert_labels": np.asarray(labels, np.int64),
             "root_rot_mat": np.asarray(normalization, np.float32),
         },
@@ -237,16 +235,16 @@ def read_points(path: str | Path, with_metadata: bool = True, with_surface: bool
         pts = read_key(npz, path, "points", (None, 3))
         occ = _unpack(read_key(npz, path, "occupancies"), len(pts), path)
         loc, scale = _loc_scale(npz)
-        points = ((pts.astype(np.float32) * scale + loc) * _TO_M).astype(np.float32)
+        points = model_units_to_metres(pts.astype(np.float32) * scale + loc).astype(np.float32)
         out = HandPoints(points=points, occupancies=occ)
         if with_metadata:
             mats = read_key(npz, path, "joints_trans", (NUM_PARTS, 4, 4)).astype(np.float32)
-            mats[..., :3, 3] *= _TO_M
+            mats[..., :3, 3] = model_units_to_metres(mats[..., :3, 3])
             out.part_transforms = mats
-            out.keypoints = read_key(npz, path, "hand_joints", (21, 3)).astype(np.float32) * _TO_M
+            out.keypoints = model_units_to_metres(read_key(npz, path, "hand_joints", (21, 3)).astype(np.float32))
             out.bone_lengths = read_key(npz, path, "bone_lengths", (NUM_PARTS,)).astype(np.float32)
             if with_surface and "verts" in npz.files:
-                out.surface_points = read_key(npz, path, "verts", (None, 3)).astype(np.float32) * _TO_M
+                out.surface_points = model_units_to_metres(read_key(npz, path, "verts", (None, 3)).astype(np.float32))
                 out.surface_labels = read_key(npz, path, "vert_labels", (len(out.surface_points),)).astype(
                     np.int64
                 )
@@ -266,7 +264,7 @@ def read_pointcloud(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         normals = read_key(npz, path, "normals", (len(pts), 3)).astype(np.float32)
         loc, scale = _loc_scale(npz)
     norm = np.linalg.norm(normals, axis=1, keepdims=True)
-    return (pts * scale + loc) * _TO_M, normals / np.maximum(norm, 1e-12)
+    return model_units_to_metres(pts * scale + loc), normals / np.maximum(norm, 1e-12)
 
 
 def read_mesh(path: str | Path) -> trimesh.Trimesh:
@@ -280,7 +278,7 @@ def read_mesh(path: str | Path) -> trimesh.Trimesh:
         raise DatasetFormatError(f"{path}: not a readable mesh ({exc})") from exc
     if len(mesh.faces) == 0:
         raise DatasetFormatError(f"{path}: mesh has no faces")
-    mesh.vertices = mesh.vertices * _TO_M
+    mesh.vertices = model_units_to_metres(mesh.vertices)
     return mesh
 
 

@@ -33,15 +33,14 @@ from typing import Any
 import numpy as np
 import trimesh
 
+from halo.grasp.grab import GRAB_TEST_OBJECTS, GRAB_VAL_OBJECTS
+
 __all__ = [
     "OBJECT_KINDS",
     "OBJECT_SPECS",
     "OBJECT_SPLITS",
     "ObjectSpec",
-    "default_object_names",
-    "make_named_object",
     "make_object",
-    "object_split",
     "sample_object_params",
     "select_objects",
 ]
@@ -507,27 +506,16 @@ OBJECT_SPECS: dict[str, ObjectSpec] = {
     )
 }
 
-#: Object split by name, mirroring GRAB's (test: mug, wineglass, toothpaste; val: apple, toothbrush).
+#: The named objects by split: GRAB's standard split (:func:`halo.grasp.grab.object_split`) applied
+#: to them (test: mug, wineglass, toothpaste; val: apple, toothbrush).  The order is fixed: it decides
+#: which subject grasps which object in the synthetic data.
 OBJECT_SPLITS: dict[str, tuple[str, ...]] = {
-    "val": ("apple", "toothbrush"),
-    "test": ("mug", "wineglass", "toothpaste"),
+    "val": tuple(n for n in GRAB_VAL_OBJECTS if n in OBJECT_SPECS),
+    "test": tuple(n for n in GRAB_TEST_OBJECTS if n in OBJECT_SPECS),
 }
 OBJECT_SPLITS["train"] = tuple(
     n for n in OBJECT_SPECS if n not in OBJECT_SPLITS["val"] + OBJECT_SPLITS["test"]
 )
-
-
-def object_split(name: str) -> str:
-    """'train', 'val' or 'test' of an object name; names not in the val/test lists are training objects."""
-    for split in ("val", "test"):
-        if name in OBJECT_SPLITS[split]:
-            return split
-    return "train"
-
-
-def default_object_names() -> list[str]:
-    """All named default objects (train, then val, then test)."""
-    return list(OBJECT_SPLITS["train"] + OBJECT_SPLITS["val"] + OBJECT_SPLITS["test"])
 
 
 def select_objects(n: int | None = None, seed: int = 0) -> list[ObjectSpec]:
@@ -554,13 +542,6 @@ def select_objects(n: int | None = None, seed: int = 0) -> list[ObjectSpec]:
         train.append(ObjectSpec(f"{kind}{k // len(OBJECT_KINDS) + 1}", kind, sample_object_params(kind, rng)))
         k += 1
     return train[:n_train] + held_out
-
-
-def make_named_object(name: str) -> trimesh.Trimesh:
-    """Mesh of a named default object (:data:`OBJECT_SPECS`)."""
-    if name not in OBJECT_SPECS:
-        raise ValueError(f"unknown object name {name!r}; named objects: {', '.join(OBJECT_SPECS)}")
-    return OBJECT_SPECS[name].build()
 
 
 def check_object_name(name: str) -> str:

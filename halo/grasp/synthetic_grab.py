@@ -434,8 +434,10 @@ def _write_tools(root: Path, config: SyntheticGrabConfig, specs) -> dict:
         subjects.append(
             {"sbj_id": f"s{s + 1}", "gender": gender, "betas": [round(float(b), 6) for b in betas]}
         )
-    from halo.grasp.objects import check_object_name, object_split
+    from halo.grasp.grab import object_split
+    from halo.grasp.objects import check_object_name
 
+    split_of = {n: split for split, names in object_split(s.name for s in specs).items() for n in names}
     objects = []
     for spec in specs:
         check_object_name(spec.name)
@@ -444,7 +446,7 @@ def _write_tools(root: Path, config: SyntheticGrabConfig, specs) -> dict:
             mesh = spec.build()
             _write_ply(path, mesh.vertices, mesh.faces)
         objects.append(
-            {"name": spec.name, "kind": spec.kind, "params": spec.params, "split": object_split(spec.name)}
+            {"name": spec.name, "kind": spec.kind, "params": spec.params, "split": split_of[spec.name]}
         )
     return {"subjects": subjects, "objects": objects}
 
