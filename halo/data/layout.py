@@ -52,7 +52,8 @@ import numpy as np
 import trimesh
 
 from halo.core.skeleton import NUM_PARTS, metres_to_model_units, model_units_to_metres
-from halo.utils.atomic import atomic_path, atomic_write_npz, atomic_write_text
+from halo.geometry.mesh_io import save_mesh
+from halo.utils.atomic import atomic_write_npz, atomic_write_text
 
 __all__ = [
     "DATALIST",
@@ -159,8 +160,7 @@ def write_sample(
             **common,
         },
     )
-    with atomic_path(paths["mesh"]) as mesh_tmp:
-        trimesh.Trimesh(metres_to_model_units(mesh_vertices), mesh_faces, process=False).export(mesh_tmp, file_type="off")
+    save_mesh(trimesh.Trimesh(metres_to_model_units(mesh_vertices), mesh_faces, process=False), paths["mesh"])
     atomic_write_npz(
         paths["points"],
         {
@@ -241,10 +241,14 @@ def read_points(path: str | Path, with_metadata: bool = True, with_surface: bool
             mats = read_key(npz, path, "joints_trans", (NUM_PARTS, 4, 4)).astype(np.float32)
             mats[..., :3, 3] = model_units_to_metres(mats[..., :3, 3])
             out.part_transforms = mats
-            out.keypoints = model_units_to_metres(read_key(npz, path, "hand_joints", (21, 3)).astype(np.float32))
+            out.keypoints = model_units_to_metres(
+                read_key(npz, path, "hand_joints", (21, 3)).astype(np.float32)
+            )
             out.bone_lengths = read_key(npz, path, "bone_lengths", (NUM_PARTS,)).astype(np.float32)
             if with_surface and "verts" in npz.files:
-                out.surface_points = model_units_to_metres(read_key(npz, path, "verts", (None, 3)).astype(np.float32))
+                out.surface_points = model_units_to_metres(
+                    read_key(npz, path, "verts", (None, 3)).astype(np.float32)
+                )
                 out.surface_labels = read_key(npz, path, "vert_labels", (len(out.surface_points),)).astype(
                     np.int64
                 )

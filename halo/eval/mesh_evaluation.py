@@ -23,9 +23,8 @@ Lightning here: :mod:`callbacks.mesh_validation` and ``halo eval`` both use thes
 from __future__ import annotations
 
 import math
-import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,9 @@ from halo.data.layout import (
     sample_paths,
 )
 from halo.eval.surface_metrics import mesh_metrics
+from halo.geometry.mesh_io import save_mesh
 from halo.meshing.hand_mesh import HandMesh, extract_hand_mesh
+from halo.utils.progress import progress_bar
 from halo.utils.tables import write_csv
 from halo.viz.camera import palm_view
 
@@ -251,14 +252,6 @@ def evaluate_sample(
     return row, hand
 
 
-def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit="hand", file=sys.stderr, dynamic_ncols=True)
-
-
 def evaluate_split(
     model: HaloModel,
     split_dir: str | Path,
@@ -301,7 +294,7 @@ def evaluate_split(
     was_training = model.training
     model.eval()
     try:
-        for name in _progress(todo, len(todo), "evaluating", progress):
+        for name in progress_bar(todo, desc="evaluating", unit="hand", enabled=progress):
             sample = load_eval_sample(split_dir, name, iou_points=iou_points)
             row, hand = evaluate_sample(
                 model,
@@ -313,7 +306,7 @@ def evaluate_split(
                 with_occupancy_iou=with_occupancy_iou,
             )
             if mesh_dir is not None:
-                hand.mesh.export(mesh_dir / f"{name}.{mesh_format}")
+                save_mesh(hand.mesh, mesh_dir / f"{name}.{mesh_format}")
             rows.append(row)
             if on_sample is not None:
                 on_sample(row, hand, sample)

@@ -24,8 +24,10 @@ import numpy as np
 import trimesh
 
 from halo.geometry.inside import MeshNotWatertightError
+from halo.utils.atomic import atomic_write_bytes
 
 __all__ = [
+    "save_mesh",
     "MESH_SUFFIXES",
     "MAX_PLAUSIBLE_DIAGONAL_M",
     "MeshFileError",
@@ -155,3 +157,16 @@ def _n_open_edges(mesh: trimesh.Trimesh) -> int:
     """Edges not shared by exactly two faces."""
     _, counts = np.unique(mesh.edges_sorted, axis=0, return_counts=True)
     return int((counts != 2).sum())
+
+
+def save_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
+    """Write ``mesh`` atomically, in the format its suffix names (.ply .obj .stl .off .glb).
+
+    The vertex order is kept as it is (build meshes with ``process=False`` where indices matter).
+    """
+    path = Path(path)
+    file_type = path.suffix.lstrip(".").lower()
+    if not file_type:
+        raise ValueError(f"{path}: no suffix; use one of .ply .obj .stl .off .glb")
+    data = mesh.export(file_type=file_type)
+    return atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)

@@ -12,6 +12,7 @@ from halo.hands.mano import ManoModel
 
 __all__ = ["render_grab_grid"]
 
+
 def render_grab_grid(
     root: str | Path,
     n: int = 16,

@@ -369,7 +369,11 @@ class GraspSynthesizer:
         start = aim - back * approach - np.einsum("nij,j->ni", rot, self.palm_centre)
         world = np.einsum("nij,nvj->nvi", rot, local) + start[:, None]
         rays = np.concatenate([world, np.broadcast_to(approach[:, None], world.shape)], axis=2)
-        hit = self.obj_scene.cast_rays(o3d_points(rays.reshape(-1, 6)), nthreads=1)["t_hit"].numpy().reshape(n, -1)
+        hit = (
+            self.obj_scene.cast_rays(o3d_points(rays.reshape(-1, 6)), nthreads=1)["t_hit"]
+            .numpy()
+            .reshape(n, -1)
+        )
         travel = hit.min(axis=1).astype(np.float64)
         travel[~np.isfinite(travel)] = np.nan
         # Stop just short of contact so that the closing sweeps start from a free hand.

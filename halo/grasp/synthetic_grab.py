@@ -32,6 +32,7 @@ import trimesh
 from scipy.spatial.transform import Rotation
 
 from halo.geometry.inside import o3d_points, raycasting_scene
+from halo.geometry.mesh_io import save_mesh
 from halo.grasp.synthesis import (
     Grasp,
     GraspSynthConfig,
@@ -202,8 +203,7 @@ def _jobs(config: SyntheticGrabConfig, object_names: Sequence[str]) -> list[_Job
 
 def _write_ply(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
     # process=False keeps the vertex order (contact labels and MANO correspondences index it).
-    data = trimesh.Trimesh(vertices, faces, process=False).export(file_type="ply")
-    atomic_write_bytes(path, data)
+    save_mesh(trimesh.Trimesh(vertices, faces, process=False), path)
 
 
 def _read_ply(path: Path) -> trimesh.Trimesh:

@@ -291,7 +291,6 @@ def pose_to_angles(pose: np.ndarray, frames: np.ndarray | None = None) -> np.nda
     return Rotation.from_matrix(local.reshape(-1, 3, 3)).as_euler("XYZ", degrees=True).reshape(-1, 15, 3)
 
 
-
 # ----------------------------------------------------------------------------
 # Shape space and PCA pose space
 # ----------------------------------------------------------------------------

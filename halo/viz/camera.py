@@ -233,6 +233,7 @@ def camera_for(points: np.ndarray, camera: Camera | None) -> Camera:
         raise ValueError(f"camera must be a halo.viz.render.Camera or None, got {type(camera).__name__}")
     return camera
 
+
 #: The names :meth:`Camera.framing` accepts as ``view``.
 VIEW_NAMES: tuple[str, ...] = tuple(sorted(_VIEWS))
 

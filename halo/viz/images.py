@@ -163,7 +163,9 @@ def write_animation(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: 
 
         with atomic_path(out) as tmp:
             if backend == "ffmpeg":
-                iio.imwrite(tmp, np.stack(padded), plugin="FFMPEG", fps=fps, macro_block_size=1, extension=".mp4")
+                iio.imwrite(
+                    tmp, np.stack(padded), plugin="FFMPEG", fps=fps, macro_block_size=1, extension=".mp4"
+                )
             else:
                 iio.imwrite(tmp, np.stack(padded), plugin="pyav", codec="libx264", fps=fps, extension=".mp4")
         return out

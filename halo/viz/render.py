@@ -97,7 +97,6 @@ _EGL_HELP = (
 )
 
 
-
 # ----------------------------------------------------------------------------
 # Input checks
 # ----------------------------------------------------------------------------
@@ -151,7 +150,6 @@ def _vertex_colors_01(colors: Any, n_vertices: int) -> np.ndarray:
 def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
     """Display sRGB in [0, 1] -> linear; the shader re-encodes with gamma 2.2, so use the same power."""
     return np.clip(c, 0.0, 1.0) ** 2.2
-
 
 
 # ----------------------------------------------------------------------------

@@ -125,7 +125,9 @@ def test_pose_kinds_look_like_their_names(model, layer):
 
 def test_pinch_table_brings_pads_together():
     for curl in np.linspace(pose_sampler._PINCH_CURLS[0], pose_sampler._PINCH_CURLS[-1], 11):
-        thumb = np.array([np.interp(curl, pose_sampler._PINCH_CURLS, pose_sampler._PINCH_THUMB[:, k]) for k in range(5)])
+        thumb = np.array(
+            [np.interp(curl, pose_sampler._PINCH_CURLS, pose_sampler._PINCH_THUMB[:, k]) for k in range(5)]
+        )
         gap, clearance = pose_sampler._pinch_gap(curl, thumb)
         assert 0.0 <= gap < 0.003 and clearance > -0.0005
 
