@@ -12,6 +12,10 @@ Written GRAB parameters use GRAB's conventions: object world vertices =
 ``v_template @ R(global_orient) + transl`` (row vectors), hand = MANO with
 ``flat_hand_mean=True``, the subject template as ``v_template``,
 ``global_orient`` about the rest wrist joint, then ``transl``.
+
+Size: one cohesive module over 500 lines: the writer's configuration, its worker
+processes, the GRAB arrays of a sequence and the cache of finished roots are one
+pipeline that shares the layout constants.
 """
 
 from __future__ import annotations

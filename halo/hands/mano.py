@@ -143,6 +143,7 @@ class ManoLayer(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
+        self.model = model  # the arrays the buffers were built from (sizes, side, source)
         self.side = model.side
         self.use_pca = use_pca
         self.flat_hand_mean = flat_hand_mean
@@ -177,11 +178,11 @@ class ManoLayer(nn.Module):
 
     @property
     def num_vertices(self) -> int:
-        return int(self.v_template.shape[0])
+        return self.model.num_vertices
 
     @property
     def num_betas(self) -> int:
-        return int(self.shapedirs.shape[2])
+        return self.model.num_betas
 
     @property
     def num_pca_comps(self) -> int:

@@ -14,6 +14,9 @@ Both writers are atomic (:mod:`halo.utils.atomic`).
 
 MANO's 16 joints use its internal order (0 wrist, 1-3 index, 4-6 middle,
 7-9 pinky, 10-12 ring, 13-15 thumb); the differentiable layer is :mod:`halo.hands.mano`.
+
+Size: one cohesive module over 500 lines: the model container, its validation, the
+restricted unpickler and the two file formats all describe one thing, a MANO model file.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ gives the whole rendering API.
 
 Colours given to the public functions are display (sRGB) values in [0, 1]; they are
 converted to linear albedo because pyrender's shader gamma-encodes its output.
+
+Size: one cohesive module just over 500 lines: the lazily started offscreen renderer and
+the drawing functions that share it (meshes, skeleton tubes, point clouds, scenes).
 """
 
 from __future__ import annotations
