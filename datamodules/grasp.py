@@ -5,7 +5,7 @@
   root, its file list and the record settings.
 * :class:`SyntheticGraspsDataModule` (``data=synthetic_grasps``, the default for
   HALO-VAE): procedural objects grasped by the synthetic hand, generated on first
-  use in the GRAB layout (:mod:`halo.grasp.synthesizer`) and then read by the same code.
+  use in the GRAB layout (:mod:`halo.grasp.synthetic_grab`) and then read by the same code.
 
 Batches are dicts of float32 tensors in metres, in the object-centred frame
 (origin = the centre of the posed object's bounding box, GRAB world orientation,
@@ -292,7 +292,7 @@ class GrabDataModule(GraspDataModule):
 class SyntheticGraspsDataModule(GrabDataModule):
     """Synthetic grasps generated on first use in the GRAB layout, then read like GRAB.
 
-    The GRAB-layout root is ``cache_dir/grab/<key>`` (:func:`halo.grasp.synthesizer.synthetic_grab_root`,
+    The GRAB-layout root is ``cache_dir/grab/<key>`` (:func:`halo.grasp.synthetic_grab.synthetic_grab_root`,
     keyed by the generation settings) and its records ``cache_dir/records-<key>``
     (keyed by those and the record settings).  Object names follow GRAB's, so the
     standard split applies (test: mug, wineglass, toothpaste; val: apple, toothbrush).
@@ -300,7 +300,7 @@ class SyntheticGraspsDataModule(GrabDataModule):
     Args:
         cache_dir: holds the generated root and its records.
         objects / grasps_per_object / subjects / grasp_frames / away_frames /
-            generation_seed: :class:`halo.grasp.synthesizer.SyntheticGrabConfig`.
+            generation_seed: :class:`halo.grasp.synthetic_grab.SyntheticGrabConfig`.
         generation_workers: processes used to generate.
         records: record settings (:class:`halo.grasp.records.RecordsConfig` fields).
         Other arguments: :class:`GraspDataModule`.
@@ -320,7 +320,7 @@ class SyntheticGraspsDataModule(GrabDataModule):
         records: dict | None = None,
         **kwargs,
     ):
-        from halo.grasp import synthesizer as grasp_synth
+        from halo.grasp import synthetic_grab as grasp_synth
 
         self.synth_config = grasp_synth.SyntheticGrabConfig(
             objects=objects,
@@ -346,7 +346,7 @@ class SyntheticGraspsDataModule(GrabDataModule):
         return self.records_dir
 
     def prepare_data(self) -> None:
-        from halo.grasp import synthesizer as grasp_synth
+        from halo.grasp import synthetic_grab as grasp_synth
 
         if records_finished(self._records()):
             return

@@ -89,7 +89,7 @@ from halo.data.youtube3d_file import (
     YouTube3DImage,
     load_youtube3d,
 )
-from halo.hands.mano import ManoModel, ManoModelError, load_mano_model, regress_keypoints
+from halo.hands.mano import ManoModel, ManoModelError, regress_keypoints, right_hand_model
 
 __all__ = [
     "CHIRALITY_POLICIES",
@@ -196,24 +196,10 @@ def resolve_mano_model(mano_model: ManoModel | str | Path | None) -> ManoModel:
     """A right-hand :class:`ManoModel` from a model or a file path, with a clear error when absent."""
     if mano_model is None:
         raise YouTube3DError(f"no MANO model given. {_MANO_HELP}")
-    if isinstance(mano_model, (str, Path)):
-        path = Path(mano_model)
-        if not path.is_file():
-            raise YouTube3DError(f"{path}: MANO model file not found. {_MANO_HELP}")
-        try:
-            mano_model = load_mano_model(path)  # side from the file (name); a left model is refused below
-        except ManoModelError as exc:
-            raise YouTube3DError(f"{exc}. {_MANO_HELP}") from exc
-    if not isinstance(mano_model, ManoModel):
-        raise YouTube3DError(
-            f"mano_model must be a ManoModel, str or Path, got {type(mano_model).__name__}. {_MANO_HELP}"
-        )
-    if mano_model.side != "right":
-        raise YouTube3DError(
-            f"{mano_model.source}: a {mano_model.side}-hand MANO model was given; pass the right-hand "
-            "model (MANO_RIGHT.pkl): left hands are mirrored into right hands"
-        )
-    return mano_model
+    try:
+        return right_hand_model(mano_model)
+    except ManoModelError as exc:
+        raise YouTube3DError(f"{exc}. {_MANO_HELP}") from exc
 
 
 def convert_annotation(

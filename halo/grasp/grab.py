@@ -56,7 +56,7 @@ import torch
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from halo.hands.mano import ManoLayer, ManoModel, load_mano_model
+from halo.hands.mano import ManoLayer, ManoModel, ManoModelError, right_hand_model
 from halo.utils.safe_pickle import load_npz_with_objects
 
 __all__ = [
@@ -340,24 +340,17 @@ def resolve_mano_model(root: str | Path, mano_model: str | Path | ManoModel | No
     ``mano_model`` may be a model, a path to ``MANO_RIGHT.pkl`` (or ``.npz``), or
     None, which is allowed only for synthetic roots (they ship their hand).
     """
-    if isinstance(mano_model, ManoModel):
-        model = mano_model
-    elif mano_model is not None:
-        path = Path(mano_model)
-        if not path.is_file():
-            raise GrabFileError(f"{path}: MANO model file not found (need {MANO_HINT})")
-        model = load_mano_model(path, side="right")
-    else:
-        synthetic = Path(root) / SYNTHETIC_MANO_PATH
-        if not synthetic.is_file():
+    if mano_model is None:
+        mano_model = Path(root) / SYNTHETIC_MANO_PATH
+        if not mano_model.is_file():
             raise GrabFileError(
                 f"{root}: GRAB needs the right-hand MANO model: pass mano_model= / data.mano_model=<path to "
                 f"{MANO_HINT}>; only synthetic roots ship one ({SYNTHETIC_MANO_PATH})"
             )
-        model = load_mano_model(synthetic, side="right")
-    if model.side != "right":
-        raise GrabFileError(f"{model.source}: a {model.side} MANO model; GRAB's rhand needs the right hand")
-    return model
+    try:
+        return right_hand_model(mano_model)
+    except ManoModelError as exc:
+        raise GrabFileError(f"{exc} (need {MANO_HINT})") from exc
 
 
 # ----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from halo.hands.mano_file import (
     ManoModelError,
     load_mano_model,
     regress_keypoints,
+    right_hand_model,
     save_mano_model_npz,
     save_mano_model_pkl,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "axis_angle_to_matrix",
     "load_mano_model",
     "regress_keypoints",
+    "right_hand_model",
     "save_mano_model_npz",
     "save_mano_model_pkl",
 ]

@@ -43,6 +43,7 @@ __all__ = [
     "ManoModelError",
     "load_mano_model",
     "regress_keypoints",
+    "right_hand_model",
     "save_mano_model_npz",
     "save_mano_model_pkl",
 ]
@@ -525,6 +526,25 @@ def load_mano_model(path: str | Path, side: str | None = None) -> ManoModel:
             side = "left" if "left" in path.name.lower() else "right"
     checked = _validate_arrays(arrays, side=side, source=source)
     return ManoModel(**checked, side=side, source=source)
+
+
+def right_hand_model(mano_model: ManoModel | str | Path) -> ManoModel:
+    """The right-hand model given as a :class:`ManoModel` or a ``.pkl`` / ``.npz`` path.
+
+    Readers of hand data (GRAB, YouTube3D) mirror left hands into right hands, so they
+    need the right-hand model.  Raises :class:`ManoModelError` naming the file for a
+    missing or unreadable file, a value of another type, or a left-hand model.
+    """
+    if isinstance(mano_model, (str, Path)):
+        mano_model = load_mano_model(mano_model)  # side from the file (npz entry or name)
+    if not isinstance(mano_model, ManoModel):
+        raise ManoModelError(f"mano_model must be a ManoModel, str or Path, got {type(mano_model).__name__}")
+    if mano_model.side != "right":
+        raise ManoModelError(
+            f"{mano_model.source}: a {mano_model.side}-hand MANO model was given; pass the right-hand "
+            "model (MANO_RIGHT.pkl): left hands are mirrored into right hands"
+        )
+    return mano_model
 
 
 def regress_keypoints(model: ManoModel, vertices: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from halo.hands.mano import (
     ManoModelError,
     axis_angle_to_matrix,
     load_mano_model,
+    right_hand_model,
     save_mano_model_npz,
     save_mano_model_pkl,
 )
@@ -366,3 +367,17 @@ def test_input_validation(pkl_path):
         layer(betas=torch.zeros(1, NS + 1))
     with pytest.raises(ValueError, match="PCA coefficients"):
         layer(torch.zeros(1, 46), use_pca=True)
+
+
+def test_right_hand_model_from_path_or_model_refuses_left_hands(pkl_path, tmp_path):
+    model = right_hand_model(pkl_path)  # a path: read, side from the file name (right)
+    assert model.side == "right" and right_hand_model(model) is model
+    left = save_mano_model_npz(load_mano_model(pkl_path, side="left"), tmp_path / "MANO_LEFT.npz")
+    with pytest.raises(
+        ManoModelError, match=r"MANO_LEFT.npz: a left-hand MANO model was given.*MANO_RIGHT.pkl"
+    ):
+        right_hand_model(left)
+    with pytest.raises(ManoModelError, match="missing.pkl: MANO model file not found"):
+        right_hand_model(tmp_path / "missing.pkl")
+    with pytest.raises(ManoModelError, match="must be a ManoModel, str or Path, got int"):
+        right_hand_model(3)
