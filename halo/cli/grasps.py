@@ -58,7 +58,16 @@ from pathlib import Path
 
 import numpy as np
 
-from halo.cli.eval import DEFAULT_EVAL_OUT, EvalCliError
+from halo.cli.common import (
+    DEFAULT_EVAL_OUT,
+    GRASP_UPSAMPLING_STEPS,
+    CliError,
+    add_extraction_args,
+    check_extraction_args,
+    default_checkpoint,
+    json_safe,
+    load_halo_model,
+)
 from halo.geometry.mesh_io import MESH_SUFFIXES
 
 KEYPOINT_SUFFIX = ".npy"
@@ -73,10 +82,6 @@ _GRAVITY_AXES = {
     "+x": (1, 0, 0),
 }
 G_M_S2 = 9.8
-
-
-class GraspCliError(EvalCliError):
-    """Printed as one line by :func:`halo.cli.app.main` (exit code 2)."""
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -122,18 +127,18 @@ def _gravity(args: argparse.Namespace) -> tuple[float, float, float]:
 
 def _check_settings(args: argparse.Namespace) -> None:
     if not args.pitch_mm > 0:
-        raise GraspCliError(f"--pitch-mm must be > 0, got {args.pitch_mm}")
+        raise CliError(f"--pitch-mm must be > 0, got {args.pitch_mm}")
     if args.contact_tol_mm < 0:
-        raise GraspCliError(f"--contact-tol-mm must be >= 0, got {args.contact_tol_mm}")
+        raise CliError(f"--contact-tol-mm must be >= 0, got {args.contact_tol_mm}")
     if not args.scale > 0:
-        raise GraspCliError(f"--scale must be > 0, got {args.scale}")
+        raise CliError(f"--scale must be > 0, got {args.scale}")
     if args.simulate:
         from halo.grasp.metrics import OptionalDependencyError, require_pybullet
 
         try:
             require_pybullet()
         except OptionalDependencyError as exc:
-            raise GraspCliError(f"--simulate: {exc}") from exc
+            raise CliError(f"--simulate: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------- halo intersect
@@ -160,7 +165,7 @@ def cmd_intersect(args: argparse.Namespace) -> int:
         if args.simulate:
             displacement = simulation_displacement_m(hand, obj, gravity_m_s2=_gravity(args))
     except _user_errors() as exc:
-        raise GraspCliError(str(exc)) from exc
+        raise CliError(str(exc)) from exc
     if args.json:
         record = {  # the three documented keys first, in this order
             "volume_cm3": metrics.volume_cm3,
@@ -339,7 +344,12 @@ def _markdown(summary: dict[str, dict], cluster: dict, header: list[str], simula
         if simulate:
             cells.append(_fmt(s["mean_sim_displacement_m"], 4))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"## Diversity (k-means over canonicalized keypoints, k = {cluster['k']})", ""]
+    capped = (
+        f", asked {cluster['k_requested']}: capped at half the grasps"
+        if 0 < cluster["k"] < cluster["k_requested"]
+        else ""
+    )
+    lines += ["", f"## Diversity (k-means over canonicalized keypoints, k = {cluster['k']}{capped})", ""]
     if "skipped" in cluster:
         lines.append(f"skipped: {cluster['skipped']}")
     else:
@@ -349,17 +359,6 @@ def _markdown(summary: dict[str, dict], cluster: dict, header: list[str], simula
             f"{cluster['cluster_size_cm']:.3f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _json_safe(value):
-    """NaN / inf -> None (JSON has no NaN), recursively."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 class _HaloMesher:
@@ -372,19 +371,18 @@ class _HaloMesher:
 
     def __call__(self, keypoints: np.ndarray):
         if self.error is not None:
-            raise GraspCliError(self.error)
+            raise CliError(self.error)
         if self.model is None:
-            from halo.cli.app import CliError, _load_model
             from halo.core.checkpoint import CheckpointError
 
             ckpt = self.args.checkpoint
             try:
                 if ckpt is not None and not Path(ckpt).is_file():
                     raise CliError(f"{ckpt}: checkpoint file not found")
-                self.model, _ = _load_model(ckpt)
+                self.model, _ = load_halo_model(ckpt)
             except (CliError, CheckpointError) as exc:
                 self.error = f"cannot mesh keypoints with HALO: {exc}"
-                raise GraspCliError(self.error) from exc
+                raise CliError(self.error) from exc
         from halo.meshing.hand_mesh import extract_hand_mesh
 
         hand = extract_hand_mesh(
@@ -409,22 +407,19 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
     """Score every grasp of a folder; see the module docstring for the layout and outputs."""
     from tqdm import tqdm
 
-    from halo.grasp.metrics import (
-        cluster_analysis,
-        grasp_metrics,
-        prepare_object_mesh,
-        simulation_displacement_m,
-    )
+    from halo.grasp.diversity import grasp_diversity
+    from halo.grasp.metrics import grasp_metrics, prepare_object_mesh, simulation_displacement_m
 
     _check_settings(args)
+    check_extraction_args(args)
     if args.k < 1:
-        raise GraspCliError(f"--k must be >= 1, got {args.k}")
+        raise CliError(f"--k must be >= 1, got {args.k}")
     grasps_dir = Path(args.grasps)
     if not grasps_dir.is_dir():
-        raise GraspCliError(f"--grasps {grasps_dir}: no such folder")
+        raise CliError(f"--grasps {grasps_dir}: no such folder")
     objects_dir = Path(args.objects) if args.objects else None
     if objects_dir is not None and not objects_dir.is_dir():
-        raise GraspCliError(f"--objects {objects_dir}: no such folder")
+        raise CliError(f"--objects {objects_dir}: no such folder")
     out = Path(args.out) if args.out else DEFAULT_EVAL_OUT / f"grasps-{grasps_dir.resolve().name}"
 
     discovery = discover_grasps(grasps_dir)
@@ -432,11 +427,11 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
     for s in skipped:
         _note(f"skipped {s['file']}: {s['reason']}")
     if not discovery.grasps:
-        raise GraspCliError(
+        raise CliError(
             f"{grasps_dir}: no grasp files found (expected <object>_<i>.npy and/or <object>_<i>_hand.ply; "
             "see 'halo eval grasps --help')"
         )
-    user_errors = (*_user_errors(), GraspCliError, ValueError)
+    user_errors = (*_user_errors(), CliError, ValueError)
     mesher = _HaloMesher(args)
     objects: dict[Path, object] = {}  # object file -> prepared mesh, or the error text
     rows: list[dict] = []
@@ -491,7 +486,7 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
                 hand = mesher(keypoints)
                 hand_name = f"HALO mesh of {g.keypoints}"
                 if len(hand.faces) == 0:
-                    raise GraspCliError(f"{g.keypoints}: HALO produced an empty hand mesh")
+                    raise CliError(f"{g.keypoints}: HALO produced an empty hand mesh")
                 dst = out / "hands" / f"{g.grasp}_hand.ply"
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 hand.export(dst)
@@ -523,27 +518,24 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
     bar.close()
 
     if not rows:
-        raise GraspCliError(f"no grasp could be scored ({len(skipped)} skipped; reasons above)")
+        raise CliError(f"no grasp could be scored ({len(skipped)} skipped; reasons above)")
 
-    # Diversity over the grasps that have keypoints.
-    k_info: dict = {"k": args.k}
-    n_kp = len(keypoints_of)
-    if n_kp == 0:
-        k_info["skipped"] = (
-            "no grasp has keypoints (hand meshes only): put <grasp id>.npy (21,3 metres) next to each mesh"
-        )
-    elif n_kp < args.k:
-        k_info["skipped"] = (
-            f"only {n_kp} grasp(s) have keypoints; k-means with k={args.k} needs at least {args.k}"
-        )
+    # Diversity over the grasps that have keypoints (the definition `halo generate grasps` reports).
+    if not keypoints_of:
+        k_info = {
+            "k": 0,
+            "k_requested": args.k,
+            "skipped": "no grasp has keypoints (hand meshes only): put <grasp id>.npy (21,3 metres) next to "
+            "each mesh",
+        }
     else:
         try:
-            stats = cluster_analysis(
+            diversity = grasp_diversity(
                 np.stack(list(keypoints_of.values())), k=args.k, seed=args.seed, init=args.kmeans_init
             )
-            k_info.update(stats.as_dict(), init=args.kmeans_init, seed=args.seed)
-        except ValueError as exc:  # e.g. degenerate keypoints the canonical frame cannot handle
-            k_info["skipped"] = str(exc)
+            k_info = diversity.as_dict()
+        except ValueError as exc:  # e.g. keypoints the canonical frame cannot handle
+            k_info = {"k": 0, "k_requested": args.k, "skipped": str(exc)}
 
     out.mkdir(parents=True, exist_ok=True)
     columns = [*CSV_COLUMNS, *([SIM_COLUMN] if args.simulate else [])]
@@ -590,7 +582,7 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
         "cluster": k_info,
     }
     json_path = out / "summary.json"
-    json_path.write_text(json.dumps(_json_safe(record), indent=2, allow_nan=False))
+    json_path.write_text(json.dumps(json_safe(record), indent=2, allow_nan=False))
     print(table[table.index("| object") :], end="")
     print(f"scored {len(rows)} grasp(s), skipped {len(skipped)}; wrote {csv_path}, {md_path} and {json_path}")
     return 0
@@ -638,9 +630,14 @@ def _metric_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_intersect_parser(sub) -> None:
-    """Register ``halo intersect`` on the main parser's subparsers."""
-    p = sub.add_parser(
+def add_parser(commands) -> None:
+    """Register ``halo intersect`` and ``halo eval grasps``."""
+    _add_intersect_parser(commands)
+    _add_eval_grasps_parser(commands.group("eval"))
+
+
+def _add_intersect_parser(commands) -> None:
+    p = commands.add_parser(
         "intersect", help="interpenetration volume, depth and contact of a hand and an object mesh"
     )
     p.description = (
@@ -659,10 +656,7 @@ def add_intersect_parser(sub) -> None:
     p.set_defaults(func=cmd_intersect)
 
 
-def add_eval_grasps_parser(eval_sub) -> None:
-    """Register ``halo eval grasps`` on the ``halo eval`` subparsers."""
-    from halo.cli.app import _default_checkpoint
-
+def _add_eval_grasps_parser(eval_sub) -> None:
     p = eval_sub.add_parser(
         "grasps",
         help="physical plausibility + diversity of a folder of grasps -> CSV, markdown, summary.json",
@@ -693,14 +687,16 @@ def add_eval_grasps_parser(eval_sub) -> None:
     )
     p.add_argument(
         "--checkpoint",
-        default=_default_checkpoint(),
+        default=default_checkpoint(),
         help="HALO base checkpoint for grasps given as keypoints only (default: as 'halo mesh')",
     )
-    p.add_argument("--resolution-0", type=int, default=32, help="HALO meshing: MISE coarse grid (default 32)")
+    add_extraction_args(p, GRASP_UPSAMPLING_STEPS)
     p.add_argument(
-        "--upsampling-steps", type=int, default=3, help="HALO meshing: MISE refinements (default 3)"
+        "--k",
+        type=int,
+        default=20,
+        help="k-means clusters for the diversity (default 20, HALO; capped at half the grasps with keypoints)",
     )
-    p.add_argument("--k", type=int, default=20, help="k-means clusters for the diversity (default 20, HALO)")
     p.add_argument(
         "--kmeans-init",
         default="random",
