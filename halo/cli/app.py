@@ -2,7 +2,7 @@
 
 Every command lives in one module of :data:`COMMAND_MODULES`, which registers its subcommands
 with ``add_parser(commands)`` (:class:`halo.cli.common.Commands`); command modules import only
-:mod:`halo.cli.common`, never each other.  Every subcommand has ``--help``.  Problems with the
+:mod:`halo.cli.common` and :mod:`halo.cli.options`, never each other.  Every subcommand has ``--help``.  Problems with the
 user's files (missing, wrong keys, wrong shapes, NaNs, wrong units) are reported as one line
 naming the file and the problem, with exit code 2 and no traceback.
 """
@@ -23,7 +23,8 @@ COMMAND_MODULES: list[str] = [
     "halo.cli.data",  # data prepare/build/synth/show/grasps-synth/grasps-show
     "halo.cli.eval",  # eval meshes, generate meshes
     "halo.cli.generate",  # generate grasps
-    "halo.cli.grasps",  # intersect, eval grasps
+    "halo.cli.grasps",  # eval grasps
+    "halo.cli.intersect",  # intersect
 ]
 
 

@@ -1,7 +1,8 @@
-"""What every ``halo`` command module shares: the one error type, the command tree, shared options
-and the HALO base checkpoint lookup.
+"""What every ``halo`` command module shares: the one error type, the command tree and the HALO base
+checkpoint lookup (options declared once: :mod:`halo.cli.options`).
 
-Command modules import from here and never from each other; :mod:`halo.cli.app` registers them.
+Command modules import from here and :mod:`halo.cli.options`, never from each other;
+:mod:`halo.cli.app` registers them.
 """
 
 from __future__ import annotations
@@ -14,13 +15,8 @@ from pathlib import Path
 __all__ = [
     "DEFAULT_CHECKPOINT_ENV",
     "DEFAULT_EVAL_OUT",
-    "DEFAULT_RESOLUTION_0",
-    "DEFAULT_UPSAMPLING_STEPS",
-    "GRASP_UPSAMPLING_STEPS",
     "CliError",
     "Commands",
-    "add_extraction_args",
-    "check_extraction_args",
     "default_checkpoint",
     "json_safe",
     "load_halo_model",
@@ -28,15 +24,6 @@ __all__ = [
 
 DEFAULT_CHECKPOINT_ENV = "HALO_CHECKPOINT"
 DEFAULT_EVAL_OUT = Path("outputs") / "eval"
-
-#: MISE defaults of every command that meshes hands (the original's generation config: 32 / 2,
-#: effective 128).
-DEFAULT_RESOLUTION_0 = 32
-DEFAULT_UPSAMPLING_STEPS = 2
-#: Grasp scoring meshes finer (effective 256): the interpenetration volume is counted on a 1 mm
-#: grid, and a coarser hand surface moves it by whole voxel layers.  ``halo generate grasps`` and
-#: ``halo eval grasps`` share it, so a grasp meshed by either scores the same.
-GRASP_UPSAMPLING_STEPS = 3
 
 
 class CliError(Exception):
@@ -79,38 +66,6 @@ def command_name(args: argparse.Namespace) -> str:
     """``"eval grasps"`` for ``halo eval grasps ...``: the command and its subcommand, if any."""
     sub = getattr(args, f"{args.command.replace('-', '_')}_command", None)
     return f"{args.command} {sub}" if sub else args.command
-
-
-# ----------------------------------------------------------------------------- shared options
-
-
-def add_extraction_args(
-    p: argparse.ArgumentParser,
-    upsampling_steps: int = DEFAULT_UPSAMPLING_STEPS,
-    what: str = "HALO meshing",
-) -> None:
-    """``--resolution-0`` / ``--upsampling-steps`` (MISE; effective resolution = resolution_0 * 2**steps)."""
-    p.add_argument(
-        "--resolution-0",
-        type=int,
-        default=DEFAULT_RESOLUTION_0,
-        help=f"{what}: MISE coarse grid (default {DEFAULT_RESOLUTION_0})",
-    )
-    p.add_argument(
-        "--upsampling-steps",
-        type=int,
-        default=upsampling_steps,
-        help=f"{what}: MISE refinements; effective resolution = resolution_0 * 2**steps "
-        f"(default {upsampling_steps}: {DEFAULT_RESOLUTION_0 * 2**upsampling_steps})",
-    )
-
-
-def check_extraction_args(args: argparse.Namespace) -> None:
-    if args.resolution_0 < 2 or args.upsampling_steps < 0:
-        raise CliError(
-            f"--resolution-0 must be >= 2 and --upsampling-steps >= 0, got {args.resolution_0} / "
-            f"{args.upsampling_steps}"
-        )
 
 
 # ----------------------------------------------------------------------------- the HALO base

@@ -23,14 +23,8 @@ import argparse
 import datetime
 from pathlib import Path
 
-from halo.cli.common import (
-    DEFAULT_EVAL_OUT,
-    CliError,
-    add_extraction_args,
-    check_extraction_args,
-    default_checkpoint,
-    load_halo_model,
-)
+from halo.cli.common import DEFAULT_EVAL_OUT, CliError, default_checkpoint, load_halo_model
+from halo.cli.options import add_extraction_args, check_extraction_args
 
 # ----------------------------------------------------------------------------- shared
 

@@ -6,7 +6,8 @@ checkpoint's hyper-parameters (``--halo-checkpoint`` overrides it).  For every o
 (.ply/.obj/.stl/.off, metres; a mesh clearly in mm or cm is rescaled with a warning, see
 :func:`halo.geometry.mesh_io.load_mesh_m`) it samples ``-n`` grasps (object centred at its bounding-box
 centre as in training, z ~ N(0, I) seeded, refined when the checkpoint says so), meshes every hand
-with HALO and scores it (:mod:`halo.grasp.metrics`).  Output folder::
+with HALO and scores it (:func:`halo.grasp.pipeline.generate_grasps`, the pipeline of the grasp-validation
+callback).  Output folder::
 
     <object>_obj.ply        the object mesh (metres, the input file's frame after rescaling)
     <object>_<i>.npy        grasp i: (21,3) float32 keypoints, metres, MANO order, same frame
@@ -14,7 +15,8 @@ with HALO and scores it (:mod:`halo.grasp.metrics`).  Output folder::
     <object>_render.png     the object's grasps rendered (hand + object), one tile per grasp
     summary.csv             one row per grasp: volume_cm3, depth_cm, min_distance_cm, contact, ...
     summary.md              per-object means, the overall row and the cluster diversity
-    generation.json         checkpoint, HALO base, seed, refinement, objects and scales used
+    generation.json         checkpoint, HALO base, seed, refinement, objects and scales used, and the
+                            diversity (k, entropy, cluster size; :func:`halo.grasp.diversity.grasp_diversity`)
 
 This is the layout ``halo eval grasps`` reads.
 """
@@ -23,18 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import warnings
 from pathlib import Path
 
-from halo.cli.common import (
-    GRASP_UPSAMPLING_STEPS,
-    CliError,
-    add_extraction_args,
-    check_extraction_args,
-    json_safe,
-)
+from halo.cli.common import CliError, json_safe
+from halo.cli.options import GRASP_UPSAMPLING_STEPS, add_extraction_args, check_extraction_args
 
 DEFAULT_OUT = Path("outputs") / "generate"
 
@@ -57,19 +53,6 @@ def _object_files(specs: list[str]) -> list[Path]:
         else:
             raise CliError(f"--objects {p}: no such file or folder")
     return files
-
-
-def _object_names(files: list[Path]) -> list[str]:
-    """File stems made safe for file names; duplicates get a numeric suffix."""
-    names, seen = [], {}
-    for f in files:
-        base = (
-            re.sub(r"[^A-Za-z0-9-]+", "-", f.stem).strip("-") or "object"
-        )  # no "_": it separates object and grasp id
-        count = seen.get(base, 0)
-        seen[base] = count + 1
-        names.append(base if count == 0 else f"{base}-{count + 1}")
-    return names
 
 
 def _load_models(args: argparse.Namespace):
@@ -117,6 +100,7 @@ def _generate_grasps(args: argparse.Namespace) -> int:
     import numpy as np
 
     from halo.geometry.mesh_io import MeshFileError, load_mesh_m
+    from halo.grasp.folder import grasp_files, object_mesh_file, object_names
     from halo.grasp.pipeline import GraspObject, generate_grasps, sample_surface_points
     from halo.grasp.report import (
         GRASP_TABLE_COLUMNS,
@@ -134,7 +118,7 @@ def _generate_grasps(args: argparse.Namespace) -> int:
         raise CliError(f"--cluster-k must be >= 1, got {args.cluster_k}")
     check_extraction_args(args)
     files = _object_files(args.objects)
-    names = _object_names(files)
+    names = object_names(files)
     vae, halo, meta, halo_path = _load_models(args)
     hp = meta["hyper_parameters"]
     refine = hp.get("refine_at_generation", False) if args.refine is None else args.refine
@@ -166,7 +150,7 @@ def _generate_grasps(args: argparse.Namespace) -> int:
         scored = mesh if mesh.is_watertight else mesh.convex_hull
         targets.append(GraspObject(name, scored, points, center))
         meshes[name] = mesh
-        mesh.export(out / f"{name}_obj.ply")
+        mesh.export(object_mesh_file(out, name))
         objects_info.append(
             {
                 "name": name,
@@ -188,9 +172,10 @@ def _generate_grasps(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
     )
     for r in results:
-        np.save(out / f"{r.name}.npy", r.keypoints.astype(np.float32))
+        keypoints_file, hand_file = grasp_files(out, r.object_name, r.index)
+        np.save(keypoints_file, r.keypoints.astype(np.float32))
         if r.hand is not None and len(r.hand.faces):
-            r.hand.export(out / f"{r.name}_hand.ply")
+            r.hand.export(hand_file)
         if r.error:
             print(
                 f"halo generate grasps: warning: {r.object_name} grasp {r.index}: {r.error}", file=sys.stderr

@@ -9,12 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from halo.cli.common import (
-    add_extraction_args,
-    check_extraction_args,
-    default_checkpoint,
-    load_halo_model,
-)
+from halo.cli.common import default_checkpoint, load_halo_model
+from halo.cli.options import add_extraction_args, check_extraction_args
 
 
 def _add_io_args(p: argparse.ArgumentParser, keypoints_help: str, keypoints_required: bool = False) -> None:

@@ -231,6 +231,9 @@ def test_every_command_and_subcommand_has_help(capsys):
 
 def test_mise_options_have_one_default_per_use():
     """--resolution-0/--upsampling-steps: 32/2 everywhere, 32/3 where grasps are scored (1 mm voxels)."""
+    from halo.cli.options import DEFAULT_UPSAMPLING_STEPS, GRASP_UPSAMPLING_STEPS
+
+    assert (DEFAULT_UPSAMPLING_STEPS, GRASP_UPSAMPLING_STEPS) == (2, 3)
     defaults = {}
     for path, parser in _command_paths(build_parser()).items():
         values = {
@@ -245,7 +248,7 @@ def test_mise_options_have_one_default_per_use():
 
 
 def test_command_modules_share_one_error_class_and_import_no_sibling():
-    """One CliError; each command module imports halo.cli.common only (no cycles, no private names)."""
+    """One CliError; command modules import only halo.cli.common / options (no cycles, no private names)."""
     import ast
     import importlib
     import inspect
@@ -263,7 +266,9 @@ def test_command_modules_share_one_error_class_and_import_no_sibling():
         tree = ast.parse(inspect.getsource(module))
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        assert {m for m in imported if m.startswith("halo.cli")} <= {"halo.cli.common"}, name
+        assert {m for m in imported if m.startswith("halo.cli")} <= {"halo.cli.common", "halo.cli.options"}, (
+            name
+        )
         assert getattr(module, "CliError", CliError) is CliError
 
 

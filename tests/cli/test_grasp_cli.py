@@ -13,10 +13,11 @@ import torch
 import trimesh
 
 from halo.cli.app import main
-from halo.cli.grasps import CSV_COLUMNS, discover_grasps
+from halo.cli.grasps import CSV_COLUMNS
 from halo.core.canonicalization import apply_transform, global_normalization
 from halo.geometry.inside import MeshNotWatertightError
 from halo.geometry.mesh_io import MeshFileError, MeshNotWatertightFileError, MeshUnitWarning, load_mesh_m
+from halo.grasp.folder import discover_grasps
 from halo.hands.synthetic_hand import sample_hand_poses
 
 
