@@ -170,3 +170,29 @@ def test_plausible_skeletons_is_the_vae_rule():
     expected = [True, False, False, False, True, True]
     assert plausible_skeletons(hands).tolist() == expected
     assert plausible_hands(hands).tolist() == expected  # until the VAE switches to the core's function
+
+
+def test_grasp_validation_callback_runs_the_same_pipeline(halo_model):
+    """The callback's grasps are generate_grasps' grasps: same sampler, points and seed -> same numbers."""
+    from types import SimpleNamespace
+
+    from callbacks.grasp_validation import GraspValidation
+
+    ball = _ball([0.0, 0.0, 0.0])
+    surface = sample_surface_points(ball, 200, seed=1)
+    obj = SimpleNamespace(name="ball", mesh=ball, surface_points=surface)
+    module = SimpleNamespace(
+        halo_model=halo_model,
+        hparams={"object_points": 50},
+        sample=lambda points, n, generator: random_hand_sampler(points, n, generator),
+    )
+    callback = GraspValidation(grasps_per_object=3, resolution_0=8, upsampling_steps=1, seed=2)
+    from_callback = callback.generate(module, [obj])
+    pick = np.random.default_rng([2, 0]).choice(200, size=50, replace=False)  # the callback's fixed points
+    direct = generate_grasps(
+        random_hand_sampler, halo_model, [GraspObject("ball", ball, surface[pick])], 3, seed=2, **MESH
+    )
+    assert [r.row() | {"mesh_seconds": 0} for r in from_callback] == [
+        r.row() | {"mesh_seconds": 0} for r in direct
+    ]
+    assert all(np.array_equal(a.keypoints, b.keypoints) for a, b in zip(from_callback, direct, strict=True))
