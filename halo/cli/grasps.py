@@ -335,11 +335,7 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
 
 def add_parser(commands) -> None:
     """Register ``halo eval grasps``."""
-    _add_eval_grasps_parser(commands.group("eval"))
-
-
-def _add_eval_grasps_parser(eval_sub) -> None:
-    p = eval_sub.add_parser(
+    p = commands.group("eval").add_parser(
         "grasps",
         help="physical plausibility + diversity of a folder of grasps -> CSV, markdown, summary.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
