@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pykdtree.kdtree import KDTree
 
-from halo.cli.app import _default_checkpoint
+from halo.cli.common import default_checkpoint
 from halo.core.checkpoint import load_model
 from halo.core.model import HaloModel
 from halo.eval.surface_metrics import chamfer_l1_mm
@@ -44,7 +44,7 @@ def timed(fn, repeats: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=_default_checkpoint())
+    ap.add_argument("--checkpoint", default=default_checkpoint())
     ap.add_argument("--hands", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)

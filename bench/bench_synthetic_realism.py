@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import trimesh
 
-from halo.cli.app import _default_checkpoint
+from halo.cli.common import default_checkpoint
 from halo.core.checkpoint import load_model
 from halo.hands.mano import ManoLayer
 from halo.hands.synthetic_hand import get_synthetic_hand_model, sample_hand_poses
@@ -46,7 +46,7 @@ def volumetric_iou(a: trimesh.Trimesh, b: trimesh.Trimesh, n: int = 200_000, see
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=_default_checkpoint())
+    ap.add_argument("--checkpoint", default=default_checkpoint())
     ap.add_argument("--per-kind", type=int, default=4)
     ap.add_argument("--out", default="outputs/realism.png")
     args = ap.parse_args()

@@ -11,10 +11,11 @@ validations like :class:`callbacks.mesh_validation.MeshValidation`) and, with
   refined when the module's ``refine_at_generation`` is on);
 * meshes each hand with the frozen HALO base (:func:`halo.meshing.hand_mesh.extract_hand_mesh`, low
   resolution for speed: 16/3 = effective 128 by default) and scores it with
-  :func:`halo.grasp.metrics.grasp_metrics` (:mod:`halo.grasp.pipeline`);
+  :func:`halo.grasp.metrics.grasp_metrics` (:func:`halo.grasp.pipeline.generate_grasps`, the pipeline
+  ``halo generate grasps`` runs);
 * logs ``val_grasp/volume_cm3``, ``val_grasp/depth_cm``, ``val_grasp/contact_ratio`` (means over
   all grasps), ``val_grasp/entropy`` and ``val_grasp/cluster_size_cm`` (k-means diversity of all
-  grasps pooled, :func:`halo.grasp.metrics.cluster_analysis`, k capped at half the number of grasps),
+  grasps pooled, :func:`halo.grasp.diversity.grasp_diversity`: k capped at half the number of grasps),
   ``val_grasp/failed`` (grasps without a usable hand mesh) and ``val_grasp/seconds``;
 * writes ``<out_dir>/grasps/<tag>/{per_object.csv,per_object.md,grasps.csv,keypoints.npz}``,
   ``<out_dir>/renders/grasps_<tag>.png`` (one row per object: hand + object) and redraws
@@ -41,15 +42,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.validation_rounds import ValidationRounds, is_wandb, log_step
-from halo.grasp.pipeline import (
+from halo.grasp.pipeline import GraspObject, GraspResult, generate_grasps
+from halo.grasp.report import (
     GRASP_TABLE_COLUMNS,
     OBJECT_TABLE_COLUMNS,
-    GraspResult,
-    diversity,
-    evaluate_grasp,
-    format_markdown_table,
-    object_rows,
+    grasp_label,
     render_grasp,
+    report_markdown,
+    summarize_grasps,
     write_csv,
 )
 
@@ -140,44 +140,38 @@ class GraspValidation(ValidationRounds):
         """Sample, mesh and score ``grasps_per_object`` grasps per object (rank-local; no files)."""
         halo = copy.deepcopy(pl_module.halo_model).to(device="cpu", dtype=torch.float32).eval()
         n_points = int(getattr(pl_module, "hparams", {}).get("object_points", 600))
-        results: list[GraspResult] = []
+        targets = []
         for k, obj in enumerate(objects):
+            # The same object points at every round, so the curves show the model changing, not noise.
             rng = np.random.default_rng([self.seed, k])
             surface = np.asarray(obj.surface_points, dtype=np.float32)
             pick = rng.choice(len(surface), size=n_points, replace=n_points > len(surface))
-            points = torch.from_numpy(surface[pick])
-            generator = torch.Generator().manual_seed(self.seed * 1000 + k)
-            keypoints = pl_module.sample(points, self.grasps_per_object, generator=generator).cpu().numpy()
-            for i, kp in enumerate(keypoints):
-                results.append(
-                    evaluate_grasp(
-                        halo,
-                        obj.mesh,
-                        kp,
-                        object_name=obj.name,
-                        index=i,
-                        resolution_0=self.resolution_0,
-                        upsampling_steps=self.upsampling_steps,
-                        pitch_m=self.pitch_m,
-                        contact_tol_m=self.contact_tol_m,
-                    )
-                )
-        return results
+            targets.append(GraspObject(obj.name, obj.mesh, surface[pick]))  # centred: center = 0
+        return generate_grasps(
+            lambda points, n, generator: pl_module.sample(points, n, generator=generator),
+            halo,
+            targets,
+            self.grasps_per_object,
+            seed=self.seed,
+            resolution_0=self.resolution_0,
+            upsampling_steps=self.upsampling_steps,
+            pitch_m=self.pitch_m,
+            contact_tol_m=self.contact_tol_m,
+        )
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool) -> dict[str, float]:
         t0 = time.perf_counter()
         objects = self._objects(trainer)
         results = self.generate(pl_module, objects)
         self.last_results = results
-        per_object = object_rows(results)
-        overall = per_object[-1]
-        div = diversity(np.stack([r.keypoints for r in results]), k=self.cluster_k, seed=self.seed)
+        summary = summarize_grasps(results, k=self.cluster_k, seed=self.seed)
+        per_object, overall, div = summary.per_object, summary.overall, summary.diversity
         metrics = {
             "volume_cm3": float(overall["volume_cm3"]),
             "depth_cm": float(overall["depth_cm"]),
             "contact_ratio": float(overall["contact_ratio"]),
-            "entropy": float(div["entropy"]),
-            "cluster_size_cm": float(div["cluster_size_cm"]),
+            "entropy": float(div.entropy),
+            "cluster_size_cm": float(div.cluster_size_cm),
             "failed": float(overall["failed"]),
         }
 
@@ -185,11 +179,7 @@ class GraspValidation(ValidationRounds):
         root = self.root(trainer)
         out = root / "grasps" / tag
         write_csv(per_object, out / "per_object.csv", OBJECT_TABLE_COLUMNS)
-        (out / "per_object.md").write_text(
-            f"# Generated grasps, {tag}\n\n{format_markdown_table(per_object, OBJECT_TABLE_COLUMNS)}\n"
-            f"diversity over all {len(results)} grasps: entropy {div['entropy']:.3f} (k={div['k']}), "
-            f"cluster size {div['cluster_size_cm']:.3f} cm\n"
-        )
+        (out / "per_object.md").write_text(report_markdown(f"Generated grasps, {tag}", summary))
         write_csv([r.row() for r in results], out / "grasps.csv", GRASP_TABLE_COLUMNS)
         np.savez(
             out / "keypoints.npz",
@@ -216,12 +206,7 @@ class GraspValidation(ValidationRounds):
             mine = [r for r in results if r.object_name == obj.name][:per_row]
             for r in mine:
                 tiles.append(render_grasp(r.hand, meshes[obj.name], r.keypoints, size=self.render_size))
-                m = r.metrics
-                labels.append(
-                    f"{r.name} {m.volume_cm3:.1f}cm3 {'contact' if m.contact else 'no contact'}"
-                    if m
-                    else f"{r.name} failed"
-                )
+                labels.append(grasp_label(r))
             tiles += [np.full((self.render_size, self.render_size, 3), 255, np.uint8)] * (per_row - len(mine))
             labels += [""] * (per_row - len(mine))
         if not tiles:

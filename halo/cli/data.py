@@ -18,12 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from halo.cli.common import CliError
+
 _MESH_EXTS = (".ply", ".obj", ".off", ".npy", ".stl")
 _PARAM_EXTS = (".npz", ".pkl", ".pickle")
-
-
-class DataCliError(Exception):
-    """Printed as one line by :func:`halo.cli.app.main` (exit code 2)."""
 
 
 def _expand(paths: list[str], exts: tuple[str, ...], what: str) -> list[Path]:
@@ -32,23 +30,23 @@ def _expand(paths: list[str], exts: tuple[str, ...], what: str) -> list[Path]:
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.suffix.lower() in exts)
             if not found:
-                raise DataCliError(f"{p}: no {what} files ({', '.join(exts)}) in this folder")
+                raise CliError(f"{p}: no {what} files ({', '.join(exts)}) in this folder")
             out += found
         elif p.is_file():
             out.append(p)
         else:
-            raise DataCliError(f"{p}: no such file or folder")
+            raise CliError(f"{p}: no such file or folder")
     return out
 
 
 def _need_mano(args: argparse.Namespace, what: str) -> str:
     if not args.mano_model:
-        raise DataCliError(
+        raise CliError(
             f"{what} needs your MANO right-hand model: pass --mano-model /path/to/MANO_RIGHT.pkl "
             "(download it from mano.is.tue.mpg.de; it cannot be shipped with this project)"
         )
     if not Path(args.mano_model).is_file():
-        raise DataCliError(f"{args.mano_model}: MANO model file not found")
+        raise CliError(f"{args.mano_model}: MANO model file not found")
     return args.mano_model
 
 
@@ -59,7 +57,7 @@ def _source(args: argparse.Namespace):
         k for k in ("synthetic", "mano_params", "meshes", "youtube3d", "prepared") if getattr(args, k, None)
     ]
     if len(given) != 1:
-        raise DataCliError(
+        raise CliError(
             "give exactly one source: --synthetic N, --mano-params, --meshes, --youtube3d"
             + (" or --prepared" if hasattr(args, "prepared") else "")
             + (f" (got {', '.join('--' + g.replace('_', '-') for g in given)})" if given else "")
@@ -97,7 +95,7 @@ def _build_config(args: argparse.Namespace):
 
     for name in ("points", "iou_points", "pointcloud"):
         if getattr(args, name) <= 0:
-            raise DataCliError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+            raise CliError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     return BuildConfig(n_points=args.points, n_iou_points=args.iou_points, n_pointcloud=args.pointcloud)
 
 
@@ -159,7 +157,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     num = {"train": args.train, "val": args.val, "test": args.test}
     if any(n < 0 for n in num.values()):
-        raise DataCliError(f"split sizes must be >= 0, got {num}")
+        raise CliError(f"split sizes must be >= 0, got {num}")
     reports = build_synthetic_dataset(
         args.out, num={k: v for k, v in num.items() if v > 0}, seed=args.seed, config=_build_config(args),
         workers=args.workers,
@@ -213,9 +211,9 @@ def cmd_grasps_synth(args: argparse.Namespace) -> int:
             grasp_frames=args.frames_per_sequence, seed=args.seed,
         )  # fmt: skip
     except ValueError as exc:
-        raise DataCliError(str(exc).replace("SyntheticGrabConfig.", "--").replace("_", "-")) from exc
+        raise CliError(str(exc).replace("SyntheticGrabConfig.", "--").replace("_", "-")) from exc
     if args.workers < 1:
-        raise DataCliError(f"--workers must be >= 1, got {args.workers}")
+        raise CliError(f"--workers must be >= 1, got {args.workers}")
     report = write_synthetic_grab(args.out, config, workers=args.workers, resume=not args.no_resume)
     print(report.summary())
     if report.stats.rejected:
@@ -237,21 +235,22 @@ def cmd_grasps_show(args: argparse.Namespace) -> int:
     from halo.viz.render import save_png
 
     if args.n < 1:
-        raise DataCliError(f"--n must be >= 1, got {args.n}")
+        raise CliError(f"--n must be >= 1, got {args.n}")
     try:
         image, labels = render_grab_grid(
             args.root, args.n, size=args.size, mano_model=args.mano_model, seed=args.seed,
             contact_only=not args.all_frames,
         )  # fmt: skip
     except (GrabFileError, ValueError) as exc:
-        raise DataCliError(str(exc)) from exc
+        raise CliError(str(exc)) from exc
     out = save_png(image, args.out)
     print(f"wrote {out} ({len(labels)} frames: hand blue, object sand, object contact vertices red)")
     return 0
 
 
-def add_data_parser(sub) -> None:
-    p = sub.add_parser("data", help="prepare / build / synthesize / show hand datasets")
+def add_parser(commands) -> None:
+    """Register ``halo data ...``."""
+    p = commands.add_parser("data", help="prepare / build / synthesize / show hand datasets")
     p.description = __doc__.split("\n\n")[0]
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
 

@@ -21,25 +21,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import sys
 from pathlib import Path
 
-DEFAULT_EVAL_OUT = Path("outputs") / "eval"
-
-
-class EvalCliError(Exception):
-    """Printed as one line by :func:`halo.cli.app.main` (exit code 2)."""
-
+from halo.cli.common import DEFAULT_EVAL_OUT, CliError, default_checkpoint, load_halo_model
+from halo.cli.options import add_extraction_args, check_extraction_args
 
 # ----------------------------------------------------------------------------- shared
 
 
 def _load(args: argparse.Namespace):
-    from halo.cli.app import _load_model
-
     if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise EvalCliError(f"{args.checkpoint}: checkpoint file not found")
-    return _load_model(args.checkpoint)
+        raise CliError(f"{args.checkpoint}: checkpoint file not found")
+    return load_halo_model(args.checkpoint)
 
 
 def _dataset(args: argparse.Namespace, meta: dict) -> tuple[Path, dict]:
@@ -48,25 +41,25 @@ def _dataset(args: argparse.Namespace, meta: dict) -> tuple[Path, dict]:
     if args.data is not None:
         root = Path(args.data)
         if not root.is_dir():
-            raise EvalCliError(f"--data {root}: no such folder")
+            raise CliError(f"--data {root}: no such folder")
         split = args.split
     else:
         recorded = dm.get("root")
         if not recorded:
-            raise EvalCliError(
+            raise CliError(
                 f"{args.checkpoint}: the checkpoint records no dataset root "
                 "(only training checkpoints of a datamodule that stores one do): pass --data ROOT"
             )
         root = Path(recorded)
         if not root.is_dir():
-            raise EvalCliError(
+            raise CliError(
                 f"dataset root {root} recorded in {args.checkpoint} does not exist here: pass --data ROOT"
             )
         split = dm.get(f"{args.split}_split") or args.split  # the run's own split folder names
     split_dir = root / split
     if not (split_dir / "datalist.txt").is_file():
         have = sorted(p.name for p in root.iterdir() if (p / "datalist.txt").is_file())
-        raise EvalCliError(
+        raise CliError(
             f"{split_dir}: no datalist.txt (splits under {root}: {', '.join(have) or 'none'}); "
             "pick one with --split"
         )
@@ -81,12 +74,8 @@ def _threshold(args: argparse.Namespace, meta: dict) -> float:
 
 def _check_positive(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit < 1:
-        raise EvalCliError(f"--limit must be >= 1, got {args.limit}")
-    if args.resolution_0 < 2 or args.upsampling_steps < 0:
-        raise EvalCliError(
-            f"--resolution-0 must be >= 2 and --upsampling-steps >= 0, got {args.resolution_0} / "
-            f"{args.upsampling_steps}"
-        )
+        raise CliError(f"--limit must be >= 1, got {args.limit}")
+    check_extraction_args(args)
 
 
 # ----------------------------------------------------------------------------- halo eval meshes
@@ -98,12 +87,12 @@ def cmd_eval_meshes(args: argparse.Namespace) -> int:
 
     _check_positive(args)
     if args.n_samples < 1:
-        raise EvalCliError(f"--n-samples must be >= 1, got {args.n_samples}")
+        raise CliError(f"--n-samples must be >= 1, got {args.n_samples}")
     model, meta = _load(args)
     if args.match_validation:
         dm = meta.get("datamodule_hyper_parameters") or {}
         if not dm:
-            raise EvalCliError(
+            raise CliError(
                 f"{args.checkpoint}: --match-validation needs a training checkpoint that records its datamodule"
             )
         args.split = "val"
@@ -203,11 +192,9 @@ def cmd_generate_meshes(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser, split: str, limit: int | None) -> None:
-    from halo.cli.app import _default_checkpoint
-
     p.add_argument(
         "--checkpoint",
-        default=_default_checkpoint(),
+        default=default_checkpoint(),
         help="training checkpoint (.ckpt), halo-base .pt, or the original model_best.pt",
     )
     p.add_argument(
@@ -223,13 +210,7 @@ def _common(p: argparse.ArgumentParser, split: str, limit: int | None) -> None:
         default=limit,
         help="first N hands of the split" + (f" (default {limit})" if limit else " (default: all)"),
     )
-    p.add_argument("--resolution-0", type=int, default=32, help="MISE coarse grid (default 32)")
-    p.add_argument(
-        "--upsampling-steps",
-        type=int,
-        default=2,
-        help="MISE refinements; effective resolution = resolution_0 * 2**steps (default 2)",
-    )
+    add_extraction_args(p)
     p.add_argument(
         "--threshold",
         type=float,
@@ -239,11 +220,11 @@ def _common(p: argparse.ArgumentParser, split: str, limit: int | None) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_eval_parser(sub) -> None:
-    """Register ``halo eval ...`` and ``halo generate ...`` on the main parser's subparsers."""
-    p_eval = sub.add_parser("eval", help="evaluate a trained model's meshes on a dataset split")
-    eval_sub = p_eval.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
-    p = eval_sub.add_parser("meshes", help="surface metrics of extracted meshes -> CSV + markdown summary")
+def add_parser(commands) -> None:
+    """Register ``halo eval meshes`` and ``halo generate meshes``."""
+    p = commands.group("eval").add_parser(
+        "meshes", help="surface metrics of extracted meshes -> CSV + markdown summary"
+    )
     p.description = (
         "Extract a mesh for every hand of a split and score it against the ground truth "
         "(Chamfer-L1/L2, accuracy, completeness, normal consistency, F-score@1/2 mm, mesh IoU) "
@@ -272,13 +253,9 @@ def add_eval_parser(sub) -> None:
     )
     p.set_defaults(func=cmd_eval_meshes)
 
-    from halo.cli.grasps import add_eval_grasps_parser
-
-    add_eval_grasps_parser(eval_sub)
-
-    p_gen = sub.add_parser("generate", help="meshes + renders of a trained model on a dataset split")
-    gen_sub = p_gen.add_subparsers(dest="generate_command", required=True, metavar="WHAT")
-    p = gen_sub.add_parser("meshes", help="one mesh per hand + a predicted | ground-truth render grid")
+    p = commands.group("generate").add_parser(
+        "meshes", help="one mesh per hand + a predicted | ground-truth render grid"
+    )
     p.description = (
         "Extract meshes for the first hands of a split, write them to --out and render "
         "<out>/comparison_grid.png (predicted | ground truth per hand, captions with mesh IoU and Chamfer-L1)."
@@ -289,17 +266,3 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--render-size", type=int, default=320, help="pixels per render tile (default 320)")
     p.add_argument("--no-render", action="store_true", help="meshes only")
     p.set_defaults(func=cmd_generate_meshes)
-
-    from halo.cli.generate import add_generate_grasps_parser
-
-    add_generate_grasps_parser(gen_sub)  # halo generate grasps (HALO-VAE)
-
-
-def main(argv: list[str] | None = None) -> int:  # pragma: no cover - convenience entry
-    from halo.cli.app import main as halo_main
-
-    return halo_main(argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

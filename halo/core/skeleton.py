@@ -137,3 +137,27 @@ def bone_lengths_from_keypoints(keypoints: torch.Tensor) -> torch.Tensor:
     parent = keypoints[..., [p for p, _ in PART_BONES], :]
     child = keypoints[..., [c for _, c in PART_BONES], :]
     return (child - parent).norm(dim=-1)
+
+
+#: A hand with a bone shorter than this (metres) has no defined canonical frame.
+MIN_BONE_LENGTH_M = 1e-3
+
+
+def plausible_skeletons(keypoints: torch.Tensor) -> torch.Tensor:
+    """(B,) bool for keypoints (B,21,3), metres: finite, every bone >= 1 mm, index and middle root bones
+    not parallel.
+
+    HALO's canonicalization is undefined for the other hands (it raises on them); callers that
+    must not stop on one degenerate hand (training losses, grasp diversity) filter with this first.
+    """
+    kp = keypoints.detach()
+    finite = torch.isfinite(kp).flatten(1).all(-1)
+    kp = torch.nan_to_num(kp)
+    parents = [p for p, _ in BONES]
+    children = [c for _, c in BONES]
+    bones_ok = ((kp[:, children] - kp[:, parents]).norm(dim=-1) >= MIN_BONE_LENGTH_M).all(-1)
+    middle, index = kp[:, 9] - kp[:, 0], kp[:, 5] - kp[:, 0]
+    sin = torch.linalg.cross(middle, index, dim=-1).norm(dim=-1) / (
+        middle.norm(dim=-1) * index.norm(dim=-1)
+    ).clamp_min(1e-30)
+    return finite & bones_ok & (sin > 1e-3)

@@ -29,9 +29,9 @@ The hand is made watertight first (an open MANO hand gets its wrist hole closed 
 ``trimesh.repair.fix_normals`` and optionally its convex hull (HALO's ObMan-style
 evaluations).  Inside tests use :func:`halo.geometry.inside.points_inside_mesh` (open3d).
 
-Over many grasps: :func:`contact_ratio`, :func:`summarize_grasp_metrics`, and the
-diversity measure :func:`cluster_analysis` (k-means entropy and cluster size of
-canonicalized keypoints).  :func:`simulation_displacement_m` (GraspTTA's pybullet protocol,
+Over many grasps: :func:`contact_ratio`, :func:`summarize_grasp_metrics`; the diversity
+measure (k-means entropy and cluster size of canonicalized keypoints) is
+:mod:`halo.grasp.diversity` (re-exported here).  :func:`simulation_displacement_m` (GraspTTA's pybullet protocol,
 optional dependency ``pip install pybullet``) lives in :mod:`halo.grasp.simulation` and is
 re-exported here, so every grasp metric is importable from this module.
 """
@@ -47,6 +47,7 @@ import trimesh
 
 from halo.geometry.inside import MeshNotWatertightError, o3d_points, points_inside_mesh, raycasting_scene
 from halo.geometry.sealing import seal_mesh
+from halo.grasp.diversity import ClusterStats, cluster_analysis  # defined there; public here as before
 from halo.grasp.simulation import OptionalDependencyError, require_pybullet, simulation_displacement_m
 
 __all__ = [
@@ -365,149 +366,3 @@ def summarize_grasp_metrics(metrics: Sequence[GraspMetrics]) -> dict[str, float 
     }
 
 
-# ----------------------------------------------------------------------------- diversity
-
-
-@dataclass(frozen=True)
-class ClusterStats:
-    """k-means diversity of a set of hands (HALO's ``evaluate_cluster.diversity``)."""
-
-    entropy: float  # nats, of the cluster-size histogram; max ln(k)
-    cluster_size_cm: float  # mean distance of a hand's features to its cluster centre
-    counts: np.ndarray  # (k,) hands per cluster (zeros for clusters k-means left empty or merged)
-    k: int  # clusters asked for
-    n_samples: int = 0
-
-    @property
-    def max_entropy(self) -> float:
-        return math.log(self.k)
-
-    def as_dict(self) -> dict:
-        return {
-            "entropy": self.entropy,
-            "max_entropy": self.max_entropy,
-            "cluster_size_cm": self.cluster_size_cm,
-            "k": self.k,
-            "n_samples": self.n_samples,
-            "counts": [int(c) for c in self.counts],
-        }
-
-
-def _canonical_features_cm(keypoints: np.ndarray, canonicalize: bool) -> np.ndarray:
-    """(N,63) flattened keypoints in cm, optionally in the canonical hand frame (global pose removed)."""
-    if not canonicalize:
-        return keypoints.reshape(len(keypoints), -1) * M_TO_CM
-    import torch  # noqa: PLC0415 (only this path needs it)
-
-    from halo.core.canonicalization import apply_transform, global_normalization  # noqa: PLC0415
-
-    kp = torch.from_numpy(keypoints)
-    canon = apply_transform(global_normalization(kp), kp).numpy()
-    return canon.reshape(len(canon), -1) * M_TO_CM
-
-
-def _kmeans_pp_init(features: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """(k,D) k-means++ seeds: each next seed drawn with probability ~ squared distance to the chosen ones."""
-    seeds = [features[rng.integers(len(features))]]
-    d2 = ((features - seeds[0]) ** 2).sum(1)
-    for _ in range(k - 1):
-        total = d2.sum()
-        idx = rng.integers(len(features)) if total <= 0 else rng.choice(len(features), p=d2 / total)
-        seeds.append(features[idx])
-        d2 = np.minimum(d2, ((features - features[idx]) ** 2).sum(1))
-    return np.stack(seeds)
-
-
-def cluster_analysis(
-    keypoints: np.ndarray,
-    k: int = 20,
-    seed: int | np.random.Generator | None = 0,
-    canonicalize: bool = True,
-    *,
-    init: str = "random",
-    n_init: int = 20,
-    merge_tol_cm: float = 1e-3,
-) -> ClusterStats:
-    """Diversity of hands as the entropy of a k-means clustering of their keypoints.
-
-    Each hand (21 keypoints, metres, MANO order) is moved to the canonical hand frame
-    (:func:`halo.core.canonicalization.global_normalization`: wrist at the origin, palm frame
-    fixed; this removes the global pose, so only the articulation counts), flattened to
-    63 features in cm (no whitening), and clustered with ``scipy.cluster.vq.kmeans``;
-    hands are assigned with ``vq``.  ``entropy`` = ``scipy.stats.entropy`` (natural log)
-    of the hands-per-cluster histogram (max ln k ~ 3.00 for k=20), ``cluster_size_cm`` =
-    mean distance of the hands to their assigned centre.
-
-    Args:
-        keypoints: (N,21,3) metres, N >= k.  With ``canonicalize=False`` any (N,...) array
-            of features in metres is accepted (flattened, x100).
-        k: clusters (HALO: 20).
-        seed: seed or numpy Generator for the k-means initialisation.
-        canonicalize: remove the global pose first (HALO does).
-        init: "random" = scipy's kmeans (k random hands as initial centres, ``n_init``
-            restarts, lowest distortion kept): HALO's protocol.  With many tight, equal
-            clusters it often merges two clusters and leaves one split (a local minimum),
-            so it underestimates the entropy of very clustered sets.  "k-means++" =
-            k-means++ seeding for each restart (finds well-separated clusters reliably).
-        n_init: k-means restarts.
-        merge_tol_cm: centres closer than this are merged before assigning.  Without it,
-            hands that are identical up to rounding (the same articulation in several global
-            poses) would be split across clusters by round-off and look diverse; with it they
-            form one cluster (entropy 0).  Real clusters are centimetres apart, so the
-            default 10 micrometres changes nothing else.
-    """
-    from scipy.cluster.vq import kmeans, vq  # noqa: PLC0415
-    from scipy.sparse.csgraph import connected_components  # noqa: PLC0415
-    from scipy.spatial.distance import cdist  # noqa: PLC0415
-    from scipy.stats import entropy  # noqa: PLC0415
-
-    keypoints = np.asarray(keypoints, dtype=np.float64)
-    if canonicalize and (keypoints.ndim != 3 or keypoints.shape[1:] != (21, 3)):
-        raise ValueError(f"keypoints must have shape (N, 21, 3) in metres, got {keypoints.shape}")
-    if keypoints.ndim < 2:
-        raise ValueError(f"keypoints must have shape (N, ...) with one row per hand, got {keypoints.shape}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    n = len(keypoints)
-    if n < k:
-        raise ValueError(f"cluster analysis needs at least k={k} hands, got {n} (lower k or add hands)")
-    if not np.isfinite(keypoints).all():
-        raise ValueError("keypoints contain NaN or infinite values")
-    if init not in ("random", "k-means++"):
-        raise ValueError(f"init must be 'random' or 'k-means++', got {init!r}")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    features = _canonical_features_cm(keypoints, canonicalize)
-
-    def run_kmeans(k_or_guess, restarts: int):
-        try:
-            return kmeans(features, k_or_guess, iter=restarts, rng=rng)
-        except TypeError:  # SciPy < 1.15 calls the generator argument ``seed``
-            return kmeans(features, k_or_guess, iter=restarts, seed=rng)
-
-    if init == "random":
-        centres, _ = run_kmeans(k, n_init)
-    else:
-        best = None
-        for _ in range(n_init):
-            guess = _kmeans_pp_init(features, k, rng)
-            cand, distortion = run_kmeans(guess, 1)
-            if best is None or distortion < best[1]:
-                best = (cand, distortion)
-        centres = best[0]
-
-    # Merge (near-)coincident centres, then recompute each merged centre from its hands.
-    adjacency = cdist(centres, centres) <= merge_tol_cm
-    n_groups, group = connected_components(adjacency, directed=False)
-    if n_groups < len(centres):
-        labels, _ = vq(features, centres)
-        merged = group[labels]
-        centres = np.stack([features[merged == g].mean(0) for g in range(n_groups) if (merged == g).any()])
-    labels, dist = vq(features, centres)
-    counts = np.bincount(labels, minlength=k)  # numpy's histogram, as scipy.histogram is gone
-    return ClusterStats(
-        entropy=float(entropy(counts)),
-        cluster_size_cm=float(dist.mean()),
-        counts=counts,
-        k=k,
-        n_samples=n,
-    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -13,7 +14,8 @@ import pytest
 import torch
 import trimesh
 
-from halo.cli.app import main
+from halo.cli.app import build_parser, main
+from halo.cli.common import CliError
 from halo.core.checkpoint import save_checkpoint
 from halo.core.model import HaloModel
 from halo.data.keypoint_files import KeypointFileError, load_keypoints
@@ -190,12 +192,114 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, hands, argv_tail, me
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
 
 
-def test_every_subcommand_has_help():
-    for cmd in ("mesh", "demo", "convert-checkpoint"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "halo.cli", cmd, "--help"], capture_output=True, text=True
+def _command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> dict[tuple, object]:
+    """{("eval", "grasps"): its parser, ...} for every leaf command of the tree."""
+    out = {}
+    for action in parser._actions:  # argparse has no public walk of its subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out.update(_command_paths(sub, (*prefix, name)) or {(*prefix, name): sub})
+    return out
+
+
+EVERY_COMMAND = {
+    ("mesh",), ("demo",), ("convert-checkpoint",), ("intersect",),
+    ("data", "prepare"), ("data", "build"), ("data", "synth"), ("data", "show"),
+    ("data", "grasps-synth"), ("data", "grasps-show"),
+    ("eval", "meshes"), ("eval", "grasps"), ("generate", "meshes"), ("generate", "grasps"),
+}  # fmt: skip
+
+
+def test_every_command_and_subcommand_has_help(capsys):
+    commands = _command_paths(build_parser())
+    assert set(commands) == EVERY_COMMAND  # nothing lost (or added unnoticed) by the registration
+    for path in sorted(commands):
+        with pytest.raises(SystemExit) as done:
+            main([*path, "--help"])
+        out = capsys.readouterr().out
+        assert done.value.code == 0 and out.startswith("usage: halo " + " ".join(path)), path
+        assert "--help" in out
+    # The groups list their subcommands; the installed entry point answers too.
+    for group, subs in (("data", 6), ("eval", 2), ("generate", 2)):
+        with pytest.raises(SystemExit):
+            main([group, "--help"])
+        out = capsys.readouterr().out
+        assert all(p[1] in out for p in EVERY_COMMAND if p[0] == group) and subs > 1
+    proc = subprocess.run([sys.executable, "-m", "halo.cli", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and all(p[0] in proc.stdout for p in EVERY_COMMAND)
+
+
+def test_mise_options_have_one_default_per_use():
+    """--resolution-0/--upsampling-steps: 32/2 everywhere, 32/3 where grasps are scored (1 mm voxels)."""
+    from halo.cli.options import DEFAULT_UPSAMPLING_STEPS, GRASP_UPSAMPLING_STEPS
+
+    assert (DEFAULT_UPSAMPLING_STEPS, GRASP_UPSAMPLING_STEPS) == (2, 3)
+    defaults = {}
+    for path, parser in _command_paths(build_parser()).items():
+        values = {
+            a.dest: a.default for a in parser._actions if a.dest in ("resolution_0", "upsampling_steps")
+        }
+        if values:
+            defaults[path] = (values["resolution_0"], values["upsampling_steps"])
+    grasps = {("eval", "grasps"), ("generate", "grasps")}
+    assert set(defaults) == {("mesh",), ("demo",), ("eval", "meshes"), ("generate", "meshes"), *grasps}
+    assert {defaults[p] for p in defaults if p not in grasps} == {(32, 2)}
+    assert {defaults[p] for p in grasps} == {(32, 3)}
+
+
+def test_command_modules_share_one_error_class_and_import_no_sibling():
+    """One CliError; command modules import only halo.cli.common / options (no cycles, no private names)."""
+    import ast
+    import importlib
+    import inspect
+
+    from halo.cli import app
+
+    for name in app.COMMAND_MODULES:
+        module = importlib.import_module(name)
+        own_errors = [
+            obj.__name__
+            for obj in vars(module).values()
+            if inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == name
+        ]
+        assert own_errors == [], (name, own_errors)
+        tree = ast.parse(inspect.getsource(module))
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert {m for m in imported if m.startswith("halo.cli")} <= {"halo.cli.common", "halo.cli.options"}, (
+            name
         )
-        assert proc.returncode == 0 and "usage: halo " + cmd in proc.stdout
+        assert getattr(module, "CliError", CliError) is CliError
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "build", "--out", "{tmp}/d", "--split", "x"], "halo data build: error: give exactly one source"),
+        (["eval", "meshes", "--checkpoint", "{tmp}/no.ckpt"], "halo eval meshes: error: {tmp}/no.ckpt: checkpoint"),
+        (["eval", "grasps", "--grasps", "{tmp}/none"], "halo eval grasps: error: --grasps {tmp}/none: no such"),
+        (["generate", "grasps", "--checkpoint", "x.ckpt", "--objects", "o.ply", "-n", "0"],
+         "halo generate grasps: error: -n must be >= 1, got 0"),
+        (["intersect", "{tmp}/h.ply", "{tmp}/o.ply", "--pitch-mm", "0"], "halo intersect: error: --pitch-mm must be > 0"),
+        (["mesh", "--keypoints", "k.npy", "--out", "{tmp}/o", "--upsampling-steps", "-1"],
+         "halo mesh: error: --resolution-0 must be >= 2 and --upsampling-steps >= 0"),
+    ],
+)  # fmt: skip
+def test_every_command_group_reports_a_cli_error_as_one_line(tmp_path, capsys, argv, message):
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(message.format(tmp=tmp_path)), err
+
+
+def test_main_prints_a_cli_error_raised_anywhere_as_one_line(monkeypatch, capsys):
+    from halo.cli import mesh
+
+    def broken(args):
+        raise CliError("bad.npy: something the user can fix")
+
+    monkeypatch.setattr(mesh, "cmd_convert", broken)
+    assert main(["convert-checkpoint", "a", "b"]) == 2
+    assert capsys.readouterr().err == "halo convert-checkpoint: error: bad.npy: something the user can fix\n"
 
 
 @pytest.mark.reference

@@ -117,7 +117,7 @@ def test_errors_are_one_line_with_exit_code_2(trained, tmp_path, capsys):
     for argv, *needles in cases:
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith(f"halo {argv[0]}: error: "), err
+        assert err.count("\n") == 1 and err.startswith(f"halo {argv[0]} {argv[1]}: error: "), err
         for needle in needles:
             assert needle in err, err
     # With --data, a plain network file works too.

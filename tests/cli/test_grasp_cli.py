@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -14,9 +13,11 @@ import torch
 import trimesh
 
 from halo.cli.app import main
-from halo.cli.grasps import CSV_COLUMNS, discover_grasps
+from halo.cli.grasps import CSV_COLUMNS
+from halo.core.canonicalization import apply_transform, global_normalization
 from halo.geometry.inside import MeshNotWatertightError
 from halo.geometry.mesh_io import MeshFileError, MeshNotWatertightFileError, MeshUnitWarning, load_mesh_m
+from halo.grasp.folder import discover_grasps
 from halo.hands.synthetic_hand import sample_hand_poses
 
 
@@ -245,14 +246,24 @@ def test_eval_grasps_scores_the_folder_and_skips_bad_files(grasp_dir, tmp_path, 
     assert "| apple | 2 | 2.000 | 0.500 | 0.500 |" in md
     assert "| pear | 1 | 0.000 | 0.000 | 1.000 |" in md
     assert "| **all** | 3 | 1.333 | 0.333 | 0.667 |" in md
-    # Two different hands with keypoints, k = 2: one cluster each -> entropy ln 2, size 0.
-    assert f"| 2 | {math.log(2):.3f} | {math.log(2):.3f} | 0.000 |" in md
+    # Two hands with keypoints and --k 2: k is capped at N // 2 = 1 (the rule `halo generate grasps` and
+    # the validation callback use), so entropy 0 and the cluster size is half the distance between
+    # the two hands in the canonical frame.
+    kp = torch.from_numpy(
+        np.stack([np.load(grasp_dir / f"apple_{i}.npy") for i in (0, 1)]).astype(np.float64)
+    )
+    canon = apply_transform(global_normalization(kp), kp).numpy() * 100  # cm
+    half_distance_cm = np.linalg.norm(canon[0] - canon[1]) / 2
+    assert "k = 1, asked 2: capped at half the grasps" in md
+    assert f"| 2 | 0.000 | 0.000 | {half_distance_cm:.3f} |" in md
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_scored"] == 3 and summary["n_skipped"] == 3
     assert summary["overall"]["contact_ratio"] == pytest.approx(2 / 3)
     assert summary["per_object"]["apple"]["mean_volume_cm3"] == pytest.approx(2.0)
-    assert summary["cluster"]["entropy"] == pytest.approx(math.log(2))
+    assert (summary["cluster"]["k"], summary["cluster"]["k_requested"]) == (1, 2)
+    assert summary["cluster"]["entropy"] == 0
+    assert summary["cluster"]["cluster_size_cm"] == pytest.approx(half_distance_cm, rel=1e-6)
     assert {Path(s["file"]).name for s in summary["skipped"]} == {
         "apple_2_hand.ply",
         "kiwi_0_hand.ply",
@@ -261,6 +272,7 @@ def test_eval_grasps_scores_the_folder_and_skips_bad_files(grasp_dir, tmp_path, 
 
 
 def test_eval_grasps_cluster_skip_reason_and_objects_folder(grasp_dir, tmp_path, capsys):
+    (grasp_dir / "apple_1.npy").unlink()  # one hand with keypoints left: too few to cluster
     objects = tmp_path / "objects"
     objects.mkdir()
     _box(*OBJECT).export(objects / "kiwi.ply")  # now kiwi has an object (--objects)
@@ -272,7 +284,7 @@ def test_eval_grasps_cluster_skip_reason_and_objects_folder(grasp_dir, tmp_path,
     assert "scored 4 grasp(s), skipped 2" in capsys.readouterr().out
     md = (out / "grasp_summary.md").read_text()
     assert "| kiwi | 1 | 4.000 | 1.000 | 1.000 |" in md
-    assert "skipped: only 2 grasp(s) have keypoints; k-means with k=20 needs at least 20" in md
+    assert "skipped: 1 usable grasp(s), need at least 2" in md
 
 
 def test_eval_grasps_fails_only_when_nothing_scores(tmp_path, capsys):

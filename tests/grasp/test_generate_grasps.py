@@ -93,9 +93,15 @@ def test_generate_grasps_writes_the_promised_files(vae_checkpoint, objects, tmp_
             assert np.linalg.norm(hand.vertices.mean(0) - kp.mean(0)) < 0.1  # the hand sits on its keypoints
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert len(rows) == 2 * N and {r["object"] for r in rows} == {"ball", "tea-box"}
-    assert all(float(r["volume_cm3"]) >= 0 and float(r["depth_cm"]) >= 0 for r in rows)
+    for r in rows:  # every grasp meshed and scored, its numbers consistent with their definitions
+        volume, depth, dist = float(r["volume_cm3"]), float(r["depth_cm"]), float(r["min_distance_cm"])
+        assert r["error"] == "" and np.isfinite([volume, depth, dist]).all(), r
+        assert depth == pytest.approx(max(0.0, -dist), abs=1e-9)  # depth = how far the deepest vertex is in
+        assert r["contact"] == str(dist <= 100 * 0.005)  # --contact-tol default 5 mm
     summary = (out / "summary.md").read_text()
     assert "| ball |" in summary and "| all |" in summary and "entropy" in summary
+    all_row = next(line for line in summary.splitlines() if line.startswith("| all |")).split("|")
+    assert float(all_row[3]) == pytest.approx(np.mean([float(r["volume_cm3"]) for r in rows]), abs=5e-4)
     meta = json.loads((out / "generation.json").read_text())
     assert meta["grasps_per_object"] == N and meta["refine_steps"] == 3 and meta["units"] == "metres"
     assert "| all |" in captured.out
@@ -112,6 +118,43 @@ def test_generate_grasps_writes_the_promised_files(vae_checkpoint, objects, tmp_
         key = next(k for k in scored if k[0] == r["object"] and k[1].endswith(r["grasp"]))
         assert float(scored[key]["volume_cm3"]) == pytest.approx(float(r["volume_cm3"]), abs=1e-6)
         assert float(scored[key]["depth_cm"]) == pytest.approx(float(r["depth_cm"]), abs=1e-4)
+
+
+def test_generate_and_eval_grasps_report_the_same_diversity(vae_checkpoint, tmp_path, monkeypatch, capsys):
+    """20 grasps of one object, default k (20) on both sides: both use k = 10 and print the same numbers.
+
+    The 4-step VAE of the fixture draws hands a few mm long, which `halo eval grasps` rightly refuses as
+    "not metres", so the sampler is replaced by realistic random hands near the object; everything
+    after sampling (meshing, files, both commands' diversity) is the real code.
+    """
+    from halo.grasp.vae import GraspVAE
+    from halo.hands.sequences import random_skeletons
+
+    def realistic(self, points, n, generator=None, refine_steps=0):
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        hands = random_skeletons(n, seed=seed)
+        return torch.from_numpy(hands - hands.mean(axis=(0, 1)))  # around the (centred) object
+
+    monkeypatch.setattr(GraspVAE, "sample", realistic)
+    ckpt, _ = vae_checkpoint
+    trimesh.creation.icosphere(subdivisions=2, radius=0.03).export(tmp_path / "ball.ply")
+    out, eval_out = tmp_path / "out", tmp_path / "eval"
+    argv = ["generate", "grasps", "--checkpoint", str(ckpt), "--objects", str(tmp_path / "ball.ply"), "-n", "20",
+            "--out", str(out), "--resolution-0", "8", "--upsampling-steps", "1", "--no-render", "--no-progress"]  # fmt: skip
+    assert halo_main(argv) == 0, capsys.readouterr().err
+    assert halo_main(["eval", "grasps", "--grasps", str(out), "--out", str(eval_out), "--no-progress"]) == 0
+    generated = json.loads((out / "generation.json").read_text())["diversity"]
+    evaluated = json.loads((eval_out / "summary.json").read_text())["cluster"]
+    assert evaluated.get("skipped") is None and evaluated["n_samples"] == 20
+    # eval reads ball_0, ball_1, ball_10, ... (file-name order), generate had ball_0 .. ball_19.
+    assert (
+        generated["k"] == evaluated["k"] == 10 and generated["k_requested"] == evaluated["k_requested"] == 20
+    )
+    assert generated["entropy"] == evaluated["entropy"] and generated["counts"] == evaluated["counts"]
+    assert generated["cluster_size_cm"] == evaluated["cluster_size_cm"]
+    assert 0 < generated["entropy"] <= np.log(10) + 1e-9 and sum(generated["counts"]) == 20
+    assert f"k=10, max {np.log(10):.3f}" in (out / "summary.md").read_text()
+    assert "k = 10, asked 20: capped at half the grasps" in (eval_out / "grasp_summary.md").read_text()
 
 
 def test_generate_grasps_reports_bad_input_in_one_line(vae_checkpoint, objects, tmp_path, capsys):

@@ -119,8 +119,12 @@ def val_split(tmp_path_factory) -> Path:
 def test_occupancy_iou_is_the_training_definition():
     pred = torch.tensor([[0.9, 0.9, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1], [0.6, 0.4, 0.4, 0.4]])
     gt = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
-    for t in (0.5, 0.95):
-        assert torch.equal(occupancy_iou(pred, gt, t), module_occupancy_iou(pred, gt, t))
+    # threshold 0.5: {0,1} vs {0,2} -> 1/3; both empty -> 1 (nothing to miss); {0} vs {0} -> 1.
+    assert occupancy_iou(pred, gt, 0.5).tolist() == pytest.approx([1 / 3, 1.0, 1.0])
+    # threshold 0.95 applies to the prediction only (ground truth stays >= 0.5): nothing predicted.
+    assert occupancy_iou(pred, gt, 0.95).tolist() == pytest.approx([0.0, 1.0, 0.0])
+    # The training loop logs val/iou with this very function, so `halo eval meshes` reproduces it.
+    assert module_occupancy_iou is occupancy_iou
 
 
 def test_eval_sample_falls_back_to_the_uniform_half_of_points(val_split, tmp_path):
