@@ -50,20 +50,8 @@ ALLOWED_LAYER_EDGES: frozenset[tuple[str, str]] = frozenset(
     }
 )
 # (importer, source module, private name)
-# lead: remove after merging h-cli/h-speed
-ALLOWED_PRIVATE_IMPORTS: frozenset[tuple[str, str, str]] = frozenset(
-    {
-        ("halo.cli.eval", "halo.cli.app", "_load_model"),
-        ("halo.cli.eval", "halo.cli.app", "_default_checkpoint"),
-        ("halo.cli.grasps", "halo.cli.app", "_load_model"),
-        ("halo.cli.grasps", "halo.cli.app", "_default_checkpoint"),
-    }
-)
-# The command modules import each other.
-# lead: remove after merging h-cli/h-speed
-ALLOWED_CYCLE_MODULES: frozenset[str] = frozenset(
-    {"halo.cli.app", "halo.cli.eval", "halo.cli.generate", "halo.cli.grasps"}
-)
+ALLOWED_PRIVATE_IMPORTS: frozenset[tuple[str, str, str]] = frozenset()
+ALLOWED_CYCLE_MODULES: frozenset[str] = frozenset()
 
 
 def _module_name(path: Path) -> str:
