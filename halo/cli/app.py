@@ -31,7 +31,7 @@ def _default_checkpoint() -> str | None:
     return str(guess) if guess.is_file() else None
 
 
-def _load_model(path: str | None):
+def _load_model(path: str | None, trust_pickle: bool = False):
     from halo.core.checkpoint import load_model
 
     if path is None:
@@ -39,13 +39,18 @@ def _load_model(path: str | None):
             f"no checkpoint given: pass --checkpoint PATH (the original release's model_best.pt, a file "
             f"from 'halo convert-checkpoint', or a training checkpoint) or set ${DEFAULT_CHECKPOINT_ENV}"
         )
-    model, meta = load_model(path)
+    model, meta = load_model(path, trust_pickle=trust_pickle)
     return model, meta
 
 
 def _add_io_args(p: argparse.ArgumentParser, keypoints_help: str, keypoints_required: bool = False) -> None:
     p.add_argument(
         "--checkpoint", default=_default_checkpoint(), help="HALO base checkpoint (original or own)"
+    )
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow full unpickling of the checkpoint (can run code from the file: only for files you trust)",
     )
     p.add_argument("--keypoints", required=keypoints_required, help=keypoints_help)
     p.add_argument("--out", required=True, help="output folder")
@@ -78,7 +83,7 @@ def cmd_mesh(args: argparse.Namespace) -> int:
     from halo.viz import render
 
     seq = load_keypoints(args.keypoints, units=args.units)
-    model, _ = _load_model(args.checkpoint)
+    model, _ = _load_model(args.checkpoint, args.trust_checkpoint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     n = len(seq.keypoints)
@@ -129,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.frames and len(keypoints) > args.frames:
         keep = np.linspace(0, len(keypoints) - 1, args.frames).round().astype(int)
         keypoints, left = keypoints[keep], left[keep]
-    model, _ = _load_model(args.checkpoint)
+    model, _ = _load_model(args.checkpoint, args.trust_checkpoint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # One camera for the whole sequence so the hand does not jump between frames,
@@ -169,7 +174,7 @@ def _palm_view(keypoints: np.ndarray) -> np.ndarray:
 def cmd_convert(args: argparse.Namespace) -> int:
     from halo.core.checkpoint import convert_original_checkpoint
 
-    dst = convert_original_checkpoint(args.src, args.dst)
+    dst = convert_original_checkpoint(args.src, args.dst, trust_pickle=args.trust_checkpoint)
     print(f"wrote {dst}")
     return 0
 
@@ -227,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.description = "One-off converter from the original release's checkpoint to this project's format."
     p.add_argument("src", help="original checkpoint (model_best.pt)")
     p.add_argument("dst", help="output path")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow full unpickling of the checkpoint (can run code from the file: only for files you trust)",
+    )
     p.set_defaults(func=cmd_convert)
     return parser
 

@@ -39,7 +39,7 @@ def _load(args: argparse.Namespace):
 
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise EvalCliError(f"{args.checkpoint}: checkpoint file not found")
-    return _load_model(args.checkpoint)
+    return _load_model(args.checkpoint, args.trust_checkpoint)
 
 
 def _dataset(args: argparse.Namespace, meta: dict) -> tuple[Path, dict]:
@@ -209,6 +209,11 @@ def _common(p: argparse.ArgumentParser, split: str, limit: int | None) -> None:
         "--checkpoint",
         default=_default_checkpoint(),
         help="training checkpoint (.ckpt), halo-base .pt, or the original model_best.pt",
+    )
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow full unpickling of the checkpoint (can run code from the file: only for files you trust)",
     )
     p.add_argument(
         "--data",

@@ -77,7 +77,7 @@ def _load_models(args: argparse.Namespace):
     from halo.grasp.vae_checkpoint import halo_fingerprint, load_grasp_vae
 
     try:
-        vae, meta = load_grasp_vae(args.checkpoint)
+        vae, meta = load_grasp_vae(args.checkpoint, trust_pickle=args.trust_checkpoint)
     except GraspVaeError as exc:
         raise GraspCliError(str(exc)) from exc
     hp = meta["hyper_parameters"]
@@ -92,7 +92,7 @@ def _load_models(args: argparse.Namespace):
             f"HALO base checkpoint {halo_path} (recorded in {args.checkpoint}) not found; pass --halo-checkpoint "
             "PATH to the HALO base the VAE was trained with"
         )
-    halo, _ = load_model(halo_path)
+    halo, _ = load_model(halo_path, trust_pickle=args.trust_checkpoint)
     halo.requires_grad_(False)
     recorded = (meta.get("halo_base") or {}).get("fingerprint")
     if recorded and recorded != halo_fingerprint(halo):
@@ -251,6 +251,11 @@ def add_generate_grasps_parser(gen_sub) -> None:
         "grasps` reads). Meshes are expected in metres."
     )
     p.add_argument("--checkpoint", required=True, help="HALO-VAE Lightning checkpoint (.ckpt from train.py)")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow full unpickling of the checkpoint (can run code from the file: only for files you trust)",
+    )
     p.add_argument(
         "--objects",
         required=True,

@@ -381,7 +381,7 @@ class _HaloMesher:
             try:
                 if ckpt is not None and not Path(ckpt).is_file():
                     raise CliError(f"{ckpt}: checkpoint file not found")
-                self.model, _ = _load_model(ckpt)
+                self.model, _ = _load_model(ckpt, self.args.trust_checkpoint)
             except (CliError, CheckpointError) as exc:
                 self.error = f"cannot mesh keypoints with HALO: {exc}"
                 raise GraspCliError(self.error) from exc
@@ -695,6 +695,11 @@ def add_eval_grasps_parser(eval_sub) -> None:
         "--checkpoint",
         default=_default_checkpoint(),
         help="HALO base checkpoint for grasps given as keypoints only (default: as 'halo mesh')",
+    )
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow full unpickling of the checkpoint (can run code from the file: only for files you trust)",
     )
     p.add_argument("--resolution-0", type=int, default=32, help="HALO meshing: MISE coarse grid (default 32)")
     p.add_argument(
