@@ -225,6 +225,7 @@ def _input_error_types() -> tuple[type[BaseException], ...]:
     from halo.hands.mano import ManoModelError
 
     return (
+        ConfigOverrideError,
         CheckpointError,
         DatasetFormatError,
         KeypointFileError,
@@ -278,7 +279,7 @@ def _config_key_hint(cfg: DictConfig, message: str) -> str:
                 stack.append((f"{name}.", value))
             elif (
                 isinstance(value, str)
-                and len(value) >= 4
+                and os.sep in value  # paths: the files the message is about
                 and value in message
                 and not name.startswith(("paths.", "hydra."))
                 and (best is None or len(value) > len(best[1]))
@@ -308,6 +309,55 @@ def _traceback_to_log_file(exc: BaseException) -> str | None:
     return handlers[0].baseFilename
 
 
+class ConfigOverrideError(ValueError):
+    """A command-line override whose value has the wrong type for its key."""
+
+
+def check_override_types(cfg: DictConfig) -> None:
+    """Each ``key=value`` override keeps the type of the key's value in its config file.
+
+    Hydra configs here have no schema, so ``model.lr=abc`` composes and fails later deep inside a
+    constructor (or ``trainer.max_steps=abc`` inside Lightning) with a message that names neither
+    the key nor the value.  The default is read from the chosen option's yaml file
+    (``conf/<group>/<option>.yaml``) or ``conf/train.yaml``; keys it cannot find are not checked.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    conf = Path(__file__).resolve().parent / "conf"
+    choices = hydra_cfg.runtime.choices
+    for override in hydra_cfg.overrides.task:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        group, _, sub = key.partition(".")
+        if "/" in key or key in choices or key.startswith("hydra."):
+            continue
+        option = choices.get(group) if sub else None
+        source = conf / group / f"{option}.yaml" if option else conf / "train.yaml"
+        if not source.is_file():
+            continue
+        try:  # the default's type only: interpolations in the file are not resolved
+            default = OmegaConf.select(
+                OmegaConf.load(source), sub if option else key, throw_on_resolution_failure=False
+            )
+            actual = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+        except Exception:  # noqa: BLE001 - an unreadable default means "not checked", never a new error
+            continue
+        expected = None
+        if isinstance(default, bool):
+            expected = None if isinstance(actual, bool) or actual is None else "true or false"
+        elif isinstance(default, int | float) and (isinstance(actual, str | bool)):
+            expected = "an integer" if isinstance(default, int) else "a number"
+        if expected:
+            raise ConfigOverrideError(
+                f"{key}={value}: expected {expected} (the default in {source.relative_to(conf.parent)} is "
+                f"{default!r}); e.g. {key}={default}"
+            )
+
+
 def _unknown_config_option(argv: list[str]) -> str | None:
     """One line for ``group=option`` overrides naming a config file that does not exist in conf/.
 
@@ -335,6 +385,7 @@ def _unknown_config_option(argv: list[str]) -> str | None:
 def main(cfg: DictConfig) -> float | None:
     run_dir = cfg.paths.output_dir
     try:
+        check_override_types(cfg)
         metrics, _ = train(cfg)
     except Exception as exc:
         if _is_input_error(exc) and not _is_multirun():

@@ -389,9 +389,10 @@ register_resolvers()
 
 
 #: Checkpoints a restarted job may continue from, relative to its run directory: Lightning's
-#: ``hpc_ckpt_<n>.ckpt`` (saved on SLURM's requeue signal, in ``trainer.default_root_dir``) and
-#: ``checkpoints/last.ckpt`` (callbacks/last_checkpoint.yaml, saved at every validation).
-RESUME_PATTERNS = ("hpc_ckpt_*.ckpt", "checkpoints/last.ckpt")
+#: ``hpc_ckpt_<n>.ckpt`` (saved on SLURM's requeue signal, in ``trainer.default_root_dir``),
+#: ``checkpoints/last.ckpt`` (callbacks/last_checkpoint.yaml, saved at every validation) and the
+#: other ``checkpoints/*.ckpt`` (the best ones), which a damaged last.ckpt falls back to.
+RESUME_PATTERNS = ("hpc_ckpt_*.ckpt", "checkpoints/*.ckpt")
 
 
 def resume_checkpoint(run_dir: str | Path, *, trust_pickle: bool = False) -> Path | None:

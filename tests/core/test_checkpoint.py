@@ -320,15 +320,16 @@ def test_resume_skips_unreadable_checkpoints(tmp_path, how, caplog):
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    older = run / "checkpoints" / "epoch009-step0001200.ckpt"  # not a resume pattern: never chosen
     hpc = run / "hpc_ckpt_1.ckpt"
     torch.save(_lightning_like(None), hpc)
+    best = run / "checkpoints" / "epoch009-step0001200.ckpt"
+    best.write_bytes(hpc.read_bytes())
     last = run / "checkpoints" / "last.ckpt"
     _damaged(last, how, hpc.read_bytes())
-    older.write_bytes(hpc.read_bytes())
-    os.utime(hpc, (1_000, 1_000))  # last.ckpt is the newest
+    for age, path in enumerate((last, best, hpc)):  # last.ckpt newest, then the best one, then hpc
+        os.utime(path, (10_000 - age, 10_000 - age))
     with caplog.at_level("WARNING"):
-        assert run_utils.resume_checkpoint(run) == hpc
+        assert run_utils.resume_checkpoint(run) == best
     assert any(str(last) in r.getMessage() for r in caplog.records)
 
 
