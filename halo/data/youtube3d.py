@@ -92,6 +92,7 @@ import gzip
 import json
 import re
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -268,7 +269,7 @@ def _read_json(path: Path) -> Any:
         raise YouTube3DError(
             f"{source}: not valid JSON{hint}: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
-    except (UnicodeDecodeError, OSError, EOFError) as exc:
+    except (UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
         raise YouTube3DError(f"{source}: not a readable JSON file: {type(exc).__name__}: {exc}") from exc
 
 
