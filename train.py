@@ -221,6 +221,7 @@ def _input_error_types() -> tuple[type[BaseException], ...]:
     from halo.data.youtube3d import YouTube3DError
     from halo.geometry.mesh_io import MeshFileError
     from halo.grasp.grab import GrabFileError
+    from halo.grasp.records import RecordsWriteError
     from halo.grasp.vae import GraspVaeError
     from halo.hands.mano import ManoModelError
 
@@ -232,6 +233,7 @@ def _input_error_types() -> tuple[type[BaseException], ...]:
         YouTube3DError,
         MeshFileError,
         GrabFileError,
+        RecordsWriteError,
         GraspVaeError,
         ManoModelError,
         FileNotFoundError,
