@@ -178,16 +178,21 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> object:
                 f"{path}: refused to unpickle {refused} (full unpickling can run code); "
                 f"only if you trust this file: {TRUST_OPT_IN}"
             ) from None
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from exc
+        raise CheckpointError(
+            f"{path}: cannot be read as a torch checkpoint (truncated or corrupt? {_first_line(exc)})"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - truncated zip, random bytes, ... read the same to the user
         raise CheckpointError(
-            f"{path}: not a readable torch checkpoint (truncated or corrupt? {_first_line(exc)})"
+            f"{path}: cannot be read as a torch checkpoint (truncated or corrupt? {_first_line(exc)})"
         ) from exc
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # skip torch's boilerplate about weights_only defaults
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
 def convert_original_state_dict(state: dict[str, torch.Tensor], source: str = "<state dict>") -> dict:
