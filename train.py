@@ -315,6 +315,10 @@ class ConfigOverrideError(ValueError):
     """A command-line override whose value has the wrong type for its key."""
 
 
+#: Words Lightning accepts in place of numbers/booleans (trainer.devices=auto, trainer.deterministic=warn).
+_LIGHTNING_WORDS = ("auto", "warn")
+
+
 def check_override_types(cfg: DictConfig) -> None:
     """Each ``key=value`` override keeps the type of the key's value in its config file.
 
@@ -349,9 +353,11 @@ def check_override_types(cfg: DictConfig) -> None:
         except Exception:  # noqa: BLE001 - an unreadable default means "not checked", never a new error
             continue
         expected = None
-        if isinstance(default, bool):
+        if actual in _LIGHTNING_WORDS:
+            pass
+        elif isinstance(default, bool):
             expected = None if isinstance(actual, bool) or actual is None else "true or false"
-        elif isinstance(default, int | float) and (isinstance(actual, str | bool)):
+        elif isinstance(default, int | float) and isinstance(actual, str | bool):
             expected = "an integer" if isinstance(default, int) else "a number"
         if expected:
             raise ConfigOverrideError(
