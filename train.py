@@ -67,7 +67,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     log.info("data: %s", cfg.data._target_)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     log.info("model: %s", cfg.model._target_)
-    model: L.LightningModule = hydra.utils.instantiate(cfg.model)
+    # Checkpoints the model reads itself (model.init_from, model.halo_checkpoint) run no code from the
+    # file unless the user opts in; the switch is not saved in the model's hparams.
+    trust = bool(cfg.get("trust_checkpoint", False))
+    model: L.LightningModule = hydra.utils.instantiate(cfg.model, trust_checkpoint=trust)
     loggers = run_utils.instantiate_loggers(cfg.get("logger"))
     callbacks = run_utils.instantiate_callbacks(
         cfg.get("callbacks"),
@@ -80,23 +83,27 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     with _ddp_ranks_run_this_job(trainer), _stopped_means_stopped(trainer):
         if cfg.get("train", True):
             ckpt_path = cfg.get("ckpt_path")
-            if ckpt_path is None and cfg.get("auto_resume", True):
-                # A requeued SLURM job (or any restart in the same directory) continues where it stopped.
-                found = run_utils.resume_checkpoint(run_dir)
+            if ckpt_path is not None:
+                # One clear line (file, refused global, opt-in) instead of torch's page-long refusal.
+                run_utils.check_checkpoint(ckpt_path, trust_pickle=trust)
+            elif cfg.get("auto_resume", True):
+                # A requeued SLURM job (or any restart in the same directory) continues where it stopped;
+                # unreadable checkpoints (truncated last.ckpt) are skipped for the next newest one.
+                found = run_utils.resume_checkpoint(run_dir, trust_pickle=trust)
                 if found is not None:
                     log.info(
                         "resuming from %s (auto_resume; ckpt_path=... to choose, auto_resume=false to restart)",
                         found,
                     )
                     ckpt_path = str(found)
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         best = _best_checkpoint(trainer)
 
         if cfg.get("test", False):
             if best is None:
                 log.warning("no best checkpoint (checkpointing off?): testing the current weights")
-            trainer.test(model, datamodule=datamodule, ckpt_path=best)
+            trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     exported = None
@@ -202,12 +209,200 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+# ---------------------------------------------------------------------------- one-line errors
+def _input_error_types() -> tuple[type[BaseException], ...]:
+    """Errors that mean "your configuration or your files are wrong" (their messages name the
+    file/key and the fix), as opposed to bugs, which keep their traceback."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from halo.core.checkpoint import CheckpointError
+    from halo.data.keypoint_files import KeypointFileError
+    from halo.data.layout import DatasetFormatError
+    from halo.data.youtube3d import YouTube3DError
+    from halo.geometry.mesh_io import MeshFileError
+    from halo.grasp.grab import GrabFileError
+    from halo.grasp.records import RecordsWriteError
+    from halo.grasp.vae import GraspVaeError
+    from halo.hands.mano import ManoModelError
+
+    return (
+        ConfigOverrideError,
+        CheckpointError,
+        DatasetFormatError,
+        KeypointFileError,
+        YouTube3DError,
+        MeshFileError,
+        GrabFileError,
+        RecordsWriteError,
+        GraspVaeError,
+        ManoModelError,
+        FileNotFoundError,
+        NotADirectoryError,
+        OmegaConfBaseException,
+    )
+
+
+def _is_input_error(exc: BaseException) -> bool:
+    from hydra.errors import InstantiationException
+
+    if isinstance(exc, InstantiationException):
+        # A constructor rejecting a config value (wrong type, unknown option) or a _target_ not found.
+        cause = exc.__cause__
+        return cause is None or isinstance(cause, (*_input_error_types(), ValueError, TypeError))
+    return isinstance(exc, _input_error_types())
+
+
+def _input_error_line(exc: BaseException, cfg: DictConfig) -> str:
+    from hydra.errors import InstantiationException
+
+    message = " ".join(str(exc).split())
+    if isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        key = getattr(exc, "full_key", "") or ""
+        message = f"{key + ': ' if key else ''}{' '.join(str(exc.__cause__).split())}"
+    hint = _config_key_hint(cfg, message)
+    return f"{message}{hint}"
+
+
+def _config_key_hint(cfg: DictConfig, message: str) -> str:
+    """`` [data.root=/x: check or override it]`` when a config value appears in the message but its key does not."""
+    from omegaconf import OmegaConf
+
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - the hint is optional
+        return ""
+    best: tuple[str, str] | None = None
+    stack = [("", plain)]
+    while stack:
+        prefix, node = stack.pop()
+        for key, value in node.items() if isinstance(node, dict) else []:
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                stack.append((f"{name}.", value))
+            elif (
+                isinstance(value, str)
+                and os.sep in value  # paths: the files the message is about
+                and value in message
+                and not name.startswith(("paths.", "hydra."))
+                and (best is None or len(value) > len(best[1]))
+            ):
+                best = (name, value)
+    if best is None or best[0] in message:
+        return ""
+    return f" [config key {best[0]}={best[1]}: fix the file or override {best[0]}=...]"
+
+
+def _traceback_to_log_file(exc: BaseException) -> str | None:
+    """Write ``exc``'s traceback to the file handlers of the root logger only (train.log); their path."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not handlers:
+        return None
+    record = log.makeRecord(
+        log.name,
+        logging.ERROR,
+        __file__,
+        0,
+        "configuration/input error",
+        None,
+        (type(exc), exc, exc.__traceback__),
+    )
+    for handler in handlers:
+        handler.handle(record)
+    return handlers[0].baseFilename
+
+
+class ConfigOverrideError(ValueError):
+    """A command-line override whose value has the wrong type for its key."""
+
+
+#: Words Lightning accepts in place of numbers/booleans (trainer.devices=auto, trainer.deterministic=warn).
+_LIGHTNING_WORDS = ("auto", "warn")
+
+
+def check_override_types(cfg: DictConfig) -> None:
+    """Each ``key=value`` override keeps the type of the key's value in its config file.
+
+    Hydra configs here have no schema, so ``model.lr=abc`` composes and fails later deep inside a
+    constructor (or ``trainer.max_steps=abc`` inside Lightning) with a message that names neither
+    the key nor the value.  The default is read from the chosen option's yaml file
+    (``conf/<group>/<option>.yaml``) or ``conf/train.yaml``; keys it cannot find are not checked.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    conf = Path(__file__).resolve().parent / "conf"
+    choices = hydra_cfg.runtime.choices
+    for override in hydra_cfg.overrides.task:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        group, _, sub = key.partition(".")
+        if "/" in key or key in choices or key.startswith("hydra."):
+            continue
+        option = choices.get(group) if sub else None
+        source = conf / group / f"{option}.yaml" if option else conf / "train.yaml"
+        if not source.is_file():
+            continue
+        try:  # the default's type only: interpolations in the file are not resolved
+            default = OmegaConf.select(
+                OmegaConf.load(source), sub if option else key, throw_on_resolution_failure=False
+            )
+            actual = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+        except Exception:  # noqa: BLE001 - an unreadable default means "not checked", never a new error
+            continue
+        expected = None
+        if actual in _LIGHTNING_WORDS:
+            pass
+        elif isinstance(default, bool):
+            expected = None if isinstance(actual, bool) or actual is None else "true or false"
+        elif isinstance(default, int | float) and isinstance(actual, str | bool):
+            expected = "an integer" if isinstance(default, int) else "a number"
+        if expected:
+            raise ConfigOverrideError(
+                f"{key}={value}: expected {expected} (the default in {source.relative_to(conf.parent)} is "
+                f"{default!r}); e.g. {key}={default}"
+            )
+
+
+def _unknown_config_option(argv: list[str]) -> str | None:
+    """One line for ``group=option`` overrides naming a config file that does not exist in conf/.
+
+    Hydra would print a multi-line composition error; this names the key, the value and the
+    choices.  Groups outside conf/ (hydra/launcher plugins) and sweep expressions are left to Hydra.
+    """
+    conf = Path(__file__).resolve().parent / "conf"
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        group = key.lstrip("+~")
+        if group.startswith("hydra") or not (conf / group).is_dir() or "(" in value:
+            continue
+        for option in value.strip("[]").split(","):
+            option = option.strip()
+            if option in ("", "null", "none") or (conf / group / f"{option}.yaml").is_file():
+                continue
+            choices = ", ".join(sorted(p.stem for p in (conf / group).glob("*.yaml")))
+            return f"{group}={option}: no config conf/{group}/{option}.yaml; choose one of: {choices}"
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     run_dir = cfg.paths.output_dir
     try:
+        check_override_types(cfg)
         metrics, _ = train(cfg)
-    except Exception:
+    except Exception as exc:
+        if _is_input_error(exc) and not _is_multirun():
+            # One line naming the key, the value and the fix; the traceback goes to the run's log file.
+            logfile = _traceback_to_log_file(exc)
+            where = f" (traceback in {logfile})" if logfile else ""
+            print(f"train.py: error: {_input_error_line(exc, cfg)}{where}", file=sys.stderr, flush=True)
+            print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         if _is_multirun():
             # Launchers that run jobs elsewhere (SLURM) hand back the exception without its traceback.
             log.exception("job failed")
@@ -234,4 +429,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if problem := _unknown_config_option(sys.argv[1:]):
+        print(f"train.py: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

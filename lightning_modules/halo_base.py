@@ -32,7 +32,7 @@ import torch
 from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric
 
-from halo.core.checkpoint import load_model, save_checkpoint
+from halo.core.checkpoint import LIGHTNING_NETWORK_HPARAM, load_model, save_checkpoint
 from halo.core.model import HaloModel, NetworkConfig
 from halo.eval.mesh_evaluation import occupancy_iou  # one definition: `halo eval meshes` reproduces val/iou
 from lightning_modules.train_logging import TrainStepLogging
@@ -76,6 +76,9 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
             a HaloBaseModule ``.ckpt``, read by :func:`halo.core.checkpoint.load_model`); copied in when ``fit``
             starts (a resumed fit then restores its own checkpoint's weights over it).
         iou_threshold: occupancy probability threshold of ``val/iou``.
+        trust_checkpoint: read ``init_from`` with full unpickling (can run code: only for files you
+            trust; train.py passes its ``trust_checkpoint`` key).  Not saved in the hparams, so a
+            shared checkpoint cannot switch it on.
     """
 
     def __init__(
@@ -89,8 +92,10 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
         warmup_steps: int = 0,
         init_from: str | None = None,
         iou_threshold: float = 0.5,
+        trust_checkpoint: bool = False,
     ):
         super().__init__()
+        self.trust_checkpoint = bool(trust_checkpoint)
         net = _plain(net) or {}
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
@@ -104,7 +109,7 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
         net_config = NetworkConfig.from_dict(net)
         self.save_hyperparameters(
             {
-                "net": net_config.to_dict(),
+                LIGHTNING_NETWORK_HPARAM: net_config.to_dict(),
                 "loss": loss,
                 "skinning_weight": float(skinning_weight),
                 "lr": float(lr),
@@ -145,7 +150,7 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"init_from: checkpoint {path} does not exist")
-        source, meta = load_model(path)
+        source, meta = load_model(path, trust_pickle=self.trust_checkpoint)
         try:
             self.model.load_state_dict(source.state_dict(), strict=True)
         except RuntimeError as exc:

@@ -59,7 +59,12 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from halo.core.checkpoint import load_model
+from halo.core.checkpoint import (
+    LIGHTNING_HALO_BASE_RECORD,
+    LIGHTNING_VAE_HALO_HPARAM,
+    LIGHTNING_VAE_HPARAM,
+    load_model,
+)
 from halo.core.model import HaloModel
 from halo.grasp.vae import (
     REFINE_NOISE,
@@ -120,7 +125,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def load_frozen_halo(path: str | Path) -> tuple[HaloModel, dict]:
+def load_frozen_halo(path: str | Path, *, trust_pickle: bool = False) -> tuple[HaloModel, dict]:
     """A HALO base from ``path`` in eval mode with ``requires_grad=False`` (clear error when missing)."""
     path = Path(path)
     if not path.is_file():
@@ -130,7 +135,7 @@ def load_frozen_halo(path: str | Path) -> tuple[HaloModel, dict]:
             "or set model.halo_checkpoint=PATH to an existing one (a halo_base_best.pt, a HALO base .ckpt, or "
             "the original release's model_best.pt)"
         )
-    model, meta = load_model(path)
+    model, meta = load_model(path, trust_pickle=trust_pickle)
     model.requires_grad_(False)
     return model.eval(), meta
 
@@ -155,6 +160,8 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         original_config: force the original's switches (:data:`ORIGINAL_SWITCHES`).
         object_points: surface samples per object at generation (match the datamodule's).
         lr, weight_decay: Adam (the original: 1e-4, 0).
+        trust_checkpoint: read ``halo_checkpoint`` with full unpickling (can run code: only for files
+            you trust; train.py passes its ``trust_checkpoint`` key).  Not saved in the hparams.
     """
 
     def __init__(
@@ -178,6 +185,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         object_points: int = 600,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
+        trust_checkpoint: bool = False,
     ):
         super().__init__()
         config = GraspVaeConfig.from_dict(_plain(vae))
@@ -215,8 +223,8 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             )
         self.save_hyperparameters(
             {
-                "vae": config.to_dict(),
-                "halo_checkpoint": None if not halo_checkpoint else str(halo_checkpoint),
+                LIGHTNING_VAE_HPARAM: config.to_dict(),
+                LIGHTNING_VAE_HALO_HPARAM: None if not halo_checkpoint else str(halo_checkpoint),
                 "loss_weights": weights,
                 **switches,
                 "refine_steps": int(refine_steps),
@@ -239,7 +247,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         self._halo: HaloModel | None = None
         self._halo_meta: dict = {}
         if halo_checkpoint:
-            halo, meta = load_frozen_halo(halo_checkpoint)
+            halo, meta = load_frozen_halo(halo_checkpoint, trust_pickle=bool(trust_checkpoint))
             # object.__setattr__: NOT a registered submodule (no parameters(), state_dict(), optimizer).
             object.__setattr__(self, "_halo", halo)
             self._halo_meta = meta
@@ -265,13 +273,13 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._halo is not None:
-            checkpoint["halo_base"] = {
+            checkpoint[LIGHTNING_HALO_BASE_RECORD] = {
                 "path": self.hparams.halo_checkpoint,
                 "fingerprint": halo_fingerprint(self._halo),
             }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        recorded = checkpoint.get("halo_base")
+        recorded = checkpoint.get(LIGHTNING_HALO_BASE_RECORD)
         if recorded and self._halo is not None:
             now = halo_fingerprint(self._halo)
             if recorded.get("fingerprint") not in (None, now):

@@ -21,6 +21,8 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from halo.core.checkpoint import CheckpointError, read_checkpoint
+
 log = logging.getLogger(__name__)
 
 WANDB_DEFAULT_HOST = "api.wandb.ai"
@@ -387,21 +389,50 @@ register_resolvers()
 
 
 #: Checkpoints a restarted job may continue from, relative to its run directory: Lightning's
-#: ``hpc_ckpt_<n>.ckpt`` (saved on SLURM's requeue signal, in ``trainer.default_root_dir``) and
-#: ``checkpoints/last.ckpt`` (callbacks/last_checkpoint.yaml, saved at every validation).
-RESUME_PATTERNS = ("hpc_ckpt_*.ckpt", "checkpoints/last.ckpt")
+#: ``hpc_ckpt_<n>.ckpt`` (saved on SLURM's requeue signal, in ``trainer.default_root_dir``),
+#: ``checkpoints/last.ckpt`` (callbacks/last_checkpoint.yaml, saved at every validation) and the
+#: other ``checkpoints/*.ckpt`` (the best ones), which a damaged last.ckpt falls back to.
+RESUME_PATTERNS = ("hpc_ckpt_*.ckpt", "checkpoints/*.ckpt")
 
 
-def resume_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest checkpoint in ``run_dir`` that a requeued or restarted job continues from.
+def resume_checkpoint(run_dir: str | Path, *, trust_pickle: bool = False) -> Path | None:
+    """The newest readable checkpoint in ``run_dir`` that a requeued or restarted job continues from.
 
     A SLURM job that is requeued (preemption, time limit, Lightning's auto-requeue) starts again
     in the same run directory; the newest of its checkpoints (``RESUME_PATTERNS``, by
-    modification time) holds the furthest state.  None in a fresh directory.
+    modification time) holds the furthest state.  A checkpoint that cannot be read (truncated by
+    a full disk or a node dying mid-copy, or one that would need full unpickling without
+    ``trust_pickle``) is skipped with a warning naming it, and the next newest is used.  None in
+    a fresh directory; :class:`~halo.core.checkpoint.CheckpointError` (one line) when there are
+    checkpoints but none is readable.
     """
     run_dir = Path(run_dir)
     found = [p for pattern in RESUME_PATTERNS for p in run_dir.glob(pattern) if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    if not found:
+        return None
+    skipped = []
+    for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            check_checkpoint(path, trust_pickle=trust_pickle)
+        except CheckpointError as exc:
+            log.warning("auto_resume: skipping %s", exc)
+            skipped.append(path.name)
+            continue
+        return path
+    raise CheckpointError(
+        f"auto_resume: none of the {len(found)} checkpoints in {run_dir} is readable ({', '.join(skipped)}; "
+        "warnings above say why): set ckpt_path=PATH to a good one, or auto_resume=false to start over"
+    )
+
+
+def check_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Path:
+    """``path`` when it is a readable Lightning checkpoint (without running code from it unless
+    ``trust_pickle``); :class:`~halo.core.checkpoint.CheckpointError` naming the file otherwise."""
+    payload = read_checkpoint(path, trust_pickle=trust_pickle)
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        keys = sorted(map(str, payload))[:8] if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict'; top-level keys: {keys})")
+    return Path(path)
 
 
 #: Hydra overrides a DDP rank must not inherit from a multirun job: it is a single run in the

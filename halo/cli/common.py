@@ -81,7 +81,7 @@ def default_checkpoint() -> str | None:
     return str(guess) if guess.is_file() else None
 
 
-def load_halo_model(path: str | None):
+def load_halo_model(path: str | None, trust_pickle: bool = False):
     """(HaloModel, metadata) of a HALO base checkpoint (original, ``halo-base`` .pt or training .ckpt)."""
     from halo.core.checkpoint import load_model
 
@@ -90,7 +90,7 @@ def load_halo_model(path: str | None):
             f"no checkpoint given: pass --checkpoint PATH (the original release's model_best.pt, a file "
             f"from 'halo convert-checkpoint', or a training checkpoint) or set ${DEFAULT_CHECKPOINT_ENV}"
         )
-    return load_model(path)
+    return load_model(path, trust_pickle=trust_pickle)
 
 
 def json_safe(value):

@@ -24,7 +24,7 @@ import datetime
 from pathlib import Path
 
 from halo.cli.common import DEFAULT_EVAL_OUT, CliError, default_checkpoint, load_halo_model
-from halo.cli.options import add_extraction_args, check_extraction_args
+from halo.cli.options import add_extraction_args, add_trust_checkpoint_arg, check_extraction_args
 
 # ----------------------------------------------------------------------------- shared
 
@@ -32,7 +32,7 @@ from halo.cli.options import add_extraction_args, check_extraction_args
 def _load(args: argparse.Namespace):
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise CliError(f"{args.checkpoint}: checkpoint file not found")
-    return load_halo_model(args.checkpoint)
+    return load_halo_model(args.checkpoint, args.trust_checkpoint)
 
 
 def _dataset(args: argparse.Namespace, meta: dict) -> tuple[Path, dict]:
@@ -197,6 +197,7 @@ def _common(p: argparse.ArgumentParser, split: str, limit: int | None) -> None:
         default=default_checkpoint(),
         help="training checkpoint (.ckpt), halo-base .pt, or the original model_best.pt",
     )
+    add_trust_checkpoint_arg(p)
     p.add_argument(
         "--data",
         default=None,

@@ -30,7 +30,12 @@ import warnings
 from pathlib import Path
 
 from halo.cli.common import CliError, json_safe
-from halo.cli.options import GRASP_UPSAMPLING_STEPS, add_extraction_args, check_extraction_args
+from halo.cli.options import (
+    GRASP_UPSAMPLING_STEPS,
+    add_extraction_args,
+    add_trust_checkpoint_arg,
+    check_extraction_args,
+)
 
 DEFAULT_OUT = Path("outputs") / "generate"
 
@@ -62,7 +67,7 @@ def _load_models(args: argparse.Namespace):
     from halo.grasp.vae_checkpoint import halo_fingerprint, load_grasp_vae
 
     try:
-        vae, meta = load_grasp_vae(args.checkpoint)
+        vae, meta = load_grasp_vae(args.checkpoint, trust_pickle=args.trust_checkpoint)
     except GraspVaeError as exc:
         raise CliError(str(exc)) from exc
     hp = meta["hyper_parameters"]
@@ -77,7 +82,7 @@ def _load_models(args: argparse.Namespace):
             f"HALO base checkpoint {halo_path} (recorded in {args.checkpoint}) not found; pass --halo-checkpoint "
             "PATH to the HALO base the VAE was trained with"
         )
-    halo, _ = load_model(halo_path)
+    halo, _ = load_model(halo_path, trust_pickle=args.trust_checkpoint)
     halo.requires_grad_(False)
     recorded = (meta.get("halo_base") or {}).get("fingerprint")
     if recorded and recorded != halo_fingerprint(halo):
@@ -229,6 +234,7 @@ def add_parser(commands) -> None:
         "grasps` reads). Meshes are expected in metres."
     )
     p.add_argument("--checkpoint", required=True, help="HALO-VAE Lightning checkpoint (.ckpt from train.py)")
+    add_trust_checkpoint_arg(p)
     p.add_argument(
         "--objects",
         required=True,

@@ -37,6 +37,7 @@ from halo.cli.options import (
     SIM_COLUMN,
     add_extraction_args,
     add_grasp_metric_args,
+    add_trust_checkpoint_arg,
     check_extraction_args,
     check_grasp_metric_args,
     gravity,
@@ -130,7 +131,7 @@ class _HaloMesher:
             try:
                 if ckpt is not None and not Path(ckpt).is_file():
                     raise CliError(f"{ckpt}: checkpoint file not found")
-                self.model, _ = load_halo_model(ckpt)
+                self.model, _ = load_halo_model(ckpt, self.args.trust_checkpoint)
             except (CliError, CheckpointError) as exc:
                 self.error = f"cannot mesh keypoints with HALO: {exc}"
                 raise CliError(self.error) from exc
@@ -368,6 +369,7 @@ def add_parser(commands) -> None:
         default=default_checkpoint(),
         help="HALO base checkpoint for grasps given as keypoints only (default: as 'halo mesh')",
     )
+    add_trust_checkpoint_arg(p)
     add_extraction_args(p, GRASP_UPSAMPLING_STEPS)
     p.add_argument(
         "--k",

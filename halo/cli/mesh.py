@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from halo.cli.common import default_checkpoint, load_halo_model
-from halo.cli.options import add_extraction_args, check_extraction_args
+from halo.cli.options import add_extraction_args, add_trust_checkpoint_arg, check_extraction_args
 
 
 def _add_io_args(p: argparse.ArgumentParser, keypoints_help: str, keypoints_required: bool = False) -> None:
     p.add_argument(
         "--checkpoint", default=default_checkpoint(), help="HALO base checkpoint (original or own)"
     )
+    add_trust_checkpoint_arg(p)
     p.add_argument("--keypoints", required=keypoints_required, help=keypoints_help)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--units", default="m", choices=["m", "cm", "mm"], help="units of the keypoint file")
@@ -40,7 +41,7 @@ def cmd_mesh(args: argparse.Namespace) -> int:
 
     check_extraction_args(args)
     seq = load_keypoints(args.keypoints, units=args.units)
-    model, _ = load_halo_model(args.checkpoint)
+    model, _ = load_halo_model(args.checkpoint, args.trust_checkpoint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     n = len(seq.keypoints)
@@ -93,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.frames and len(keypoints) > args.frames:
         keep = np.linspace(0, len(keypoints) - 1, args.frames).round().astype(int)
         keypoints, left = keypoints[keep], left[keep]
-    model, _ = load_halo_model(args.checkpoint)
+    model, _ = load_halo_model(args.checkpoint, args.trust_checkpoint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # One camera for the whole sequence so the hand does not jump between frames,
@@ -126,7 +127,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from halo.core.checkpoint import convert_original_checkpoint
 
-    dst = convert_original_checkpoint(args.src, args.dst)
+    dst = convert_original_checkpoint(args.src, args.dst, trust_pickle=args.trust_checkpoint)
     print(f"wrote {dst}")
     return 0
 
@@ -163,4 +164,5 @@ def add_parser(commands) -> None:
     p.description = "One-off converter from the original release's checkpoint to this project's format."
     p.add_argument("src", help="original checkpoint (model_best.pt)")
     p.add_argument("dst", help="output path")
+    add_trust_checkpoint_arg(p)
     p.set_defaults(func=cmd_convert)

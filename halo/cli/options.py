@@ -178,3 +178,12 @@ def add_grasp_metric_args(p: argparse.ArgumentParser) -> None:
         choices=sorted(GRAVITY_AXES),
         help="direction of gravity in the meshes' frame for --simulate (default -z, GRAB's world frame)",
     )
+
+
+def add_trust_checkpoint_arg(p: argparse.ArgumentParser) -> None:
+    """``--trust-checkpoint``: the explicit opt-in to full unpickling (every command that reads a checkpoint)."""
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow full unpickling of the checkpoint (can run code from the file: only for files you trust)",
+    )

@@ -3,8 +3,9 @@
 Original (``model_best.pt`` of korrawe/halo): a torch pickle dict with
 ``model`` (state dict with ``decoder.lin{part}_{layer}``, ``decoder.global_proj{part}``,
 ``decoder.bone_encoder.linear{1,2}``), ``optimizer``, ``epoch_it``, ``it``,
-``loss_val_best``; saved with CUDA tensors and a numpy scalar, so it needs
-``weights_only=False`` and ``map_location``.  Only load files you trust.
+``loss_val_best``; saved with CUDA tensors and a numpy scalar.  It loads with
+``weights_only=True`` plus exactly the numpy globals a pickled numpy scalar needs
+(:data:`NUMPY_SCALAR_GLOBALS`, allowed only for the duration of the load).
 
 Own format (``halo-base``, version 1): a dict with ``format``,
 ``format_version``, ``network_config`` (plain dict), ``state_dict`` (the
@@ -18,10 +19,20 @@ from training: ``last.ckpt``, the best by ``val/iou``): a torch pickle dict with
 ``global_step`` and, when a datamodule recorded them, ``datamodule_hyper_parameters``.
 They are read here without importing Lightning; the module's hparams are plain
 values, so they load with ``weights_only=True`` too.
+
+Safety: every reader here goes through :func:`read_checkpoint`, which never unpickles code
+unless the caller passes ``trust_pickle=True`` (CLI ``--trust-checkpoint``, train.py
+``trust_checkpoint=true``).  A file that needs more than tensors, plain containers and numpy
+scalars is refused with :class:`UntrustedCheckpointError` naming the global it asked for.
+
+The key contract between these readers and the Lightning modules that write the files
+(``LIGHTNING_*`` constants below) is defined here once; ``lightning_modules/`` imports it and
+tests check both sides against it.
 """
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,8 +54,145 @@ _BONE = {
 }
 
 
+#: The checkpoint key contract with ``lightning_modules/`` (they import these names).
+#: HaloBaseModule keeps its HaloModel as attribute ``model`` and its NetworkConfig fields in hparams ``net``.
+LIGHTNING_NETWORK_PREFIX = "model."
+LIGHTNING_NETWORK_HPARAM = "net"
+#: HaloVaeModule keeps its GraspVAE as attribute ``vae``, the GraspVaeConfig fields in hparams ``vae``,
+#: the frozen HALO base's path in hparams ``halo_checkpoint`` and its fingerprint under ``halo_base``.
+LIGHTNING_VAE_PREFIX = "vae."
+LIGHTNING_VAE_HPARAM = "vae"
+LIGHTNING_VAE_HALO_HPARAM = "halo_checkpoint"
+LIGHTNING_HALO_BASE_RECORD = "halo_base"
+#: Lightning's own key for the datamodule's hparams, and the ones ``halo eval`` reads from it.
+LIGHTNING_DATAMODULE_HPARAMS = "datamodule_hyper_parameters"
+DATAMODULE_HPARAM_KEYS = ("root", "val_split", "test_split", "max_val_samples", "iou_points_per_sample")
+
+#: How a user opts in to full unpickling, named in every refusal.
+TRUST_OPT_IN = (
+    "trust_pickle=True in Python, --trust-checkpoint on the halo CLI, trust_checkpoint=true for train.py"
+)
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read as a HALO base model (names file and problem)."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint that would need full unpickling (which can run code) and was not trusted."""
+
+
+def _numpy_scalar_globals() -> list:
+    """What ``pickle`` of a numpy scalar asks for: the scalar reconstructor, ``numpy.dtype`` and its
+    numeric dtype classes (numpy 1.x writes ``numpy.core``, 2.x ``numpy._core``)."""
+    import numpy as np
+
+    scalar = np.float64(0.0).__reduce__()[0]
+    allowed: list = [(scalar, f"{mod}.multiarray.scalar") for mod in ("numpy.core", "numpy._core")]
+    allowed.append(np.dtype)
+    for name in (
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+    ):
+        allowed.append(type(np.dtype(name)))
+    return allowed
+
+
+NUMPY_SCALAR_GLOBALS = _numpy_scalar_globals()
+
+_REFUSED = (
+    re.compile(r"unsupported GLOBAL (\S+) whose"),
+    re.compile(r"GLOBAL (\S+) was not an allowed global"),
+    re.compile(r"but got <class '([^']+)'>"),
+)
+
+
+def _refused_global(message: str, path: Path) -> str | None:
+    """The global the refused file asked for; None when it names none (then it is damaged, not hostile)."""
+    for pattern in _REFUSED:
+        if m := pattern.search(message):
+            return m[1]
+    # torch names only the opcode it stopped at (e.g. a plain pickle's FRAME): list the file's globals.
+    return _first_unusual_global(path)
+
+
+def _first_unusual_global(path: Path) -> str | None:
+    """The first global a pickle (plain, or ``data.pkl`` of torch's zip format) names outside torch/numpy."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                data = archive.read(member)
+        else:
+            data = path.read_bytes()
+        strings: list[str] = []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("GLOBAL", "INST"):
+                name = str(arg).replace(" ", ".")
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                name = f"{strings[-2]}.{strings[-1]}"
+            else:
+                if isinstance(arg, str):
+                    strings.append(arg)
+                continue
+            if not name.startswith(("torch.", "collections.OrderedDict", "numpy.")):
+                return name
+    except Exception:  # noqa: BLE001 - only improves the message; the refusal stands either way
+        return None
+    return None
+
+
+def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> object:
+    """``torch.load`` of ``path`` on CPU that runs no code from the file unless ``trust_pickle``.
+
+    Untrusted (the default): ``weights_only=True`` with :data:`NUMPY_SCALAR_GLOBALS` allowed for
+    this load only.  Raises :class:`UntrustedCheckpointError` (one line: file, refused global,
+    opt-in) when the file asks for anything else, :class:`CheckpointError` when the file is
+    missing, truncated or not a torch checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        if trust_pickle:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(NUMPY_SCALAR_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = None if trust_pickle else _refused_global(str(exc), path)
+        if refused:
+            raise UntrustedCheckpointError(
+                f"{path}: refused to unpickle {refused} (full unpickling can run code); "
+                f"only if you trust this file: {TRUST_OPT_IN}"
+            ) from None
+        raise CheckpointError(
+            f"{path}: cannot be read as a torch checkpoint (truncated or corrupt? {_first_line(exc)})"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - truncated zip, random bytes, ... read the same to the user
+        raise CheckpointError(
+            f"{path}: cannot be read as a torch checkpoint (truncated or corrupt? {_first_line(exc)})"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # skip torch's boilerplate about weights_only defaults
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
 def convert_original_state_dict(state: dict[str, torch.Tensor], source: str = "<state dict>") -> dict:
@@ -99,20 +247,6 @@ def _config_from_original(converted: dict[str, torch.Tensor]) -> NetworkConfig:
     )
 
 
-def _torch_load(path: Path, trusted: bool):
-    """``torch.load`` on CPU; untrusted loads are weights-only and return None when that is not enough."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not trusted)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported the same way
-        if not trusted:
-            return None
-        raise CheckpointError(
-            f"{path}: cannot be read as a torch checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
-
-
 def _model_from_original(ckpt: object, path: Path) -> tuple[HaloModel, dict]:
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path}: expected the original format (a dict with key 'model')")
@@ -129,10 +263,10 @@ def _model_from_original(ckpt: object, path: Path) -> tuple[HaloModel, dict]:
     return model.eval(), meta
 
 
-def load_original_checkpoint(path: str | Path) -> tuple[HaloModel, dict]:
+def load_original_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> tuple[HaloModel, dict]:
     """Load the released original checkpoint. Returns the model and its metadata (epoch, it, best val IoU)."""
     path = Path(path)
-    return _model_from_original(_torch_load(path, trusted=True), path)
+    return _model_from_original(read_checkpoint(path, trust_pickle=trust_pickle), path)
 
 
 def save_checkpoint(model: HaloModel, path: str | Path, metadata: dict | None = None) -> Path:
@@ -191,15 +325,17 @@ def is_lightning_checkpoint(payload: object) -> bool:
     )
 
 
-def _model_from_lightning(payload: dict, path: Path, prefix: str = "model.") -> tuple[HaloModel, dict]:
+def _model_from_lightning(
+    payload: dict, path: Path, prefix: str = LIGHTNING_NETWORK_PREFIX
+) -> tuple[HaloModel, dict]:
     hparams = payload.get("hyper_parameters")
-    if not isinstance(hparams, Mapping) or "net" not in hparams:
+    if not isinstance(hparams, Mapping) or LIGHTNING_NETWORK_HPARAM not in hparams:
         have = sorted(hparams)[:12] if isinstance(hparams, Mapping) else None
         raise CheckpointError(
             f"{path}: Lightning checkpoint without hyper_parameters['net'] (hyper_parameters keys: {have}); "
             "not a HaloBaseModule checkpoint?"
         )
-    net = _plain(hparams["net"]) or {}
+    net = _plain(hparams[LIGHTNING_NETWORK_HPARAM]) or {}
     if not isinstance(net, dict):
         raise CheckpointError(f"{path}: hyper_parameters['net'] must be a mapping, got {type(net).__name__}")
     state = payload["state_dict"]
@@ -224,7 +360,7 @@ def _model_from_lightning(payload: dict, path: Path, prefix: str = "model.") -> 
             f"{path}: state_dict does not match hyper_parameters['net']: {str(exc).splitlines()[0]} "
             f"({' '.join(str(exc).split())[:300]})"
         ) from exc
-    dm = payload.get("datamodule_hyper_parameters")
+    dm = payload.get(LIGHTNING_DATAMODULE_HPARAMS)
     meta = {
         "source": str(path),
         "source_format": "lightning",
@@ -237,41 +373,31 @@ def _model_from_lightning(payload: dict, path: Path, prefix: str = "model.") -> 
     return model.eval(), meta
 
 
-def load_model(path: str | Path, *, trust_pickle: bool = True) -> tuple[HaloModel, dict]:
+def load_model(path: str | Path, *, trust_pickle: bool = False) -> tuple[HaloModel, dict]:
     """Load any supported HALO base checkpoint: own format, a Lightning ``.ckpt``, or the original release.
 
-    Every file is first read with ``torch.load(weights_only=True)`` (no code runs while
-    unpickling).  That covers this project's format and the Lightning checkpoints of
-    ``HaloBaseModule`` (plain hparams).  Only when it fails (the original release stores a
-    numpy scalar; a Lightning checkpoint may hold e.g. OmegaConf objects or paths saved by
-    other code) is the file fully unpickled, and only when ``trust_pickle`` is True (the
-    default): full unpickling can run arbitrary code, so pass ``trust_pickle=False`` for
-    files you do not trust, which then fail with a :class:`CheckpointError` instead.
+    Read by :func:`read_checkpoint`: no code from the file runs unless ``trust_pickle`` is True
+    (only for files you trust).  This project's format, HaloBaseModule ``.ckpt`` files (plain
+    hparams) and the original release (numpy scalar) all load without it; anything else raises
+    :class:`UntrustedCheckpointError` naming the file, the global it asked for and the opt-in.
 
     Returns the model (eval mode, CPU, float32) and a metadata dict; for Lightning
     checkpoints it holds ``source_format="lightning"``, ``epoch``, ``global_step``,
     ``hyper_parameters`` and ``datamodule_hyper_parameters`` (None when absent).
     """
     path = Path(path)
-    payload = _torch_load(path, trusted=False)
-    if payload is None:  # weights_only refused it: the original release stores a numpy scalar
-        if not trust_pickle:
-            raise CheckpointError(
-                f"{path}: not readable with weights_only=True (not a '{FORMAT}' file or a plain "
-                "HaloBaseModule .ckpt); pass trust_pickle=True only for files you trust (e.g. the original release)"
-            )
-        payload = _torch_load(path, trusted=True)
+    payload = read_checkpoint(path, trust_pickle=trust_pickle)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         return _model_from_payload(payload, path)
     if is_lightning_checkpoint(payload):
         return _model_from_lightning(payload, path)
     if isinstance(payload, dict) and "model" in payload:
         return _model_from_original(payload, path)
-    keys = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
+    keys = sorted(map(str, payload))[:8] if isinstance(payload, dict) else type(payload).__name__
     raise CheckpointError(f"{path}: unrecognised checkpoint layout (top-level keys: {keys})")
 
 
-def convert_original_checkpoint(src: str | Path, dst: str | Path) -> Path:
+def convert_original_checkpoint(src: str | Path, dst: str | Path, *, trust_pickle: bool = False) -> Path:
     """One-off converter: original ``model_best.pt`` -> this project's format."""
-    model, meta = load_original_checkpoint(src)
+    model, meta = load_original_checkpoint(src, trust_pickle=trust_pickle)
     return save_checkpoint(model, dst, metadata=meta)

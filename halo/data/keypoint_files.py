@@ -99,7 +99,8 @@ def load_keypoints(path: str | Path, units: str = "m") -> KeypointSequence:
         raise KeypointFileError(f"{path}: keypoints must have shape (21, 3) or (T, 21, 3), got {kp.shape}")
     if kp.shape[0] == 0:
         raise KeypointFileError(f"{path}: the file holds no hands (shape {kp.shape})")
-    bad = ~np.isfinite(kp).all(axis=(1, 2))
+    with np.errstate(over="ignore"):  # values beyond float32 (the returned dtype) count as infinite
+        bad = ~np.isfinite(kp.astype(np.float32)).all(axis=(1, 2))
     if bad.any():
         raise KeypointFileError(f"{path}: hand {int(np.argmax(bad))} contains NaN or infinite values")
     kp = kp * _UNIT_SCALE[units]

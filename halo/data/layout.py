@@ -45,6 +45,7 @@ of a build.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def open_npz(path: Path) -> np.lib.npyio.NpzFile:
         raise DatasetFormatError(f"{path}: file not found")
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise DatasetFormatError(f"{path}: not a readable npz file ({exc})") from exc
 
 
@@ -195,7 +196,7 @@ def read_key(npz, path: Path, key: str, shape: tuple | None = None) -> np.ndarra
         raise DatasetFormatError(f"{path}: missing key {key!r} (has {sorted(npz.files)})")
     try:
         value = npz[key]
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise DatasetFormatError(f"{path}: key {key!r} is truncated or corrupt ({exc})") from exc
     if shape is not None and (
         value.ndim != len(shape)
@@ -206,10 +207,20 @@ def read_key(npz, path: Path, key: str, shape: tuple | None = None) -> np.ndarra
     return value
 
 
-def _loc_scale(npz) -> tuple[np.ndarray, float]:
+def _loc_scale(npz, path: Path) -> tuple[np.ndarray, float]:
     """im2mesh's normalization of stored coordinates (absent keys: identity)."""
-    loc = np.asarray(npz["loc"], np.float32) if "loc" in npz.files else np.zeros(3, np.float32)
-    return loc, float(npz["scale"]) if "scale" in npz.files else 1.0
+    loc = (
+        read_key(npz, path, "loc", (3,)).astype(np.float32) if "loc" in npz.files else np.zeros(3, np.float32)
+    )
+    scale = read_key(npz, path, "scale") if "scale" in npz.files else np.float32(1.0)
+    if (
+        scale.size != 1
+        or scale.dtype.kind not in "fiu"
+        or not np.isfinite(loc).all()
+        or not np.isfinite(scale).all()
+    ):
+        raise DatasetFormatError(f"{path}: keys 'loc'/'scale' must be a finite 3-vector and a finite number")
+    return loc, float(scale.reshape(()))
 
 
 def _unpack(packed: np.ndarray, n: int, path: Path) -> np.ndarray:
@@ -234,7 +245,7 @@ def read_points(path: str | Path, with_metadata: bool = True, with_surface: bool
     with open_npz(path) as npz:
         pts = read_key(npz, path, "points", (None, 3))
         occ = _unpack(read_key(npz, path, "occupancies"), len(pts), path)
-        loc, scale = _loc_scale(npz)
+        loc, scale = _loc_scale(npz, path)
         points = model_units_to_metres(pts.astype(np.float32) * scale + loc).astype(np.float32)
         out = HandPoints(points=points, occupancies=occ)
         if with_metadata:
@@ -266,7 +277,7 @@ def read_pointcloud(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     with open_npz(path) as npz:
         pts = read_key(npz, path, "points", (None, 3)).astype(np.float32)
         normals = read_key(npz, path, "normals", (len(pts), 3)).astype(np.float32)
-        loc, scale = _loc_scale(npz)
+        loc, scale = _loc_scale(npz, path)
     norm = np.linalg.norm(normals, axis=1, keepdims=True)
     return model_units_to_metres(pts * scale + loc), normals / np.maximum(norm, 1e-12)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,7 @@ def _read_json(path: Path) -> Any:
         raise YouTube3DError(
             f"{source}: not valid JSON{hint}: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
-    except (UnicodeDecodeError, OSError, EOFError) as exc:
+    except (UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
         raise YouTube3DError(f"{source}: not a readable JSON file: {type(exc).__name__}: {exc}") from exc
 
 

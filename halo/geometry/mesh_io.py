@@ -109,7 +109,8 @@ def load_mesh_m(
             f"{label}: unsupported mesh type {suffix!r} (use one of {', '.join(MESH_SUFFIXES)})"
         )
     try:
-        loaded = trimesh.load(path, force="mesh", process=True)
+        # process=False first: trimesh's processing silently drops NaN/inf vertices and their faces
+        loaded = trimesh.load(path, force="mesh", process=False)
     except Exception as exc:  # trimesh raises many types (ValueError, KeyError, IndexError, ...)
         raise MeshFileError(
             f"{label}: cannot be read as a {suffix} mesh ({type(exc).__name__}: {exc})"
@@ -119,6 +120,9 @@ def load_mesh_m(
     mesh = loaded
     if not np.isfinite(mesh.vertices).all():
         raise MeshFileError(f"{label}: vertices contain NaN or infinite values")
+    if mesh.faces.min() < 0 or mesh.faces.max() >= len(mesh.vertices):
+        raise MeshFileError(f"{label}: faces index vertices that do not exist (damaged file?)")
+    mesh.process()
     mesh.merge_vertices(merge_tex=True, merge_norm=True)
     if scale != 1.0:
         mesh.apply_scale(scale)

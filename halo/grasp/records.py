@@ -21,9 +21,14 @@ synthetic, through :mod:`halo.grasp.grab`) and writes::
 
 The object-centred frame has its origin at the centre of the posed object's
 axis-aligned bounding box ((min + max) / 2) and keeps GRAB's world orientation
-(the original HALO-VAE's convention).  Every split folder is written under a
-temporary name and renamed, and ``meta.json`` marks a finished build, so an
-interrupted build is never mistaken for a finished one.
+(the original HALO-VAE's convention).
+
+Nothing half-written: every file is written under a hidden temporary name and renamed into
+place, and ``meta.json`` (written last) marks a finished build, so an interrupted build is never
+mistaken for a finished one.  Resumable: each sequence's frames are kept in
+``OUT/.parts/<key>.npz`` as soon as they are computed, so a rerun after ``kill -9`` (or a full
+disk, reported as :class:`RecordsWriteError`) recomputes only the unfinished sequences; the
+parts are removed once ``meta.json`` exists.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from halo.hands.mano import ManoModel
 
 __all__ = [
     "SPLITS",
+    "RecordsWriteError",
     "RecordsConfig",
     "RecordsReport",
     "GraspObject",
@@ -71,6 +77,7 @@ __all__ = [
 
 SPLITS = ("train", "val", "test")
 META = "meta.json"
+PARTS = ".parts"
 ARRAYS = (
     "keypoints",
     "hand_vertices",
@@ -125,6 +132,10 @@ class RecordsConfig:
                 raise ValueError(f"RecordsConfig: {name} must be >= 1, got {getattr(self, name)}")
 
 
+class RecordsWriteError(OSError):
+    """Writing the records failed (disk full, file size limit, ...); nothing partial was kept."""
+
+
 @dataclass
 class RecordsReport:
     """What a build did."""
@@ -132,6 +143,7 @@ class RecordsReport:
     out_dir: Path
     frames: dict[str, int] = field(default_factory=dict)
     sequences: int = 0
+    resumed: int = 0  # sequences taken from an interrupted build's parts instead of recomputed
     skipped: list[str] = field(default_factory=list)
     reused: bool = False
 
@@ -233,15 +245,68 @@ def _write_split(out_dir: Path, split: str, columns: dict[str, list[np.ndarray]]
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     n = 0
-    for key, parts in columns.items():
-        if not parts:
-            continue
-        arr = np.concatenate(parts)
-        n = len(arr)
-        np.save(tmp / f"{key}.npy", arr, allow_pickle=False)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    try:
+        for key, parts in columns.items():
+            if not parts:
+                continue
+            arr = np.concatenate(parts)
+            n = len(arr)
+            np.save(tmp / f"{key}.npy", arr, allow_pickle=False)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return n
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporary files/folders of builds that were killed (their process is gone)."""
+    for tmp in [*out_dir.glob(".*.tmp*"), *(out_dir / PARTS).glob(".*.tmp*")]:
+        pid = tmp.name.rsplit("tmp", 1)[-1].lstrip("-").split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # another build is writing it right now
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def _part_path(out_dir: Path, root: Path, path: Path, config: RecordsConfig, mano_source: str) -> Path:
+    """Where one sequence's frames are kept until the build finishes (keyed by file, config and MANO)."""
+    stat = path.stat()
+    blob = json.dumps(
+        [str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns, asdict(config), mano_source],
+        sort_keys=True,
+        default=str,
+    )
+    return out_dir / PARTS / f"{hashlib.sha1(blob.encode()).hexdigest()[:20]}.npz"
+
+
+def _read_part(part: Path) -> dict[str, np.ndarray] | None:
+    if not part.is_file():
+        return None
+    try:
+        with np.load(part, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as exc:  # written atomically, so only outside damage
+        warnings.warn(f"{part}: unreadable part of an earlier build, recomputed ({exc})", stacklevel=3)
+        return None
 
 
 def build_grasp_records(
@@ -280,7 +345,25 @@ def build_grasp_records(
     object_paths: dict[str, str] = {}
     meshes: dict[str, trimesh.Trimesh] = {}  # read once, used for the frame centres and the samples
     hull_cache: dict[str, np.ndarray] = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out_dir)
+    mano_source = str(getattr(poser.model, "source", ""))
     for path in _progress(files, "grasp records", progress):
+        part = _part_path(out_dir, root, path, config, mano_source)
+        stored = _read_part(part)
+        if stored is not None:
+            report.resumed += 1
+            if "object_name" not in stored:
+                continue  # a sequence without usable frames
+            name = str(stored["object_name"])
+            object_paths.setdefault(name, str(stored["object_mesh"]))
+            cols = columns[split_by_object[name]]
+            for key in ARRAYS:
+                if key in stored:
+                    cols[key].append(stored[key])
+            cols["object_index"].append(np.full(len(stored["frame"]), object_ids[name], dtype=np.int32))
+            report.sequences += 1
+            continue
         try:
             seq = load_grab_sequence(path)
             name = seq.object_name
@@ -294,6 +377,7 @@ def build_grasp_records(
                 min_finger_vertices=config.min_finger_vertices,
             )
             if len(frames) == 0:
+                _write_part(part, {"n": np.int64(0)}, out_dir)
                 continue
             if name not in hull_cache:
                 mesh = meshes[name] = load_object_mesh(root, seq.object_mesh, name)
@@ -301,6 +385,8 @@ def build_grasp_records(
                 hull_cache[name] = np.asarray(mesh.convex_hull.vertices, dtype=np.float64)
                 object_paths[name] = seq.object_mesh
             verts, kps = poser.pose(seq, frames)
+        except RecordsWriteError:
+            raise
         except (GrabFileError, ValueError, OSError) as err:
             report.skipped.append(f"{path}: {err}")
             continue
@@ -308,16 +394,25 @@ def build_grasp_records(
         transl = seq.object_transl[frames]
         hull_world = np.einsum("nij,vj->nvi", rot, hull_cache[name]) + transl[:, None]
         center = 0.5 * (hull_world.min(axis=1) + hull_world.max(axis=1))  # (n,3)
-        cols = columns[split_by_object[name]]
-        cols["keypoints"].append((kps - center[:, None]).astype(np.float32))
+        computed = {
+            "keypoints": (kps - center[:, None]).astype(np.float32),
+            "object_rotation": rot.astype(np.float32),
+            "object_translation": (transl - center).astype(np.float32),
+            "center_world": center,
+            "frame": frames.astype(np.int32),
+            "sequence": np.array([seq.name] * len(frames)),
+        }
         if config.store_hand_vertices:
-            cols["hand_vertices"].append((verts - center[:, None]).astype(np.float32))
+            computed["hand_vertices"] = (verts - center[:, None]).astype(np.float32)
+        _write_part(
+            part,
+            {**computed, "object_name": np.array(name), "object_mesh": np.array(seq.object_mesh)},
+            out_dir,
+        )
+        cols = columns[split_by_object[name]]
+        for key, value in computed.items():
+            cols[key].append(value)
         cols["object_index"].append(np.full(len(frames), object_ids[name], dtype=np.int32))
-        cols["object_rotation"].append(rot.astype(np.float32))
-        cols["object_translation"].append((transl - center).astype(np.float32))
-        cols["center_world"].append(center)
-        cols["frame"].append(frames.astype(np.int32))
-        cols["sequence"].append(np.array([seq.name] * len(frames)))
         report.sequences += 1
 
     if report.sequences == 0:
@@ -327,7 +422,6 @@ def build_grasp_records(
             + (f":\n  {details}" if details else " (no contact frames?)")
         )
     # Object indices refer to every object of the split map; keep the table complete and ordered.
-    out_dir.mkdir(parents=True, exist_ok=True)
     missing = sorted(set(split_by_object) - set(object_paths))
     for name in missing:  # objects whose sequences had no usable frame: still listed, by their file
         candidates = sorted((root / "tools" / "object_meshes" / "contact_meshes").glob(f"{name}.*"))
@@ -337,10 +431,13 @@ def build_grasp_records(
     absent = [n for n in all_names if n not in object_paths]
     if absent:
         raise GrabFileError(f"{root}: no object mesh found for {absent}")
-    atomic_write_npz(out_dir / "objects.npz", _object_arrays(root, object_paths, config, meshes))
-    np.save(out_dir / "hand_faces.npy", poser.faces)
-    for split in SPLITS:
-        report.frames[split] = _write_split(out_dir, split, columns[split])
+    try:
+        atomic_write_npz(out_dir / "objects.npz", _object_arrays(root, object_paths, config, meshes))
+        _atomic_save_npy(out_dir / "hand_faces.npy", np.asarray(poser.faces))
+        for split in SPLITS:
+            report.frames[split] = _write_split(out_dir, split, columns[split])
+    except OSError as exc:
+        raise _write_error(out_dir, exc, report.sequences) from exc
     meta = {
         "root": str(root.resolve()),
         "config": asdict(config),
@@ -350,8 +447,34 @@ def build_grasp_records(
         "sequences": report.sequences,
         "skipped": report.skipped,
     }
-    atomic_write_text(out_dir / META, json.dumps(meta, indent=2, default=str))
+    try:
+        atomic_write_text(out_dir / META, json.dumps(meta, indent=2, default=str))
+    except OSError as exc:
+        raise _write_error(out_dir, exc, report.sequences) from exc
+    shutil.rmtree(out_dir / PARTS, ignore_errors=True)
     return report
+
+
+def _write_error(out_dir: Path, exc: OSError, finished: int) -> RecordsWriteError:
+    # numpy/zipfile report a short write as "N requested and 0 written"; the errno (EFBIG, ENOSPC)
+    # is on an exception further down the chain.
+    cause: BaseException | None = exc
+    while cause is not None and not getattr(cause, "errno", None):
+        cause = cause.__cause__ or cause.__context__
+    errno = getattr(cause, "errno", None)
+    reason = f"{os.strerror(errno)}: {exc}" if errno else f"{exc}; disk full or file size limit?"
+    message = (
+        f"{out_dir}: writing the grasp records failed ({reason}); no partial file was kept: "
+        f"free space and rerun ({finished} finished sequence(s) are reused)"
+    )
+    return RecordsWriteError(errno, message) if errno else RecordsWriteError(message)
+
+
+def _write_part(part: Path, arrays: dict[str, np.ndarray], out_dir: Path) -> None:
+    try:
+        atomic_write_npz(part, arrays)
+    except OSError as exc:
+        raise _write_error(out_dir, exc, len(list(part.parent.glob("*.npz")))) from exc
 
 
 def load_objects(records_dir: str | Path) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
