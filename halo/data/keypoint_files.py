@@ -90,7 +90,10 @@ def load_keypoints(path: str | Path, units: str = "m") -> KeypointSequence:
     ) as e:
         raise KeypointFileError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
     try:
-        kp = np.asarray(raw if not isinstance(raw, list | tuple) else np.stack(raw), dtype=np.float64)
+        kp = np.asarray(raw if not isinstance(raw, list | tuple) else np.stack(raw))
+        if kp.dtype.kind not in "biuf":  # complex, strings, objects: no silent cast to coordinates
+            raise TypeError(f"dtype {kp.dtype} is not real-valued")
+        kp = kp.astype(np.float64)
     except (ValueError, TypeError) as e:
         raise KeypointFileError(f"{path}: keypoints are not a numeric array ({e})") from e
     if kp.ndim == 2:

@@ -71,6 +71,7 @@ def test_single_hand_and_units(tmp_path, hands):
         (lambda p: p.with_suffix(".json").write_text('{"points": []}'), r"no 'keypoints' key"),
         (lambda p: p.with_suffix(".npy").write_bytes(b"\x93NUMPY garbage"), r"cannot be read"),
         (lambda p: p.with_suffix(".txt").write_text("1 2 3"), r"unsupported keypoint file type"),
+        (lambda p: np.save(p.with_suffix(".npy"), np.full((21, 3), 0.01 + 0.01j)), r"not real-valued"),
     ],
 )
 def test_bad_keypoint_files_name_file_and_problem(tmp_path, writer, message):
