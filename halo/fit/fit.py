@@ -60,19 +60,24 @@ START_POSES = ("open", "relaxed", "fist")
 class FitConfig:
     """Fitting hyper-parameters (defaults: the values the bench measured)."""
 
-    num_surface: int = 800
-    num_free: int = 800
+    num_surface: int = 600
+    num_free: int = 600
     poses: tuple[str, ...] = START_POSES
-    coarse_iterations: int = 120
-    coarse_rigid_iterations: int = 40
-    fine_iterations: int = 150
+    #: Surface points the coarse (capsule) stage uses.
+    coarse_points: int = 256
+    #: Rigid-only iterations for every start; then the ``coarse_keep`` best starts per input
+    #: get ``coarse_iterations`` more with every parameter free.
+    coarse_rigid_iterations: int = 30
+    coarse_keep: int = 4
+    coarse_iterations: int = 80
+    fine_iterations: int = 200
     keep_starts: int = 2
     lr: float = 0.01
-    fine_lr: float = 0.002
+    fine_lr: float = 0.004
     #: Part culling radius (x the calibrated radii) while fitting; 0 evaluates every part everywhere.
     cull_radius_factor: float = 1.0
     #: Logit temperature at the start of the fine stage (annealed to 1).
-    start_temperature: float = 8.0
+    start_temperature: float = 20.0
     angle_limit_weight: float = 10.0
     proportion_weight: float = 0.02
     free_weight: float = 1.0
@@ -132,7 +137,7 @@ def start_angles(pose: str) -> np.ndarray:
     return np.deg2rad(a)
 
 
-def _capsule_radii() -> np.ndarray:
+def capsule_radii() -> np.ndarray:
     radii = []
     for parent, child in BONES:
         finger, level = (child - 1) // 4, (child - 1) % 4
@@ -146,7 +151,7 @@ def _capsule_radii() -> np.ndarray:
 _SEGMENTS = tuple(BONES) + _PALM_SEGMENTS
 
 
-def _segments(kp: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def capsule_axes(kp: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Capsule axes (B,S,3) x2: the 20 bones, the palm segments and the wrist stump."""
     a = kp[:, [p for p, _ in _SEGMENTS]]
     b = kp[:, [c for _, c in _SEGMENTS]]
@@ -163,7 +168,7 @@ def _segments(kp: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torc
     return a, b
 
 
-def _point_segment_distance(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def point_segment_distance(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """p (B,N,3), segments a,b (B,S,3) -> (B,N,S) distances."""
     ab = (b - a)[:, None]  # (B,1,S,3)
     ap = p[:, :, None] - a[:, None]  # (B,N,S,3)
@@ -175,10 +180,12 @@ def capsule_loss(
     kp: torch.Tensor, scale: torch.Tensor, points: torch.Tensor, radii: torch.Tensor, partial: torch.Tensor
 ) -> torch.Tensor:
     """(B,) surrogate surface loss of a skeleton as capsules: both ways, metres^2 (Huber)."""
-    a, b = _segments(kp, scale)
+    a, b = capsule_axes(kp, scale)
     r = radii[None] * scale[:, None]  # (B,S)
-    d = _point_segment_distance(points, a, b) - r[:, None]  # (B,N,S)
-    to_skeleton = F.huber_loss(d.min(dim=-1).values, torch.zeros_like(d[..., 0]), delta=0.01, reduction="none")
+    d = point_segment_distance(points, a, b) - r[:, None]  # (B,N,S)
+    to_skeleton = F.huber_loss(
+        d.min(dim=-1).values, torch.zeros_like(d[..., 0]), delta=0.01, reduction="none"
+    )
     # Coverage: points along every bone should have the surface about one radius away.
     t = torch.linspace(0.15, 0.85, 4, device=kp.device, dtype=kp.dtype)
     axis = a[:, :, None] + t[None, None, :, None] * (b - a)[:, :, None]  # (B,S,4,3)
@@ -195,7 +202,7 @@ def capsule_loss(
 
 def fitting_model(model: HaloModel, radius_factor: float = 1.0) -> HaloModel:
     """The model to optimise through: part culling on (same function near the hand, much cheaper)."""
-    if radius_factor <= 0:
+    if radius_factor <= 0 or (radius_factor == 1.0 and model.config.part_radii is not None):
         return model
     config = copy.deepcopy(model.config)
     config.part_radii = tuple(radius_factor * r for r in (config.part_radii or DEFAULT_PART_RADII))
@@ -215,8 +222,8 @@ def _pca(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _hand_samples(kp: np.ndarray, rng: np.random.Generator, n: int = 3000) -> np.ndarray:
     """Points filling the capsules of a skeleton (for its PCA), volume-weighted."""
-    radii = _capsule_radii()
-    a, b = (x[0].numpy() for x in _segments(torch.tensor(kp[None]), torch.ones(1, dtype=torch.float64)))
+    radii = capsule_radii()
+    a, b = (x[0].numpy() for x in capsule_axes(torch.tensor(kp[None]), torch.ones(1, dtype=torch.float64)))
     vol = radii**2 * np.linalg.norm(b - a, axis=1)
     seg = rng.choice(len(a), n, p=vol / vol.sum())
     t = rng.uniform(0, 1, (n, 1))
@@ -255,6 +262,34 @@ class _Batch:
         self.centres = np.stack(centres)
 
 
+def palm_degenerate(kp: torch.Tensor) -> torch.Tensor:
+    """(B,) True where the index and middle root bones are (nearly) parallel: no hand frame."""
+    a, b = kp[:, 9] - kp[:, 0], kp[:, 5] - kp[:, 0]
+    sin = torch.linalg.cross(a, b, dim=-1).norm(dim=-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
+    return sin < 0.02
+
+
+def _guard_palm(kp: torch.Tensor) -> torch.Tensor:
+    """Keypoints HALO can canonicalize: a start whose palm collapsed gets its index root nudged.
+
+    Only happens to hopeless starts of the coarse stage; their loss stays high, so they are not chosen.
+    """
+    bad = palm_degenerate(kp)
+    if not bool(bad.any()):
+        return kp
+    a, b = kp[:, 9] - kp[:, 0], kp[:, 5] - kp[:, 0]
+    side = torch.linalg.cross(
+        a, torch.tensor([0.0, 0.0, 1.0], dtype=kp.dtype, device=kp.device).expand_as(a), dim=-1
+    )
+    side = torch.where(
+        side.norm(dim=-1, keepdim=True) < 1e-6, torch.linalg.cross(a, torch.ones_like(a), dim=-1), side
+    )
+    nudge = 0.2 * a.norm(dim=-1, keepdim=True) * side / side.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    fixed = kp.clone()
+    fixed[:, 5] = torch.where(bad[:, None], kp[:, 0] + b + nudge, kp[:, 5])
+    return fixed
+
+
 def _halo_losses(
     model: HaloModel,
     kp: torch.Tensor,
@@ -270,6 +305,7 @@ def _halo_losses(
     temperature at first widens the band in which the loss grows with the distance.
     """
     pts = torch.cat([surface, free], dim=1)
+    kp = _guard_palm(kp)
     out = model.forward(pts, kp, return_parts=True, validate=False)
     logit = out.part_logits.max(dim=-1).values / temperature
     ns = surface.shape[1]
@@ -393,7 +429,7 @@ def fit_hands(
         work.append(s)
     batch = _Batch(work, config, device, dtype)
     hand = KinematicHand().to(device=device, dtype=dtype)
-    radii = torch.tensor(_capsule_radii(), dtype=dtype, device=device)
+    radii = torch.tensor(capsule_radii(), dtype=dtype, device=device)
 
     # --- 1. rigid starts from PCA ---------------------------------------------------------
     rng = np.random.default_rng(config.seed)
@@ -404,7 +440,10 @@ def fit_hands(
             ang = start_angles(pose)
             with torch.no_grad():
                 p0 = HandParameters.initial(
-                    torch.eye(3)[None], torch.zeros(1, 3), torch.ones(1), torch.tensor(ang, dtype=torch.float32)[None]
+                    torch.eye(3)[None],
+                    torch.zeros(1, 3),
+                    torch.ones(1),
+                    torch.tensor(ang, dtype=torch.float32)[None],
                 )
                 kp0 = KinematicHand()(p0)[0].numpy()
             hs = _hand_samples(kp0, rng)
@@ -431,30 +470,54 @@ def fit_hands(
             + hand.degenerate_penalty(p)
         )
 
-    # --- 2. coarse capsule fit of every start ----------------------------------------------
-    surf_rows = batch.surface[owner_t]
-    part_rows = batch.partial[owner_t]
+    # --- 2. coarse capsule fit: rigid placement of every start, then the best few in full ------
+    coarse_pts = batch.surface[:, : config.coarse_points]
 
-    def coarse_loss(p: HandParameters, frac: float = 1.0):
-        kp = hand(p)
-        cl = capsule_loss(kp, torch.exp(p.log_scale), surf_rows, radii, part_rows) / 1e-4  # ~ (1 cm)^2 units
-        return cl + 0.1 * prior(p), kp
+    def coarse_loss_for(rows: torch.Tensor):
+        pts, part = coarse_pts[rows], batch.partial[rows]
 
-    _optimise(params, config.coarse_iterations, config.lr, coarse_loss, config.coarse_rigid_iterations)
+        def coarse_loss(p: HandParameters, frac: float = 1.0):
+            kp = hand(p)
+            cl = capsule_loss(kp, torch.exp(p.log_scale), pts, radii, part) / 1e-4  # ~ (1 cm)^2 units
+            return cl + 0.1 * prior(p), kp
+
+        return coarse_loss
+
+    def best_rows(score: np.ndarray, rows_owner: np.ndarray, count: int) -> list[int]:
+        keep = []
+        for i in range(len(work)):
+            rows = np.flatnonzero(rows_owner == i)
+            keep.extend(rows[np.argsort(score[rows], kind="stable")[:count]].tolist())
+        return keep
+
+    rigid_loss = coarse_loss_for(owner_t)
+    _optimise(params, config.coarse_rigid_iterations, config.lr, rigid_loss, config.coarse_rigid_iterations)
+    with torch.no_grad():
+        score = rigid_loss(params)[0].cpu().numpy()
+    keep = best_rows(score, np.asarray(owner), config.coarse_keep)
+    params = params.select(torch.tensor(keep, device=device))
+    owner_c = owner_t[torch.tensor(keep, device=device)]
+    labels = [labels[k] for k in keep]
+    _optimise(params, config.coarse_iterations, config.lr, coarse_loss_for(owner_c))
 
     # --- 3. choose starts by HALO's loss, refine them ---------------------------------------
     with torch.no_grad():
         kp = hand(params)
-        s_loss, f_loss, _ = _halo_losses(net, kp, surf_rows, batch.free[owner_t], batch.labels[owner_t])
+        s_loss, f_loss, _ = _halo_losses(
+            net, kp, batch.surface[owner_c], batch.free[owner_c], batch.labels[owner_c]
+        )
         score = (s_loss + config.free_weight * f_loss).cpu().numpy()
-    keep = []
-    for i in range(len(work)):
-        rows = np.flatnonzero(np.asarray(owner) == i)
-        keep.extend(rows[np.argsort(score[rows])[: config.keep_starts]].tolist())
+    keep = best_rows(score, owner_c.cpu().numpy(), config.keep_starts)
     keep_t = torch.tensor(keep, device=device)
     params = params.select(keep_t)
-    owner_k = owner_t[keep_t]
-    surf_k, free_k, lab_k, part_k = batch.surface[owner_k], batch.free[owner_k], batch.labels[owner_k], batch.partial[owner_k]
+    owner_k = owner_c[keep_t]
+    labels = [labels[k] for k in keep]
+    surf_k, free_k, lab_k, part_k = (
+        batch.surface[owner_k],
+        batch.free[owner_k],
+        batch.labels[owner_k],
+        batch.partial[owner_k],
+    )
 
     def fine_loss(p: HandParameters, frac: float = 1.0):
         kp = hand(p)
@@ -462,7 +525,12 @@ def fit_hands(
         sl, fl, _ = _halo_losses(net, kp, surf_k, free_k, lab_k, temperature)
         loss = sl + config.free_weight * fl + prior(p)
         if config.coverage_weight:
-            loss = loss + config.coverage_weight * capsule_loss(kp, torch.exp(p.log_scale), surf_k, radii, part_k) / 1e-4
+            loss = (
+                loss
+                + config.coverage_weight
+                * capsule_loss(kp, torch.exp(p.log_scale), surf_k, radii, part_k)
+                / 1e-4
+            )
         return loss, kp
 
     history = _optimise(params, config.fine_iterations, config.fine_lr, fine_loss)
@@ -507,7 +575,7 @@ def fit_hands(
             name=s.name,
             converged=not problems,
             reason="; ".join(problems) if problems else "converged",
-            iterations=config.coarse_iterations + config.fine_iterations,
+            iterations=config.coarse_rigid_iterations + config.coarse_iterations + config.fine_iterations,
             time_s=elapsed / len(surfaces),
             losses={
                 "total": float(final[best]),
@@ -517,7 +585,7 @@ def fit_hands(
             },
             surface_error_mm=err_mean,
             surface_error_p90_mm=err_p90,
-            start=labels[keep[best]],
+            start=labels[best],
             num_points=len(s.points),
             partial=s.partial,
             is_left=lefts[i],

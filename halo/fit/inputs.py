@@ -179,7 +179,9 @@ def load_hand_surface(
             rng = np.random.default_rng(seed)
             points, face = trimesh.sample.sample_surface(mesh, num_samples, seed=rng)
             # Face normals are usable when the winding is consistent (outward when closed and fixed).
-            normals = np.asarray(mesh.face_normals[face]) if mesh.is_winding_consistent and not partial else None
+            normals = (
+                np.asarray(mesh.face_normals[face]) if mesh.is_winding_consistent and not partial else None
+            )
         else:
             points = np.asarray(getattr(loaded, "vertices", np.zeros((0, 3))))
             extra = getattr(loaded, "metadata", {}).get("_ply_raw", {})
@@ -211,7 +213,9 @@ def _is_closed(mesh: trimesh.Trimesh) -> bool:
     return bool(mesh.is_winding_consistent) and not (counts == 1).any()
 
 
-def hand_surface_from_mesh(mesh: trimesh.Trimesh, num_samples: int = 20_000, seed: int = 0, name: str = "<mesh>"):
+def hand_surface_from_mesh(
+    mesh: trimesh.Trimesh, num_samples: int = 20_000, seed: int = 0, name: str = "<mesh>"
+):
     """A :class:`HandSurface` sampled from a mesh already in metres (closed when it bounds a volume)."""
     mesh = mesh.copy()
     mesh.merge_vertices()
@@ -247,11 +251,17 @@ def single_view_cloud(
     scale = float(np.median(z)) / pixel_m
     u = np.floor(rel @ ex / z * scale).astype(np.int64)
     v = np.floor(rel @ ey / z * scale).astype(np.int64)
-    key = (u - u.min()) * (v.max() - v.min() + 1) + (v - v.min())
-    order = np.lexsort((depth, key))
-    first = np.ones(len(order), bool)
-    first[1:] = key[order][1:] != key[order][:-1]
-    visible = pts[order[first]]
+    u, v = u - u.min() + 1, v - v.min() + 1
+    zbuf = np.full((u.max() + 2, v.max() + 2), np.inf)
+    np.minimum.at(zbuf, (u, v), depth)
+    # A sample is visible when it is the nearest in its bin and not behind the nearest surface
+    # of the neighbouring bins (bins at a silhouette may hold only back-side samples).
+    near = zbuf.copy()
+    for du in (-1, 0, 1):
+        for dv in (-1, 0, 1):
+            near = np.minimum(near, np.roll(np.roll(zbuf, du, 0), dv, 1))
+    keep = (depth <= zbuf[u, v]) & (depth <= near[u, v] + 4 * pixel_m)
+    visible = pts[keep]
     if len(visible) > num_points:
         visible = visible[rng.choice(len(visible), num_points, replace=False)]
     return HandSurface(visible, None, closed=False, partial=True, camera=camera, name="<single view>")

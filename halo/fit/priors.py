@@ -101,7 +101,14 @@ class HandParameters:
     angles: torch.Tensor  # (B,5,3,3) radians: finger, level, (flex, abd, twist)
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.rot6d, self.translation, self.log_scale, self.root_offsets, self.bone_log_lengths, self.angles]
+        return [
+            self.rot6d,
+            self.translation,
+            self.log_scale,
+            self.root_offsets,
+            self.bone_log_lengths,
+            self.angles,
+        ]
 
     @classmethod
     def initial(
