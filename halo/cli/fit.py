@@ -61,6 +61,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--iterations", type=int, default=None, help="fine-stage iterations (default: FitConfig's)"
     )
+    p.add_argument(
+        "--coarse-iterations", type=int, default=None, help="coarse-stage iterations (default: FitConfig's)"
+    )
     p.add_argument("--no-render", action="store_true", help="skip the PNG")
     p.set_defaults(func=cmd_fit)
     return p
@@ -154,6 +157,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     config = FitConfig()
     if args.iterations is not None:
         config.fine_iterations = args.iterations
+    if args.coarse_iterations is not None:
+        config.coarse_iterations = args.coarse_iterations
+        config.coarse_rigid_iterations = min(config.coarse_rigid_iterations, args.coarse_iterations)
     model = model.to(args.device)
     results = fit_hands(model, surfaces, is_left=args.left, config=config, device=args.device)
     keypoints = np.stack([r.keypoints for r in results]).astype(np.float32)

@@ -60,16 +60,16 @@ START_POSES = ("open", "relaxed", "fist")
 class FitConfig:
     """Fitting hyper-parameters (defaults: the values the bench measured)."""
 
-    num_surface: int = 600
-    num_free: int = 600
+    num_surface: int = 800
+    num_free: int = 800
     poses: tuple[str, ...] = START_POSES
     #: Surface points the coarse (capsule) stage uses.
-    coarse_points: int = 256
+    coarse_points: int = 800
     #: Rigid-only iterations for every start; then the ``coarse_keep`` best starts per input
     #: get ``coarse_iterations`` more with every parameter free.
-    coarse_rigid_iterations: int = 30
-    coarse_keep: int = 4
-    coarse_iterations: int = 80
+    coarse_rigid_iterations: int = 40
+    coarse_keep: int = 12
+    coarse_iterations: int = 120
     fine_iterations: int = 200
     keep_starts: int = 2
     lr: float = 0.01

@@ -55,7 +55,9 @@ def capsule_surface(keypoints: np.ndarray, n: int = 6000, seed: int = 0) -> Hand
     axis = a[seg] + np.clip(t, 0, 1)[:, None] * (b[seg] - a[seg])
     pts = axis + radii[seg, None] * direction
     # Keep points on the union's boundary: on their own capsule's wall, inside no other capsule.
-    d = point_segment_distance(torch.tensor(pts[None]), torch.tensor(a[None]), torch.tensor(b[None]))[0].numpy()
+    d = point_segment_distance(torch.tensor(pts[None]), torch.tensor(a[None]), torch.tensor(b[None]))[
+        0
+    ].numpy()
     own = np.abs(d[np.arange(len(pts)), seg] - radii[seg]) < 1e-9
     outside_others = (d - radii[None] >= -1e-9).all(axis=1)
     keep = own & outside_others

@@ -11,7 +11,6 @@ from halo.fit.inputs import (
     single_view_cloud,
 )
 from halo.fit.priors import REST_KEYPOINTS
-
 from tests.fit.capsule_hand import capsule_surface
 
 

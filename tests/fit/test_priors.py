@@ -11,7 +11,10 @@ def _params(angles, rotation=None, scale=1.0, translation=(0.0, 0.0, 0.0)):
     angles = torch.as_tensor(np.asarray(angles), dtype=torch.float64)[None]
     rot = torch.eye(3, dtype=torch.float64)[None] if rotation is None else rotation
     return HandParameters.initial(
-        rot, torch.tensor([translation], dtype=torch.float64), torch.tensor([scale], dtype=torch.float64), angles
+        rot,
+        torch.tensor([translation], dtype=torch.float64),
+        torch.tensor([scale], dtype=torch.float64),
+        angles,
     )
 
 
@@ -27,7 +30,9 @@ def test_posing_keeps_every_bone_length_and_curls_towards_the_palm():
     hand = KinematicHand().double()
     kp = hand(_params(start_angles("fist")))[0].numpy()
     for p, c in BONES:
-        assert np.linalg.norm(kp[c] - kp[p]) == pytest.approx(np.linalg.norm(REST_KEYPOINTS[c] - REST_KEYPOINTS[p]))
+        assert np.linalg.norm(kp[c] - kp[p]) == pytest.approx(
+            np.linalg.norm(REST_KEYPOINTS[c] - REST_KEYPOINTS[p])
+        )
     # The palm faces -y in the rest frame: curled fingertips move towards -y and back towards the wrist.
     for tip in (8, 12, 16, 20):
         assert kp[tip, 1] < REST_KEYPOINTS[tip, 1] - 0.005
