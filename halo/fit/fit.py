@@ -85,7 +85,7 @@ class FitConfig:
     #: A fit is converged when the estimated mean distance of the input points to the fitted
     #: HALO surface is below this (mm; single-view clouds get 1.5x) and the loss has settled.
     surface_tolerance_mm: float = 3.0
-    plateau_tolerance: float = 0.02
+    plateau_tolerance: float = 0.1
     seed: int = 0
 
 
