@@ -316,10 +316,6 @@ def _halo_losses(
     return s_loss, f_loss, s_logit
 
 
-def _expand(batch_tensor: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
-    return batch_tensor[owner]
-
-
 class _Adam:
     """Adam with per-group step sizes and a global schedule factor.
 
