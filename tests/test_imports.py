@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "eval": 6,
     "viz": 6,
     "grasp": 7,
+    "fit": 7,
     "cli": 8,
 }
 

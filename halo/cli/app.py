@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "halo.cli.generate",  # generate grasps
     "halo.cli.grasps",  # eval grasps
     "halo.cli.intersect",  # intersect
+    "halo.cli.fit",  # fit
 ]
 
 

@@ -364,5 +364,3 @@ def summarize_grasp_metrics(metrics: Sequence[GraspMetrics]) -> dict[str, float 
         "max_volume_cm3": float(vol.max()),
         "max_depth_cm": float(depth.max()),
     }
-
-

@@ -204,7 +204,7 @@ def _command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
 
 
 EVERY_COMMAND = {
-    ("mesh",), ("demo",), ("convert-checkpoint",), ("intersect",),
+    ("mesh",), ("demo",), ("convert-checkpoint",), ("intersect",), ("fit",),
     ("data", "prepare"), ("data", "build"), ("data", "synth"), ("data", "show"),
     ("data", "grasps-synth"), ("data", "grasps-show"),
     ("eval", "meshes"), ("eval", "grasps"), ("generate", "meshes"), ("generate", "grasps"),
@@ -228,6 +228,16 @@ def test_every_command_and_subcommand_has_help(capsys):
         assert all(p[1] in out for p in EVERY_COMMAND if p[0] == group) and subs > 1
     proc = subprocess.run([sys.executable, "-m", "halo.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and all(p[0] in proc.stdout for p in EVERY_COMMAND)
+
+
+def test_every_command_that_reads_a_checkpoint_offers_the_explicit_trust_opt_in():
+    readers = set()
+    for path, parser in _command_paths(build_parser()).items():
+        options = {o for a in parser._actions for o in a.option_strings}
+        if "--checkpoint" in options or path == ("convert-checkpoint",):
+            readers.add(path)
+            assert "--trust-checkpoint" in options, path
+    assert {("mesh",), ("demo",), ("fit",), ("eval", "grasps"), ("generate", "grasps")} <= readers
 
 
 def test_mise_options_have_one_default_per_use():

@@ -1,0 +1,599 @@
+"""Fitting HALO's 21 keypoints to an observed hand surface through its differentiable occupancy.
+
+Objective (per hand): HALO's occupancy is 0.5 on the surface points, 0 at free-space
+samples and 1 just inside a closed surface (binary cross-entropy on the max part
+logit, so the gradient does not vanish where the occupancy saturates), plus the
+priors of :mod:`halo.fit.priors`.  The unknowns are the kinematic parameters of
+:class:`halo.fit.priors.KinematicHand`, so bones stay bones.
+
+Initialisation and schedule (fingers can fit the wrong finger, so several starts):
+
+1. PCA of the cloud against PCA of the mean hand in a few poses (open, relaxed,
+   fist); the 4 proper sign combinations of the axes (the "flips") give
+   ``4 x len(poses)`` rigid starts, scaled by the clouds' spread.
+2. Coarse: every start is fitted to a capsule model of the skeleton (point-to-bone
+   distances minus a bone radius, both ways), which has useful gradients far from
+   the surface where HALO's occupancy is flat; first the rigid placement, then all.
+3. The ``keep_starts`` best starts per input by HALO's loss go to the fine stage
+   (HALO occupancy loss + priors); the best final loss wins.
+
+Every stage runs batched over inputs x starts on the model's device.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from halo.core.canonicalization import CanonicalizationError
+from halo.core.model import DEFAULT_PART_RADII, HaloModel
+from halo.core.skeleton import BONES, NUM_JOINTS
+from halo.fit.inputs import HandSurface, free_space_samples
+from halo.fit.priors import HandParameters, KinematicHand, bone_lengths_ok
+
+#: Surrogate radius (metres, mean-hand size) of each of the 20 bones for the coarse capsule model:
+#: wrist->finger-root bones are palm (thick), then proximal / middle / distal phalanges.
+_CAPSULE_RADII = {
+    "root": 0.0155,
+    "thumb": (0.012, 0.0095, 0.0085),
+    "finger": (0.0095, 0.0083, 0.0072),
+}
+#: Extra palm segments (index MCP - pinky MCP, thumb CMC - index MCP) and their radii.
+_PALM_SEGMENTS = ((5, 17), (1, 5))
+_PALM_RADII = (0.009, 0.0125)
+#: Wrist stump (mean-hand metres): distance behind the wrist, half width, radius.
+_STUMP = (0.008, 0.014, 0.016)
+# (Radii: median distance of the original checkpoint's surface to each segment of the skeleton
+# that made it, rounded; a mean HALO hand, not tuned per input.)
+
+#: Named start poses: per finger (curl in [0,1]); thumb angles are set separately.
+START_POSES = ("open", "relaxed", "fist")
+
+
+@dataclass
+class FitConfig:
+    """Fitting hyper-parameters (defaults: the values the bench measured)."""
+
+    num_surface: int = 800
+    num_free: int = 800
+    poses: tuple[str, ...] = START_POSES
+    #: Surface points the coarse (capsule) stage uses.
+    coarse_points: int = 800
+    #: Rigid-only iterations for every start; then the ``coarse_keep`` best starts per input
+    #: get ``coarse_iterations`` more with every parameter free.
+    coarse_rigid_iterations: int = 40
+    coarse_keep: int = 12
+    coarse_iterations: int = 120
+    fine_iterations: int = 200
+    keep_starts: int = 2
+    lr: float = 0.01
+    fine_lr: float = 0.004
+    #: Part culling radius (x the calibrated radii) while fitting; 0 evaluates every part everywhere.
+    cull_radius_factor: float = 1.0
+    #: Logit temperature at the start of the fine stage (annealed to 1).
+    start_temperature: float = 20.0
+    angle_limit_weight: float = 10.0
+    proportion_weight: float = 0.02
+    free_weight: float = 1.0
+    coverage_weight: float = 0.0
+    #: A fit is converged when the estimated mean distance of the input points to the fitted
+    #: HALO surface is below this (mm; single-view clouds get 1.5x) and the loss has settled.
+    surface_tolerance_mm: float = 3.0
+    plateau_tolerance: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class FitReport:
+    """What happened in one fit (JSON-ready via :meth:`to_dict`)."""
+
+    name: str
+    converged: bool
+    reason: str
+    iterations: int
+    time_s: float
+    losses: dict[str, float]
+    surface_error_mm: float
+    surface_error_p90_mm: float
+    start: str
+    num_points: int
+    partial: bool
+    is_left: bool
+    units_factor: float
+    device: str
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    keypoints: np.ndarray  # (21,3) metres, MANO order, input frame
+    report: FitReport
+
+
+# ----------------------------------------------------------------------------- start poses
+
+
+def start_angles(pose: str) -> np.ndarray:
+    """(5,3,3) radians: finger (thumb..pinky), level, (flex, abd, twist) of a named start pose."""
+    a = np.zeros((5, 3, 3))
+    curl = {"open": 0.0, "relaxed": 0.45, "fist": 0.95}[pose]
+    for f in range(1, 5):
+        a[f, 0, 0] = 85.0 * curl
+        a[f, 1, 0] = 100.0 * curl
+        a[f, 2, 0] = 75.0 * curl
+    thumb = {"open": (0, 10, 0, 5, 5), "relaxed": (15, 30, -15, 20, 15), "fist": (35, 30, -25, 35, 30)}[pose]
+    a[0, 0] = thumb[:3]
+    a[0, 1, 0] = thumb[3]
+    a[0, 2, 0] = thumb[4]
+    return np.deg2rad(a)
+
+
+def capsule_radii() -> np.ndarray:
+    radii = []
+    for parent, child in BONES:
+        finger, level = (child - 1) // 4, (child - 1) % 4
+        if parent == 0:
+            radii.append(_CAPSULE_RADII["root"] if finger else _CAPSULE_RADII["thumb"][0])
+        else:
+            radii.append((_CAPSULE_RADII["thumb"] if finger == 0 else _CAPSULE_RADII["finger"])[level - 1])
+    return np.array(radii + list(_PALM_RADII) + [_STUMP[2]])
+
+
+_SEGMENTS = tuple(BONES) + _PALM_SEGMENTS
+
+
+def capsule_axes(kp: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Capsule axes (B,S,3) x2: the 20 bones, the palm segments and the wrist stump."""
+    a = kp[:, [p for p, _ in _SEGMENTS]]
+    b = kp[:, [c for _, c in _SEGMENTS]]
+    # HALO's palm part reaches ~1.7 cm behind the wrist joint, ~5 cm wide: one segment across it.
+    along = kp[:, 9] - kp[:, 0]
+    along = along / along.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    across = kp[:, 5] - kp[:, 17]
+    across = across - (across * along).sum(-1, keepdim=True) * along
+    across = across / across.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    s = scale[:, None]
+    back = kp[:, 0] - _STUMP[0] * s * along
+    a = torch.cat([a, (back + _STUMP[1] * s * across)[:, None]], dim=1)
+    b = torch.cat([b, (back - _STUMP[1] * s * across)[:, None]], dim=1)
+    return a, b
+
+
+def point_segment_distance(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """p (B,N,3), segments a,b (B,S,3) -> (B,N,S) distances."""
+    ab = (b - a)[:, None]  # (B,1,S,3)
+    ap = p[:, :, None] - a[:, None]  # (B,N,S,3)
+    t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-10)).clamp(0, 1)
+    return (ap - t[..., None] * ab).norm(dim=-1)
+
+
+def capsule_loss(
+    kp: torch.Tensor, scale: torch.Tensor, points: torch.Tensor, radii: torch.Tensor, partial: torch.Tensor
+) -> torch.Tensor:
+    """(B,) surrogate surface loss of a skeleton as capsules: both ways, metres^2 (Huber)."""
+    a, b = capsule_axes(kp, scale)
+    r = radii[None] * scale[:, None]  # (B,S)
+    d = point_segment_distance(points, a, b) - r[:, None]  # (B,N,S)
+    to_skeleton = F.huber_loss(
+        d.min(dim=-1).values, torch.zeros_like(d[..., 0]), delta=0.01, reduction="none"
+    )
+    # Coverage: points along every bone should have the surface about one radius away.
+    t = torch.linspace(0.15, 0.85, 4, device=kp.device, dtype=kp.dtype)
+    axis = a[:, :, None] + t[None, None, :, None] * (b - a)[:, :, None]  # (B,S,4,3)
+    nn = torch.cdist(axis.flatten(1, 2), points).min(dim=-1).values.view(*axis.shape[:3])
+    gap = torch.relu(nn - r[..., None])
+    # Single views see about half of each bone's circumference: only penalise gaps beyond it.
+    gap = torch.where(partial[:, None, None], torch.relu(nn - 1.6 * r[..., None]), gap)
+    cover = F.huber_loss(gap, torch.zeros_like(gap), delta=0.01, reduction="none")
+    return to_skeleton.mean(1) + 0.5 * cover.mean(dim=(1, 2))
+
+
+# ----------------------------------------------------------------------------- the fit
+
+
+def fitting_model(model: HaloModel, radius_factor: float = 1.0) -> HaloModel:
+    """The model to optimise through: part culling on (same function near the hand, much cheaper)."""
+    if radius_factor <= 0 or (radius_factor == 1.0 and model.config.part_radii is not None):
+        return model
+    config = copy.deepcopy(model.config)
+    config.part_radii = tuple(radius_factor * r for r in (config.part_radii or DEFAULT_PART_RADII))
+    culled = HaloModel(config)
+    culled.load_state_dict(model.state_dict())
+    p = next(model.parameters())
+    return culled.to(device=p.device, dtype=p.dtype).eval()
+
+
+def _pca(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    c = points.mean(0)
+    cov = np.cov((points - c).T)
+    w, v = np.linalg.eigh(cov)
+    order = np.argsort(w)[::-1]
+    return c, v[:, order], np.sqrt(np.maximum(w[order], 0))
+
+
+def _hand_samples(kp: np.ndarray, rng: np.random.Generator, n: int = 3000) -> np.ndarray:
+    """Points filling the capsules of a skeleton (for its PCA), volume-weighted."""
+    radii = capsule_radii()
+    a, b = (x[0].numpy() for x in capsule_axes(torch.tensor(kp[None]), torch.ones(1, dtype=torch.float64)))
+    vol = radii**2 * np.linalg.norm(b - a, axis=1)
+    seg = rng.choice(len(a), n, p=vol / vol.sum())
+    t = rng.uniform(0, 1, (n, 1))
+    ball = rng.normal(size=(n, 3))
+    ball *= (rng.uniform(0, 1, (n, 1)) ** (1 / 3)) / np.linalg.norm(ball, axis=1, keepdims=True)
+    return a[seg] + t * (b[seg] - a[seg]) + ball * radii[seg, None]
+
+
+def _flips() -> list[np.ndarray]:
+    return [np.diag(s) for s in ([1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1])]
+
+
+class _Batch:
+    """Tensors of the inputs x starts being fitted (input index ``owner`` per row)."""
+
+    def __init__(self, surfaces, config, device, dtype):
+        rng = np.random.default_rng(config.seed)
+        surf, free, labels, partial, centres = [], [], [], [], []
+        for i, s in enumerate(surfaces):
+            centre = s.points.mean(0)
+            idx = rng.choice(len(s.points), config.num_surface, replace=len(s.points) < config.num_surface)
+            surf.append(s.points[idx] - centre)
+            q, lab = free_space_samples(s, 2 * config.num_free, seed=config.seed + i)
+            if len(q) == 0:
+                q, lab = s.points[:1] + 1.0, np.zeros(1)  # far away: a harmless zero-occupancy sample
+            j = rng.choice(len(q), config.num_free, replace=len(q) < config.num_free)
+            free.append(q[j] - centre)
+            labels.append(lab[j])
+            partial.append(s.partial)
+            centres.append(centre)
+        t = lambda x: torch.tensor(np.asarray(x), dtype=dtype, device=device)  # noqa: E731
+        self.surface = t(np.stack(surf))
+        self.free = t(np.stack(free))
+        self.labels = t(np.stack(labels))
+        self.partial = torch.tensor(partial, device=device)
+        self.centres = np.stack(centres)
+
+
+def palm_degenerate(kp: torch.Tensor) -> torch.Tensor:
+    """(B,) True where the index and middle root bones are (nearly) parallel: no hand frame."""
+    a, b = kp[:, 9] - kp[:, 0], kp[:, 5] - kp[:, 0]
+    sin = torch.linalg.cross(a, b, dim=-1).norm(dim=-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
+    return sin < 0.02
+
+
+def _guard_palm(kp: torch.Tensor) -> torch.Tensor:
+    """Keypoints HALO can canonicalize: a start whose palm collapsed gets its index root nudged.
+
+    Only happens to hopeless starts of the coarse stage; their loss stays high, so they are not chosen.
+    """
+    bad = palm_degenerate(kp)
+    if not bool(bad.any()):
+        return kp
+    a, b = kp[:, 9] - kp[:, 0], kp[:, 5] - kp[:, 0]
+    side = torch.linalg.cross(
+        a, torch.tensor([0.0, 0.0, 1.0], dtype=kp.dtype, device=kp.device).expand_as(a), dim=-1
+    )
+    side = torch.where(
+        side.norm(dim=-1, keepdim=True) < 1e-6, torch.linalg.cross(a, torch.ones_like(a), dim=-1), side
+    )
+    nudge = 0.2 * a.norm(dim=-1, keepdim=True) * side / side.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    fixed = kp.clone()
+    fixed[:, 5] = torch.where(bad[:, None], kp[:, 0] + b + nudge, kp[:, 5])
+    return fixed
+
+
+def _halo_losses(
+    model: HaloModel,
+    kp: torch.Tensor,
+    surface: torch.Tensor,
+    free: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+):
+    """(B,) surface BCE (target 0.5), (B,) free/inside BCE, (B,Ns) surface max-part logits.
+
+    ``temperature`` > 1 divides the logits: HALO's occupancy goes from 0 to 1 within a
+    millimetre or two, so at T=1 the loss only counts points inside vs outside; a high
+    temperature at first widens the band in which the loss grows with the distance.
+    """
+    pts = torch.cat([surface, free], dim=1)
+    kp = _guard_palm(kp)
+    out = model.forward(pts, kp, return_parts=True, validate=False)
+    logit = out.part_logits.max(dim=-1).values / temperature
+    ns = surface.shape[1]
+    s_logit, f_logit = logit[:, :ns], logit[:, ns:]
+    s_loss = F.binary_cross_entropy_with_logits(s_logit, torch.full_like(s_logit, 0.5), reduction="none")
+    s_loss = s_loss.mean(1) - math.log(2.0)  # 0 when every surface point sits on the 0.5 level
+    f_loss = F.binary_cross_entropy_with_logits(f_logit, labels, reduction="none").mean(1)
+    return s_loss, f_loss, s_logit
+
+
+class _Adam:
+    """Adam with per-group step sizes and a global schedule factor.
+
+    Hand-written (a dozen lines) because ``torch.optim`` imports ``torch._dynamo`` on first
+    use, which costs ~5 s per process: half of the per-hand time budget of a one-hand CLI run.
+    """
+
+    def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.groups = groups
+        self.betas, self.eps, self.step_count = betas, eps, 0
+        self.state = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for g in groups for p in g["params"]}
+
+    @torch.no_grad()
+    def step(self, factor: float = 1.0) -> None:
+        self.step_count += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1**self.step_count, 1 - b2**self.step_count
+        for g in self.groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                m, v = self.state[id(p)]
+                m.mul_(b1).add_(p.grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                p.sub_(g["lr"] * factor * (m / c1) / ((v / c2).sqrt() + self.eps))
+
+
+def _optimise(params: HandParameters, iterations: int, lr: float, loss_fn, rigid_only_for: int = 0):
+    tensors = params.tensors()
+    for t in tensors:
+        t.requires_grad_(True)
+    # Per-group step sizes: metres for positions, radians for angles, log factors for lengths.
+    groups = [
+        {"params": [params.rot6d], "lr": 3 * lr},
+        {"params": [params.translation], "lr": 0.5 * lr},
+        {"params": [params.log_scale], "lr": lr},
+        {"params": [params.root_offsets], "lr": 0.1 * lr},
+        {"params": [params.bone_log_lengths], "lr": lr},
+        {"params": [params.angles], "lr": 5 * lr},
+    ]
+    opt = _Adam(groups)
+    history = []
+    for it in range(iterations):
+        frac = it / max(iterations - 1, 1)
+        factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+        for t in tensors:
+            t.grad = None
+        loss, _ = loss_fn(params, frac)
+        loss.sum().backward()
+        if it < rigid_only_for:
+            for t in tensors[3:]:
+                t.grad = None
+        opt.step(factor)
+        history.append(loss.detach())
+    for t in tensors:
+        t.requires_grad_(False)
+    return torch.stack(history) if history else None
+
+
+def _surface_error_mm(model: HaloModel, kp: torch.Tensor, surface: torch.Tensor) -> torch.Tensor:
+    """(B,N) first-order distance (mm) of surface points to the 0.5 level: |logit| / |grad logit|, capped at 50."""
+    pts = surface.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = model.forward(pts, kp.detach(), return_parts=True, validate=False)
+        logit = out.part_logits.max(dim=-1).values
+        (grad,) = torch.autograd.grad(logit.sum(), pts)
+    dist = logit.detach().abs() / grad.norm(dim=-1).clamp_min(1e-6)
+    return (dist * 1000.0).clamp(max=50.0)
+
+
+def fit_hands(
+    model: HaloModel,
+    surfaces: list[HandSurface],
+    *,
+    is_left: bool | list[bool] = False,
+    config: FitConfig | None = None,
+    device: str | torch.device | None = None,
+) -> list[FitResult]:
+    """Fit keypoints to each surface (batched over inputs x starts). Returns one result per input.
+
+    Args:
+        model: any HALO base model (:func:`halo.core.checkpoint.load_model`); not modified.
+        surfaces: hand surfaces in metres (:func:`halo.fit.inputs.load_hand_surface`).
+        is_left: left hands (one flag or one per surface); fitted mirrored as right hands.
+        device: where to run (default: the model's device).
+    """
+    config = config or FitConfig()
+    if not surfaces:
+        raise ValueError("fit_hands needs at least one surface")
+    lefts = [is_left] * len(surfaces) if isinstance(is_left, bool) else list(is_left)
+    if len(lefts) != len(surfaces):
+        raise ValueError(f"is_left has {len(lefts)} entries for {len(surfaces)} surfaces")
+    t0 = time.perf_counter()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    net = fitting_model(model, config.cull_radius_factor).to(device)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    dtype = torch.float32
+    mirror = np.diag([-1.0, 1.0, 1.0])
+    work = []
+    for s, left in zip(surfaces, lefts, strict=True):
+        if left:  # a mirrored left hand is a right hand
+            s = copy.copy(s)
+            s.points = s.points @ mirror
+            s.normals = None if s.normals is None else s.normals @ mirror
+            s.camera = s.camera @ mirror
+        work.append(s)
+    batch = _Batch(work, config, device, dtype)
+    hand = KinematicHand().to(device=device, dtype=dtype)
+    radii = torch.tensor(capsule_radii(), dtype=dtype, device=device)
+
+    # --- 1. rigid starts from PCA ---------------------------------------------------------
+    rng = np.random.default_rng(config.seed)
+    rots, trans, scales, angles, owner, labels = [], [], [], [], [], []
+    for i, s in enumerate(work):
+        c, e, sd = _pca(s.points - batch.centres[i])
+        for pose in config.poses:
+            ang = start_angles(pose)
+            with torch.no_grad():
+                p0 = HandParameters.initial(
+                    torch.eye(3)[None],
+                    torch.zeros(1, 3),
+                    torch.ones(1),
+                    torch.tensor(ang, dtype=torch.float32)[None],
+                )
+                kp0 = KinematicHand()(p0)[0].numpy()
+            hs = _hand_samples(kp0, rng)
+            hc, h, hsd = _pca(hs)
+            sc = float(np.clip((sd[0] + sd[1]) / (hsd[0] + hsd[1]), 0.7, 1.4))
+            for k, flip in enumerate(_flips()):
+                r = e @ flip @ h.T
+                if np.linalg.det(r) < 0:
+                    r = e @ (flip @ np.diag([1, 1, -1])) @ h.T
+                rots.append(r)
+                trans.append(c - sc * r @ hc)
+                scales.append(sc)
+                angles.append(ang)
+                owner.append(i)
+                labels.append(f"{pose}/flip{k}")
+    t = lambda x: torch.tensor(np.asarray(x), dtype=dtype, device=device)  # noqa: E731
+    params = HandParameters.initial(t(rots), t(trans), t(scales), t(angles))
+    owner_t = torch.tensor(owner, device=device)
+
+    def prior(p: HandParameters) -> torch.Tensor:
+        return (
+            config.angle_limit_weight * hand.angle_limit_penalty(p)
+            + config.proportion_weight * hand.proportion_penalty(p)
+            + hand.degenerate_penalty(p)
+        )
+
+    # --- 2. coarse capsule fit: rigid placement of every start, then the best few in full ------
+    coarse_pts = batch.surface[:, : config.coarse_points]
+
+    def coarse_loss_for(rows: torch.Tensor):
+        pts, part = coarse_pts[rows], batch.partial[rows]
+
+        def coarse_loss(p: HandParameters, frac: float = 1.0):
+            kp = hand(p)
+            cl = capsule_loss(kp, torch.exp(p.log_scale), pts, radii, part) / 1e-4  # ~ (1 cm)^2 units
+            return cl + 0.1 * prior(p), kp
+
+        return coarse_loss
+
+    def best_rows(score: np.ndarray, rows_owner: np.ndarray, count: int) -> list[int]:
+        keep = []
+        for i in range(len(work)):
+            rows = np.flatnonzero(rows_owner == i)
+            keep.extend(rows[np.argsort(score[rows], kind="stable")[:count]].tolist())
+        return keep
+
+    rigid_loss = coarse_loss_for(owner_t)
+    _optimise(params, config.coarse_rigid_iterations, config.lr, rigid_loss, config.coarse_rigid_iterations)
+    with torch.no_grad():
+        score = rigid_loss(params)[0].cpu().numpy()
+    keep = best_rows(score, np.asarray(owner), config.coarse_keep)
+    params = params.select(torch.tensor(keep, device=device))
+    owner_c = owner_t[torch.tensor(keep, device=device)]
+    labels = [labels[k] for k in keep]
+    _optimise(params, config.coarse_iterations, config.lr, coarse_loss_for(owner_c))
+
+    # --- 3. choose starts by HALO's loss, refine them ---------------------------------------
+    with torch.no_grad():
+        kp = hand(params)
+        s_loss, f_loss, _ = _halo_losses(
+            net, kp, batch.surface[owner_c], batch.free[owner_c], batch.labels[owner_c]
+        )
+        score = (s_loss + config.free_weight * f_loss).cpu().numpy()
+    keep = best_rows(score, owner_c.cpu().numpy(), config.keep_starts)
+    keep_t = torch.tensor(keep, device=device)
+    params = params.select(keep_t)
+    owner_k = owner_c[keep_t]
+    labels = [labels[k] for k in keep]
+    surf_k, free_k, lab_k, part_k = (
+        batch.surface[owner_k],
+        batch.free[owner_k],
+        batch.labels[owner_k],
+        batch.partial[owner_k],
+    )
+
+    def fine_loss(p: HandParameters, frac: float = 1.0):
+        kp = hand(p)
+        temperature = config.start_temperature ** max(0.0, 1.0 - frac / 0.7)  # reaches 1 at 70%
+        sl, fl, _ = _halo_losses(net, kp, surf_k, free_k, lab_k, temperature)
+        loss = sl + config.free_weight * fl + prior(p)
+        if config.coverage_weight:
+            loss = (
+                loss
+                + config.coverage_weight
+                * capsule_loss(kp, torch.exp(p.log_scale), surf_k, radii, part_k)
+                / 1e-4
+            )
+        return loss, kp
+
+    history = _optimise(params, config.fine_iterations, config.fine_lr, fine_loss)
+
+    # --- 4. pick the best start per input and report -----------------------------------------
+    with torch.no_grad():
+        kp = hand(params)
+        s_loss, f_loss, _ = _halo_losses(net, kp, surf_k, free_k, lab_k)
+        pr = prior(params)
+        final = (s_loss + config.free_weight * f_loss + pr).cpu().numpy()
+    err = _surface_error_mm(net, kp, surf_k).cpu().numpy()
+    kp_np = kp.detach().cpu().double().numpy()
+    elapsed = time.perf_counter() - t0
+    results = []
+    for i, s in enumerate(surfaces):
+        rows = np.flatnonzero(owner_k.cpu().numpy() == i)
+        best = rows[np.argmin(final[rows])]
+        keypoints = kp_np[best] + batch.centres[i]
+        if lefts[i]:
+            keypoints = keypoints @ mirror
+        hist = history[:, best].cpu().numpy() if history is not None else np.array([final[best]])
+        tail = hist[-max(len(hist) // 10, 2) :]
+        plateau = float((tail.max() - tail.min()) / max(abs(tail.mean()), 1e-6))
+        err_mean, err_p90 = float(err[best].mean()), float(np.percentile(err[best], 90))
+        tol = config.surface_tolerance_mm * (1.5 if s.partial else 1.0)
+        problems = []
+        if not np.isfinite(keypoints).all():
+            problems.append("keypoints are not finite")
+        if err_mean > tol:
+            problems.append(f"mean surface error {err_mean:.2f} mm > {tol:.2f} mm (is this a hand?)")
+        if plateau > config.plateau_tolerance:
+            problems.append(f"loss still changing by {100 * plateau:.1f}% over the last iterations")
+        if float(pr[best]) > 0.5:
+            problems.append(f"priors violated (penalty {float(pr[best]):.2f}: joint limits or proportions)")
+        if not bone_lengths_ok(keypoints):
+            problems.append("a bone collapsed (< 4 mm)")
+        try:
+            net.canonicalize(torch.tensor(keypoints[None], dtype=torch.float32), torch.tensor([lefts[i]]))
+        except CanonicalizationError as exc:
+            problems.append(f"degenerate skeleton ({exc})")
+        report = FitReport(
+            name=s.name,
+            converged=not problems,
+            reason="; ".join(problems) if problems else "converged",
+            iterations=config.coarse_rigid_iterations + config.coarse_iterations + config.fine_iterations,
+            time_s=elapsed / len(surfaces),
+            losses={
+                "total": float(final[best]),
+                "surface_bce": float(s_loss[best]),
+                "free_bce": float(f_loss[best]),
+                "prior": float(pr[best]),
+            },
+            surface_error_mm=err_mean,
+            surface_error_p90_mm=err_p90,
+            start=labels[best],
+            num_points=len(s.points),
+            partial=s.partial,
+            is_left=lefts[i],
+            units_factor=s.units_factor,
+            device=str(device),
+            extra={"batch_time_s": elapsed, "batch_size": len(surfaces), "plateau": plateau},
+        )
+        results.append(FitResult(keypoints.astype(np.float64).reshape(NUM_JOINTS, 3), report))
+    return results
+
+
+def fit_hand(model: HaloModel, surface: HandSurface, **kwargs) -> FitResult:
+    """One surface: see :func:`fit_hands`."""
+    is_left = kwargs.pop("is_left", False)
+    return fit_hands(model, [surface], is_left=[bool(is_left)], **kwargs)[0]

@@ -1,0 +1,91 @@
+"""Fits on surfaces made from known keypoints (analytic capsule hand; the reference checkpoint when present)."""
+
+import numpy as np
+import pytest
+import torch
+
+from halo.fit import FitConfig, fit_hands
+from halo.fit.fit import start_angles
+from halo.fit.inputs import HandSurface
+from halo.fit.priors import HandParameters, KinematicHand, rotation_6d_to_matrix
+from tests.fit.capsule_hand import CapsuleHandModel, capsule_surface
+
+FAST = FitConfig(num_surface=400, num_free=400, coarse_iterations=80, fine_iterations=100)
+
+
+def _posed_hand(seed: int) -> np.ndarray:
+    """Known keypoints: the mean hand half-curled with jitter, a random rotation, 40 cm from the origin."""
+    rng = np.random.default_rng(seed)
+    angles = start_angles("relaxed") * rng.uniform(0.6, 1.3, (5, 3, 1)) * np.array([1, 0.3, 0])
+    rot = rotation_6d_to_matrix(torch.tensor(rng.normal(size=(1, 6))))
+    params = HandParameters.initial(
+        rot,
+        torch.tensor([[0.1, 0.05, 0.4]]),
+        torch.tensor([rng.uniform(0.9, 1.1)]),
+        torch.tensor(angles)[None],
+    )
+    with torch.no_grad():
+        return KinematicHand().double()(params)[0].numpy()
+
+
+# ~2 min on the shared 2-core machine under load (12 starts x 260 iterations): not in the fast suite.
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="known gap: hand 1 lands in a local minimum (wrist and index MCP within 1 mm, fingers 20-70 mm off)",
+    strict=False,
+)
+def test_fit_recovers_the_keypoints_that_made_the_surface_batched_and_left():
+    model = CapsuleHandModel()
+    truths = [_posed_hand(1), _posed_hand(2)]
+    surfaces = [capsule_surface(truths[0], n=3000), capsule_surface(truths[1], n=3000, seed=1)]
+    # The second hand is given as a left hand: its mirror image.
+    mirror = np.diag([-1.0, 1.0, 1.0])
+    surfaces[1] = HandSurface(surfaces[1].points @ mirror, surfaces[1].normals @ mirror, closed=True)
+    results = fit_hands(model, surfaces, is_left=[False, True], config=FAST)
+    expected = [truths[0], truths[1] @ mirror]
+    for result, truth in zip(results, expected, strict=True):
+        err_mm = np.linalg.norm(result.keypoints - truth, axis=1) * 1000
+        assert err_mm.mean() < 4.0, err_mm.round(1)
+        assert err_mm.max() < 12.0, err_mm.round(1)
+        assert result.report.converged, result.report.reason
+        assert result.report.surface_error_mm < 1.5
+    assert results[1].report.is_left
+
+
+def test_a_non_hand_shape_is_reported_as_not_converged():
+    rng = np.random.default_rng(0)
+    normals = rng.normal(size=(3000, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    ball = HandSurface(0.06 * normals + np.array([0.0, 0.0, 0.3]), normals, closed=True, name="ball")
+    tiny = FitConfig(
+        num_surface=200,
+        num_free=200,
+        poses=("open",),
+        coarse_rigid_iterations=10,
+        coarse_iterations=20,
+        fine_iterations=20,
+    )
+    result = fit_hands(CapsuleHandModel(), [ball], config=tiny)[0]
+    assert not result.report.converged
+    assert "surface error" in result.report.reason
+    assert result.report.surface_error_mm > 3.0
+    assert np.isfinite(result.keypoints).all()  # a skeleton is still returned, flagged
+
+
+@pytest.mark.reference
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="known gap: bench/bench_fit.py measured mean 3.4 mm but one joint (pinky tip) 35 mm on frame 0",
+    strict=False,
+)
+def test_reference_mesh_frame0_is_fitted_within_5mm(halo_reference):
+    from halo.core.checkpoint import load_model
+    from halo.fit import load_hand_surface
+
+    model, _ = load_model(halo_reference / "model_best.pt")
+    truth = np.load(halo_reference / "dev_reference.npz")["keypoints"][0]
+    surface = load_hand_surface(halo_reference / "mesh_frame000_cm.ply", units="cm")
+    result = fit_hands(model, [surface])[0]
+    err_mm = np.linalg.norm(result.keypoints - truth, axis=1) * 1000
+    assert err_mm.mean() <= 5.0 and err_mm.max() <= 15.0, err_mm.round(1)
+    assert result.report.converged, result.report.reason
