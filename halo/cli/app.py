@@ -94,6 +94,7 @@ def cmd_mesh(args: argparse.Namespace) -> int:
             upsampling_steps=args.upsampling_steps,
             threshold=args.threshold,
             part_labels=args.part_colors,
+            part_colors=render.PART_COLORS if args.part_colors else None,
         )
         times.append(time.perf_counter() - t0)
         stem = out / f"hand_{i:03d}"
