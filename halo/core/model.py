@@ -72,8 +72,13 @@ class PosedParts:
 
     def hand(self, b: int) -> PosedParts:
         """Hand ``b`` alone (batch of one)."""
+        return self.take([b])
+
+    def take(self, hands: list[int]) -> PosedParts:
+        """The given hands, in that order."""
+        idx = torch.as_tensor(hands, dtype=torch.long, device=self.first_a.device)
         return PosedParts(
-            *(t[b : b + 1] for t in (self.first_a, self.first_c, self.rot, self.trans, self.segments))
+            *(t[idx] for t in (self.first_a, self.first_c, self.rot, self.trans, self.segments))
         )
 
     def segment_distances(self, points: torch.Tensor, b: int = 0) -> torch.Tensor:
@@ -342,37 +347,65 @@ class PartOccupancyNetwork(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Inference path: the max part logit (B,N), its part (B,N) and the (point, part) evaluations run.
 
-        ``points`` (B,N,3) in model units (normalized posed frame).  ``radii`` None evaluates every
-        part at every point (the network's exact max); (P,) or (B,P) canonical distances evaluate
-        part k only within ``radii[k]`` of its bone (:meth:`PosedParts.segment_distances`), the
-        other pairs counting as ``config.culled_logit`` (as :meth:`forward_culled` does).
-        ``candidates(points (m,3), b) -> (m,P) bool`` replaces the radius rule by any other
-        (e.g. the mesh field's interval bounds).  Work
-        and memory per call are bounded by ``chunk_size`` points at a time, on the points' device.
+        ``points`` (B,N,3) in model units (normalized posed frame); see :meth:`max_logits_packed`.
         """
         bsz, n, _ = points.shape
+        counts = [n] * bsz
+        best, label, evaluations = self.max_logits_packed(
+            points.reshape(bsz * n, 3), counts, posed, radii, chunk_size, candidates
+        )
+        return best.reshape(bsz, n), label.reshape(bsz, n), sum(evaluations)
+
+    @torch.no_grad()
+    def max_logits_packed(
+        self,
+        points: torch.Tensor,
+        counts: list[int],
+        posed: PosedParts,
+        radii: torch.Tensor | None = None,
+        chunk_size: int = INFERENCE_CHUNK,
+        candidates: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Several hands in one call: the max part logit (M,), its part (M,) and evaluations per hand.
+
+        ``points`` (M,3) in model units (normalized posed frame) holds ``counts[b]`` points of hand
+        b after each other (hands of ``posed``, in order; counts may differ, e.g. the requests of
+        several mesh extractions).  ``radii`` None evaluates every part at every point (the
+        network's exact max); (P,) or (B,P) canonical distances evaluate part k only within
+        ``radii[k]`` of its bone (:meth:`PosedParts.segment_distances`), the other pairs counting
+        as ``config.culled_logit`` (as :meth:`forward_culled` does).
+        ``candidates(points (m,3), b) -> (m,P) bool`` replaces the radius rule by any other
+        (e.g. the mesh field's interval bounds).  Work and memory are bounded by ``chunk_size``
+        points at a time, on the points' device.
+        """
         num_parts = self.config.num_parts
         dtype, device = self.weights[0].dtype, points.device
         points = points.to(dtype)
-        cs = max(1, min(int(chunk_size), n))
+        total = points.shape[0]
+        if len(counts) != posed.first_a.shape[0] or sum(counts) != total:
+            raise ValueError(
+                f"counts {list(counts)} must give one count per posed hand ({posed.first_a.shape[0]}) "
+                f"summing to the number of points ({total})"
+            )
+        cs = max(1, min(int(chunk_size), max(counts, default=1)))
         buffers = [torch.empty(cs, w.shape[1], dtype=dtype, device=device) for w in self.weights]
-        best = torch.full((bsz, n), -torch.inf, dtype=dtype, device=device)
-        label = torch.zeros((bsz, n), dtype=torch.long, device=device)
+        best = torch.full((total,), -torch.inf, dtype=dtype, device=device)
+        label = torch.zeros((total,), dtype=torch.long, device=device)
         if radii is not None:
-            radii = torch.as_tensor(radii, dtype=dtype, device=device).expand(bsz, num_parts)
-        evaluations = 0
-        for b in range(bsz):
+            radii = torch.as_tensor(radii, dtype=dtype, device=device).expand(len(counts), num_parts)
+        evaluations = [0] * len(counts)
+        offset = 0
+        for b, count in enumerate(counts):
             a_b, c_b = posed.first_a[b].to(dtype), posed.first_c[b].to(dtype)
-            for start in range(0, n, cs):
-                q = points[b, start : start + cs]
-                bst, lab = best[b, start : start + cs], label[b, start : start + cs]
+            for start in range(offset, offset + count, cs):
+                stop = min(start + cs, offset + count)
+                q, bst, lab = points[start:stop], best[start:stop], label[start:stop]
                 if radii is None and candidates is None:
                     for k in range(num_parts):
                         out = self._part_logit_into(buffers, k, a_b[k], c_b[k], q)
-                        better = out > bst
-                        lab.masked_fill_(better, k)
+                        lab.masked_fill_(out > bst, k)
                         torch.maximum(bst, out, out=bst)
-                    evaluations += q.shape[0] * num_parts
+                    evaluations[b] += q.shape[0] * num_parts
                     continue
                 near = (
                     candidates(q, b) if candidates is not None else posed.segment_distances(q, b) <= radii[b]
@@ -386,10 +419,11 @@ class PartOccupancyNetwork(nn.Module):
                     sel = idx[better]
                     bst[sel] = out[better]
                     lab[sel] = k
-                    evaluations += idx.numel()
+                    evaluations[b] += idx.numel()
                 # A culled pair counts as culled_logit (forward_culled's value), unless none was culled.
                 culled = ~near.all(dim=1)
                 bst.copy_(torch.where(culled, bst.clamp_min(self.config.culled_logit), bst))
+            offset += count
         return best, label, evaluations
 
     @torch.no_grad()

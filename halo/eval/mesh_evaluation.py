@@ -213,22 +213,25 @@ def evaluate_sample(
     with_occupancy_iou: bool = True,
     fscore_thresholds_mm: Sequence[float] = (1.0, 2.0),
     seed: int = 0,
+    hand: HandMesh | None = None,
 ) -> tuple[dict, HandMesh]:
-    """Extract one mesh and score it; returns (row, mesh).
+    """Extract one mesh (or take ``hand``, e.g. from ``extract_hand_meshes``) and score it; returns (row, mesh).
 
     The row holds ``name``, ``occupancy_iou`` (NaN when ``with_occupancy_iou`` is False),
     the :class:`~halo.eval.surface_metrics.MeshMetrics` fields (``iou`` is the mesh's inside test at the
     IoU points), ``seconds`` (mesh extraction wall time) and the mesh's ``vertices``/``faces``.
     """
     t0 = time.perf_counter()
-    hand = extract_hand_mesh(
-        model,
-        sample.keypoints,
-        resolution_0=resolution_0,
-        upsampling_steps=upsampling_steps,
-        threshold=threshold,
-    )
-    seconds = time.perf_counter() - t0
+    given = hand is not None
+    if not given:
+        hand = extract_hand_mesh(
+            model,
+            sample.keypoints,
+            resolution_0=resolution_0,
+            upsampling_steps=upsampling_steps,
+            threshold=threshold,
+        )
+    seconds = hand.stats.seconds if given else time.perf_counter() - t0
     metrics = mesh_metrics(
         hand.mesh,
         sample.surface_points,

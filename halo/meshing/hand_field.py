@@ -69,17 +69,19 @@ def check_interpolate(interpolate: str) -> str:
 
 
 class HandOccupancyField:
-    """Occupancy of one posed hand as a function of model-space points, with optional part culling.
+    """Occupancy of posed hands as a function of model-space points, with optional part culling.
 
-    ``interpolate="probability"``: ``field(points)`` returns occupancy probabilities (iso 0.5);
-    ``"logit"``: the max part logit (iso 0, see :meth:`iso_level`).
+    ``keypoints`` (21,3) for one hand or (T,21,3) for several (``is_left`` a bool or T bools);
+    ``field(points)`` evaluates the one hand, :meth:`values_many` several hands in one network
+    call.  ``interpolate="probability"``: occupancy probabilities (iso 0.5); ``"logit"``: the max
+    part logit (iso 0, see :meth:`iso_level`).
     """
 
     def __init__(
         self,
         model: HaloModel,
         keypoints: torch.Tensor | np.ndarray,
-        is_left: bool = False,
+        is_left: bool | np.ndarray | list[bool] = False,
         *,
         cull: bool | str = "radius",
         prob_floor: float = 1e-3,
@@ -94,16 +96,22 @@ class HandOccupancyField:
         net = model.network
         self.device = net.weights[0].device
         self.dtype = net.weights[0].dtype
-        kp = torch.as_tensor(np.asarray(keypoints) if not torch.is_tensor(keypoints) else keypoints)
-        kp = kp.to(device=self.device, dtype=torch.float32).reshape(1, 21, 3)
+        kp = keypoints.detach() if torch.is_tensor(keypoints) else torch.as_tensor(np.asarray(keypoints))
+        if kp.shape[-2:] != (21, 3) or kp.dim() not in (2, 3):
+            raise ValueError(f"keypoints must have shape (21, 3) or (T, 21, 3), got {tuple(kp.shape)}")
+        kp = kp.to(device=self.device, dtype=torch.float32).reshape(-1, 21, 3)
+        self.num_hands = kp.shape[0]
+        left = torch.as_tensor(np.array(is_left, dtype=bool), device=self.device).reshape(-1)
+        left = left.expand(self.num_hands) if left.numel() == 1 else left
+        if left.shape != (self.num_hands,):
+            raise ValueError(f"is_left must be one bool or {self.num_hands}, got shape {tuple(left.shape)}")
         self.num_parts = net.config.num_parts
         self.interpolate = check_interpolate(interpolate)
         with torch.no_grad():
-            self.pose = model.canonicalize(kp, torch.tensor([is_left], device=self.device))
+            self.pose = model.canonicalize(kp, left)
             mats, lengths = model.model_inputs(self.pose)
             segments = model.part_segments(self.pose, mats)
             self.posed = net.pose_parts(mats.to(self.dtype), lengths.to(self.dtype), segments.to(self.dtype))
-        self.first_a, self.first_c = self.posed.first_a[0], self.posed.first_c[0]  # (P,H,3), (P,H)
         self.weights = [w.detach() for w in net.weights]
         self.biases = [b.detach() for b in net.biases]
         self.residual = set(net.config.residual_layers)
@@ -119,18 +127,28 @@ class HandOccupancyField:
         if trained_radii is not None:
             # Culling is part of this model's definition (it was trained that way): always apply it.
             self.cull = "radius"
-        self.segments = self.posed.segments[0]  # (P,2,3) canonical bones, model units
         self.radius_margin = radius_margin
-        self.part_radius: torch.Tensor | None = None  # (P,) canonical radius per part, model units
+        self.part_radius: torch.Tensor | None = None  # (T,P) canonical radius per part, model units
         self.prob_floor = prob_floor
         self.floor_logit = float(np.log(prob_floor / (1 - prob_floor)))
-        self.stats = FieldStats(num_parts=self.num_parts)
+        self.hand_stats = [FieldStats(num_parts=self.num_parts) for _ in range(self.num_hands)]
         self.cull_cell_size = cull_cell_size
         self.bounded_cells = 0
         if trained_radii is not None:
-            self.part_radius = torch.tensor(trained_radii, dtype=self.dtype, device=self.device)
+            radii = torch.tensor(trained_radii, dtype=self.dtype, device=self.device)
+            self.part_radius = radii.expand(self.num_hands, -1)
         elif self.cull == "radius":
             self.calibrate_radii(calibration_resolution, half_side)
+
+    @property
+    def stats(self) -> FieldStats:
+        """Work of the (first) hand: points and (point, part) evaluations."""
+        return self.hand_stats[0]
+
+    @property
+    def segments(self) -> torch.Tensor:
+        """(P,2,3) canonical bones of the (first) hand, model units."""
+        return self.posed.segments[0]
 
     def iso_level(self, threshold: float = 0.5) -> float:
         """The iso value of this field for an occupancy ``threshold`` (probability)."""
@@ -139,9 +157,11 @@ class HandOccupancyField:
         return threshold if self.interpolate == "probability" else float(np.log(threshold / (1 - threshold)))
 
     # ------------------------------------------------------------------ interval bounds
-    def part_logit_bounds(self, centres: torch.Tensor, half: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def part_logit_bounds(
+        self, centres: torch.Tensor, half: float, hand: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower/upper bounds (P,C) of every part's logit over cubes (C,3) of half side ``half``."""
-        a, c0 = self.first_a, self.first_c
+        a, c0 = self.posed.first_a[hand], self.posed.first_c[hand]
         mid = torch.einsum("phi,ci->pch", a, centres) + c0[:, None]
         rad = (a.abs().sum(-1) * half)[:, None].expand_as(mid)
         lo, hi = F.leaky_relu(mid - rad, self.slope), F.leaky_relu(mid + rad, self.slope)
@@ -158,12 +178,7 @@ class HandOccupancyField:
                 lo, hi = F.leaky_relu(lo, self.slope), F.leaky_relu(hi, self.slope)
         return lo.squeeze(-1), hi.squeeze(-1)
 
-    def _candidate_mask(self, centres: torch.Tensor, half: float) -> torch.Tensor:
-        lo, hi = self.part_logit_bounds(centres, half)
-        best_lo = lo.max(dim=0).values.clamp_min(self.floor_logit)  # (C,)
-        return (hi >= best_lo).T  # (C,P)
-
-    def candidate_parts(self, points: torch.Tensor, b: int = 0) -> torch.Tensor:
+    def candidate_parts(self, points: torch.Tensor, hand: int = 0) -> torch.Tensor:
         """(N,P) bool: parts that can attain the max at each point (exact, see module doc).
 
         Points are bucketed into cubes of side ``cull_cell_size``; bounds are
@@ -178,28 +193,45 @@ class HandOccupancyField:
         cells = torch.stack([(uniq >> 42) & mask21, (uniq >> 21) & mask21, uniq & mask21], -1) - (1 << 20)
         centres = (cells.to(points.dtype) + 0.5) * cell
         self.bounded_cells += int(uniq.numel())
-        return self._candidate_mask(centres, cell / 2)[inverse]
+        lo, hi = self.part_logit_bounds(centres, cell / 2, hand)
+        best_lo = lo.max(dim=0).values.clamp_min(self.floor_logit)  # (C,)
+        return (hi >= best_lo).T[inverse]  # (N,P)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def logits(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Max part logit (N,) and its part label (N,) at model-space points (N,3), on the model's device."""
-        points = points.to(device=self.device, dtype=self.dtype)
-        self.stats.points += points.shape[0]
-        radii = self.part_radius if self.cull == "radius" else None
-        candidates = self.candidate_parts if self.cull == "ibp" else None
-        best, label, evaluations = self.model.network.max_logits(
-            points[None], self.posed, radii, self.chunk_size, candidates=candidates
+    def logits_many(
+        self, points: list[torch.Tensor], hands: list[int]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Max part logits and labels of several hands' model-space points, in one network call."""
+        pts = [p.to(device=self.device, dtype=self.dtype) for p in points]
+        counts = [p.shape[0] for p in pts]
+        radii = self.part_radius[hands] if self.cull == "radius" else None
+        candidates = None
+        if self.cull == "ibp":
+
+            def candidates(q: torch.Tensor, b: int) -> torch.Tensor:
+                return self.candidate_parts(q, hands[b])  # b indexes the hands of this call
+
+        packed = torch.cat(pts) if pts else torch.zeros(0, 3, dtype=self.dtype, device=self.device)
+        best, label, evaluations = self.model.network.max_logits_packed(
+            packed, counts, self.posed.take(hands), radii, self.chunk_size, candidates=candidates
         )
-        self.stats.part_evaluations += evaluations
+        for h, n, e in zip(hands, counts, evaluations, strict=True):
+            self.hand_stats[h].points += n
+            self.hand_stats[h].part_evaluations += e
+        return list(best.split(counts)), list(label.split(counts))
+
+    def logits(self, points: torch.Tensor, hand: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Max part logit (N,) and its part label (N,) at model-space points (N,3), on the model's device."""
+        best, label = self.logits_many([points], [hand])
         return best[0], label[0]
 
-    def segment_distances(self, points: torch.Tensor) -> torch.Tensor:
+    def segment_distances(self, points: torch.Tensor, hand: int = 0) -> torch.Tensor:
         """(N,P) distance of each point, mapped into canonical space by each part, to that part's bone."""
-        return self.posed.segment_distances(points.to(device=self.device, dtype=self.dtype))
+        return self.posed.segment_distances(points.to(device=self.device, dtype=self.dtype), hand)
 
     def calibrate_radii(self, resolution: int = 32, half_side: float = MODEL_BOX_HALF_SIDE) -> None:
-        """Per-part radius around its canonical bone beyond which the part never wins.
+        """Per hand and part, the radius around its canonical bone beyond which the part never wins.
 
         :meth:`halo.core.model.PartOccupancyNetwork.calibrate_radii` (the rule
         ``HaloModel.occupancy(cull="radius")`` uses too): all parts on a full
@@ -210,33 +242,48 @@ class HandOccupancyField:
         MISE meshes (tests), at 2.9-3.1 parts per point during a 64/3 extraction.
         """
         grid_points = (resolution + 1) ** 3
-        self.stats.points += grid_points
-        self.stats.part_evaluations += grid_points * self.num_parts
+        for stats in self.hand_stats:
+            stats.points += grid_points
+            stats.part_evaluations += grid_points * self.num_parts
         self.part_radius = self.model.network.calibrate_radii(
             self.posed, resolution, half_side, self.prob_floor, self.radius_margin
-        )[0]
+        )
 
     def _tensor(self, points: np.ndarray | torch.Tensor) -> torch.Tensor:
         if torch.is_tensor(points):
             return points.to(device=self.device, dtype=self.dtype)
         return torch.as_tensor(np.asarray(points, dtype=np.float32), device=self.device).to(self.dtype)
 
-    def values(self, points: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """The field (N,) at model-space points (N,3) as a tensor on the model's device."""
-        pts = self._tensor(points)
+    def values_many(self, points: list[np.ndarray | torch.Tensor], hands: list[int]) -> list[torch.Tensor]:
+        """The field at several hands' model-space points (N_i,3), one network call, tensors on the device."""
+        pts = [self._tensor(p) for p in points]
         if self.smooth_max:
-            with torch.no_grad():
-                mats, lengths = self.model.model_inputs(self.pose)
-                logits = self.model.network(pts[None], mats.to(self.dtype), lengths.to(self.dtype))[0]
-                occ = self.model.network.combine(logits)
-            return occ if self.interpolate == "probability" else torch.logit(occ, eps=1e-7)
-        best, _ = self.logits(pts)
-        return torch.sigmoid(best) if self.interpolate == "probability" else best
+            return [self._smooth_values(p, h) for p, h in zip(pts, hands, strict=True)]
+        best, _ = self.logits_many(pts, hands)
+        return [torch.sigmoid(b) if self.interpolate == "probability" else b for b in best]
+
+    def _smooth_values(self, pts: torch.Tensor, hand: int) -> torch.Tensor:
+        with torch.no_grad():
+            mats, lengths = self.model.model_inputs(self.pose)
+            sel = slice(hand, hand + 1)
+            logits = self.model.network(pts[None], mats[sel].to(self.dtype), lengths[sel].to(self.dtype))[0]
+            occ = self.model.network.combine(logits)
+        self.hand_stats[hand].points += pts.shape[0]
+        self.hand_stats[hand].part_evaluations += pts.shape[0] * self.num_parts
+        return occ if self.interpolate == "probability" else torch.logit(occ, eps=1e-7)
+
+    def values(self, points: np.ndarray | torch.Tensor, hand: int = 0) -> torch.Tensor:
+        """The field (N,) at model-space points (N,3) as a tensor on the model's device."""
+        return self.values_many([points], [hand])[0]
 
     def __call__(self, points: np.ndarray | torch.Tensor) -> np.ndarray:
-        """The field (N,) float32 at model-space points (N,3): probability or logit (``interpolate``)."""
+        """The (first) hand's field (N,) float32 at model-space points (N,3): probability or logit."""
         return self.values(points).float().cpu().numpy()
 
-    def part_labels(self, points: np.ndarray | torch.Tensor) -> np.ndarray:
+    def numpy_many(self, points: list[np.ndarray], hands: list[int]) -> list[np.ndarray]:
+        """:meth:`values_many` as float32 numpy arrays (what the isosurface extraction takes)."""
+        return [v.float().cpu().numpy() for v in self.values_many(points, hands)]
+
+    def part_labels(self, points: np.ndarray | torch.Tensor, hand: int = 0) -> np.ndarray:
         """Index (N,) of the part with the highest logit at model-space points (N,3)."""
-        return self.logits(self._tensor(points))[1].cpu().numpy()
+        return self.logits(self._tensor(points), hand)[1].cpu().numpy()
