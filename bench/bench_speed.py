@@ -178,6 +178,28 @@ def smoothness(models: dict[str, HaloModel], n_hands: int) -> None:
                 print(f"| {name} | {interpolate} | {i} | " + " | ".join(cells) + " |")
 
 
+def render_before_after(model: HaloModel, path: str) -> None:
+    """One hand at 128 (probability | logit) and at 512, same camera, as one PNG."""
+    from halo.viz import render
+
+    kp = random_skeletons(1, seed=5, max_flexion=0.8)[0]
+    centre = kp.mean(0)
+    camera = render.Camera.framing(kp - centre, fill=0.8)
+    tiles, labels = [], []
+    for label, r0, steps, interpolate in (
+        ("128, probability (before)", 32, 2, "probability"),
+        ("128, logit (after)", 32, 2, "logit"),
+        ("512, logit", 64, 3, "logit"),
+    ):
+        mesh = extract_hand_mesh(
+            model, kp - centre, resolution_0=r0, upsampling_steps=steps, interpolate=interpolate
+        )
+        tiles.append(render.render_mesh(mesh.mesh, camera=camera))
+        labels.append(label)
+    render.save_png(render.render_grid(tiles, ncols=3, labels=labels), path)
+    print(f"\nwrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -191,6 +213,7 @@ def main() -> None:
     ap.add_argument("--hands-per-call", type=int, default=25)
     ap.add_argument("--smooth-hands", type=int, default=2)
     ap.add_argument("--skip", default="", help="comma-separated sections to skip (api,mesh,seq,smooth)")
+    ap.add_argument("--render", default=None, help="write a before/after render (PNG) of one hand at 128")
     ap.add_argument(
         "--tune-allocator", action="store_true", help="halo.utils.allocator.tune_allocator() first"
     )
@@ -224,6 +247,8 @@ def main() -> None:
         if args.trained:
             models["trained"] = load_model(args.trained)[0].eval()
         smoothness(models, args.smooth_hands)
+    if args.render:
+        render_before_after(model, args.render)
     wall, cpu = gemm_reference()
     print(f"\nmachine reference at the end: GEMM {wall:.1f} GFLOP/s wall, {cpu:.1f} GFLOP/s CPU time")
     print(f"total {time.perf_counter() - t0:.0f} s")
