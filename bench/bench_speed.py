@@ -23,12 +23,12 @@ Usage:  python bench/bench_speed.py [--checkpoint PATH] [--trained PATH] [--thre
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
 import trimesh
 
-from halo.cli.app import _default_checkpoint
 from halo.core.checkpoint import load_model
 from halo.core.model import HaloModel
 from halo.eval.surface_metrics import mesh_metrics
@@ -203,7 +203,8 @@ def render_before_after(model: HaloModel, path: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--checkpoint", default=_default_checkpoint() or "../shared/reference/halo_original/model_best.pt"
+        "--checkpoint",
+        default=os.environ.get("HALO_CHECKPOINT", "../shared/reference/halo_original/model_best.pt"),
     )
     ap.add_argument("--trained", default=None, help="a trained default model for the smoothness table")
     ap.add_argument("--threads", type=int, default=1)

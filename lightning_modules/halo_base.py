@@ -214,7 +214,8 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
         bsz = batch["points"].shape[0]
         loss_metric.update(total, weight=bsz)
         if "iou_points" in batch:
-            occ = self.model(batch["iou_points"], batch["keypoints"], batch.get("is_left")).occupancy
+            # No autograd in validation: occupancy() takes the chunked inference path (~5x faster).
+            occ = self.model.occupancy(batch["iou_points"], batch["keypoints"], batch.get("is_left"))
             gt = batch["iou_occupancies"]
         else:
             occ, gt = out.occupancy, batch["occupancies"]
