@@ -158,8 +158,11 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
         return meta
 
     def forward(self, points: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
-        """Occupancy probabilities (B,N) of ``points`` (B,N,3) for hands ``keypoints`` (B,21,3), metres."""
-        return self.model(points, keypoints).occupancy
+        """Occupancy probabilities (B,N) of ``points`` (B,N,3) for hands ``keypoints`` (B,21,3), metres.
+
+        ``HaloModel.occupancy``: differentiable with autograd on, the inference path without.
+        """
+        return self.model.occupancy(points, keypoints)
 
     # ------------------------------------------------------------------ losses
     def occupancy_loss(self, out, occupancies: torch.Tensor) -> torch.Tensor:
