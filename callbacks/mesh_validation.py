@@ -5,8 +5,10 @@ sanity check excluded) and, with ``on_fit_end``, once more with the final weight
 training ends (unless the last validation already saw them).  For the first
 ``num_hands`` hands of the validation split it
 
-* extracts a mesh with the current weights (:func:`halo.meshing.hand_mesh.extract_hand_mesh` on a CPU
-  float32 copy of ``pl_module.halo_model``; training is not disturbed),
+* extracts the meshes with the current weights, all hands batched through the network
+  (:func:`halo.meshing.hand_mesh.extract_hand_meshes` with ``pl_module.halo_model`` where it is,
+  CPU or GPU, under ``no_grad``: no copy, training is not disturbed; a float32 copy only when the
+  weights are in another precision),
 * scores it with :func:`halo.eval.mesh_evaluation.evaluate_sample` (the same code as ``halo eval
   meshes``) against the split's point cloud and IoU points, and logs the means through
   ``pl_module.log`` (so every logger gets them and ``ModelCheckpoint``/``EarlyStopping`` can
@@ -53,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
@@ -69,6 +72,7 @@ from halo.eval.mesh_evaluation import (
     write_rows_csv,
 )
 from halo.eval.surface_metrics import summarize_metrics
+from halo.meshing.hand_mesh import extract_hand_meshes
 
 __all__ = ["MeshValidation"]
 
@@ -193,8 +197,12 @@ class MeshValidation(ValidationRounds):
             raise TypeError(
                 f"{type(pl_module).__name__} has no `halo_model` (a halo.core.model.HaloModel) to mesh"
             )
-        # A CPU float32 copy: mesh extraction runs on the CPU, and training state stays untouched.
-        return copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
+        # Meshing runs on the model's device without autograd and changes no state, so the live
+        # model is used as is; only half-precision weights get a float32 copy (culling radii and
+        # the iso-surface need full precision).
+        if model.network.weights[0].dtype != torch.float32:
+            return copy.deepcopy(model).to(dtype=torch.float32)
+        return model
 
     def _val_samples(self, trainer: L.Trainer) -> list[EvalSample]:
         if self._samples is not None:
@@ -232,15 +240,21 @@ class MeshValidation(ValidationRounds):
         mesh_dir.mkdir(parents=True, exist_ok=True)
         want_glb = self.log_meshes and any(is_wandb(lg) for lg in trainer.loggers)
         rows, pairs, glbs = [], [], []
-        for sample in samples:
+        hands = extract_hand_meshes(
+            model,
+            np.stack([s.keypoints for s in samples]),
+            resolution_0=self.resolution_0,
+            upsampling_steps=self.upsampling_steps,
+            threshold=threshold,
+        )
+        for sample, hand in zip(samples, hands, strict=True):
             row, hand = evaluate_sample(
                 model,
                 sample,
-                resolution_0=self.resolution_0,
-                upsampling_steps=self.upsampling_steps,
                 n_samples=self.n_samples,
                 threshold=threshold,
                 with_occupancy_iou=False,
+                hand=hand,
             )
             rows.append(row)
             hand.mesh.export(mesh_dir / f"{sample.name}.ply")

@@ -163,8 +163,11 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
         return meta
 
     def forward(self, points: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
-        """Occupancy probabilities (B,N) of ``points`` (B,N,3) for hands ``keypoints`` (B,21,3), metres."""
-        return self.model(points, keypoints).occupancy
+        """Occupancy probabilities (B,N) of ``points`` (B,N,3) for hands ``keypoints`` (B,21,3), metres.
+
+        ``HaloModel.occupancy``: differentiable with autograd on, the inference path without.
+        """
+        return self.model.occupancy(points, keypoints)
 
     # ------------------------------------------------------------------ losses
     def occupancy_loss(self, out, occupancies: torch.Tensor) -> torch.Tensor:
@@ -219,7 +222,8 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
         bsz = batch["points"].shape[0]
         loss_metric.update(total, weight=bsz)
         if "iou_points" in batch:
-            occ = self.model(batch["iou_points"], batch["keypoints"], batch.get("is_left")).occupancy
+            # No autograd in validation: occupancy() takes the chunked inference path (~5x faster).
+            occ = self.model.occupancy(batch["iou_points"], batch["keypoints"], batch.get("is_left"))
             gt = batch["iou_occupancies"]
         else:
             occ, gt = out.occupancy, batch["occupancies"]

@@ -111,6 +111,7 @@ def cmd_eval_meshes(args: argparse.Namespace) -> int:
         iou_points=args.iou_points,
         resolution_0=args.resolution_0,
         upsampling_steps=args.upsampling_steps,
+        interpolate=args.interpolate,
         n_samples=args.n_samples,
         threshold=threshold,
         with_occupancy_iou=not args.no_occupancy_iou,
@@ -168,6 +169,7 @@ def cmd_generate_meshes(args: argparse.Namespace) -> int:
         limit=args.limit,
         resolution_0=args.resolution_0,
         upsampling_steps=args.upsampling_steps,
+        interpolate=args.interpolate,
         n_samples=20_000,  # captions only
         threshold=_threshold(args, meta),
         with_occupancy_iou=False,

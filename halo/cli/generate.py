@@ -173,6 +173,7 @@ def _generate_grasps(args: argparse.Namespace) -> int:
         seed=args.seed,
         resolution_0=args.resolution_0,
         upsampling_steps=args.upsampling_steps,
+        interpolate=args.interpolate,
         contact_tol_m=args.contact_tol,
         show_progress=not args.no_progress,
     )

@@ -142,6 +142,7 @@ class _HaloMesher:
             keypoints,
             resolution_0=self.args.resolution_0,
             upsampling_steps=self.args.upsampling_steps,
+            interpolate=self.args.interpolate,
         )
         return hand.mesh
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from halo.cli.common import default_checkpoint, load_halo_model
 from halo.cli.options import add_extraction_args, add_trust_checkpoint_arg, check_extraction_args
+from halo.utils.progress import progress_bar
 
 
 def _add_io_args(p: argparse.ArgumentParser, keypoints_help: str, keypoints_required: bool = False) -> None:
@@ -25,18 +26,12 @@ def _add_io_args(p: argparse.ArgumentParser, keypoints_help: str, keypoints_requ
     p.add_argument("--threshold", type=float, default=0.5, help="occupancy iso-level (default 0.5)")
 
 
-def _progress(iterable, total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit="hand", disable=total < 2, file=sys.stderr)
-
-
 # ----------------------------------------------------------------------------- halo mesh
 
 
 def cmd_mesh(args: argparse.Namespace) -> int:
     from halo.data.keypoint_files import load_keypoints
-    from halo.meshing.hand_mesh import extract_hand_mesh
+    from halo.meshing.hand_mesh import extract_hand_meshes
     from halo.viz import render
 
     check_extraction_args(args)
@@ -45,20 +40,23 @@ def cmd_mesh(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     n = len(seq.keypoints)
-    times = []
-    for i in _progress(range(n), n, "meshing"):
-        left = bool(seq.is_left[i]) or args.left
-        t0 = time.perf_counter()
-        hand = extract_hand_mesh(
+    t0 = time.perf_counter()
+    with progress_bar(total=n, desc="meshing", unit="hand") as bar:
+        # Several hands per network call (the same meshes as one by one).
+        hands = extract_hand_meshes(
             model,
-            seq.keypoints[i],
-            is_left=left,
+            seq.keypoints,
+            is_left=np.asarray(seq.is_left, bool) | bool(args.left),
             resolution_0=args.resolution_0,
             upsampling_steps=args.upsampling_steps,
             threshold=args.threshold,
             part_labels=args.part_colors,
+            part_colors=render.PART_COLORS if args.part_colors else None,
+            interpolate=args.interpolate,
+            progress=lambda done: bar.update(done - bar.n),  # called with the hands done so far
         )
-        times.append(time.perf_counter() - t0)
+    seconds_per_hand = (time.perf_counter() - t0) / n
+    for i, hand in enumerate(hands):
         stem = out / f"hand_{i:03d}"
         hand.mesh.export(stem.with_suffix(f".{args.format}"))
         if not args.no_render:
@@ -69,7 +67,7 @@ def cmd_mesh(args: argparse.Namespace) -> int:
             render.save_png(img, stem.with_suffix(".png"))
     print(
         f"wrote {n} mesh(es) to {out} (effective resolution "
-        f"{args.resolution_0 * 2**args.upsampling_steps}, {np.mean(times):.2f} s per hand)"
+        f"{args.resolution_0 * 2**args.upsampling_steps}, {seconds_per_hand:.2f} s per hand)"
     )
     return 0
 
@@ -81,7 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from halo.data.keypoint_files import load_keypoints
     from halo.eval.mesh_evaluation import palm_view
     from halo.hands.sequences import synthetic_hand_sequence
-    from halo.meshing.hand_mesh import extract_hand_mesh
+    from halo.meshing.hand_mesh import extract_hand_meshes
     from halo.viz import render
 
     check_extraction_args(args)
@@ -104,15 +102,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         keypoints.reshape(-1, 3) - centre, fill=0.7, view=palm_view(keypoints.mean(0))
     )
     frames = []
-    for i in _progress(range(len(keypoints)), len(keypoints), "demo"):
-        hand = extract_hand_mesh(
+    with progress_bar(total=len(keypoints), desc="demo", unit="hand") as bar:
+        hands = extract_hand_meshes(
             model,
-            keypoints[i] - centre,
-            is_left=bool(left[i]),
+            keypoints - centre,
+            is_left=np.asarray(left, bool),
             resolution_0=args.resolution_0,
             upsampling_steps=args.upsampling_steps,
             threshold=args.threshold,
+            interpolate=args.interpolate,
+            progress=lambda done: bar.update(done - bar.n),  # called with the hands done so far
         )
+    for i, hand in enumerate(hands):
         img = render.render_hand_and_skeleton(hand.mesh, keypoints[i] - centre, camera=camera)
         render.save_png(img, out / f"{i:03d}.png")
         frames.append(img)

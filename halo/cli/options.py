@@ -58,6 +58,13 @@ def add_extraction_args(
         help=f"{what}: MISE refinements; effective resolution = resolution_0 * 2**steps "
         f"(default {upsampling_steps}: {DEFAULT_RESOLUTION_0 * 2**upsampling_steps})",
     )
+    p.add_argument(
+        "--interpolate",
+        choices=["logit", "probability"],
+        default="logit",
+        help=f"{what}: field marching cubes interpolates: logit (smooth at low resolution, default) or "
+        "probability (the original's meshes)",
+    )
 
 
 def check_extraction_args(args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ points and transforms; bone lengths enter in metres (as in the release).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -24,7 +25,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from halo.core.canonicalization import CanonicalPose, apply_transform, canonicalize
-from halo.core.skeleton import MODEL_UNITS_PER_METRE, NUM_PARTS, PART_BONES
+from halo.core.skeleton import MODEL_BOX_HALF_SIDE, MODEL_UNITS_PER_METRE, NUM_PARTS, PART_BONES
+
+#: Points per network call of the inference path: its buffers ((chunk, width) per layer, ~1 MB each
+#: at 4096) are allocated once per call and reused, so the cost per point does not depend on N
+#: and memory stays bounded for any N (measured fastest of 2048-16384 in bench/bench_speed.py).
+INFERENCE_CHUNK = 4096
 
 
 def _affine(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -47,6 +53,40 @@ DEFAULT_PART_RADII: tuple[float, ...] = (
     0.075, 0.05, 0.05,
     0.11, 0.075, 0.055,
 )  # fmt: skip
+
+
+@dataclass
+class PosedParts:
+    """The network specialised to posed hands (inference): every part's first layer folded with its
+    part transform, so a posed model point ``p`` enters part k as ``first_a[b,k] @ p + first_c[b,k]``.
+
+    All (B,P,...) tensors in model units: ``rot``/``trans`` map the normalized posed frame to
+    canonical space, ``segments`` are the parts' bones in canonical space (for culling).
+    """
+
+    first_a: torch.Tensor  # (B,P,H,3)
+    first_c: torch.Tensor  # (B,P,H)
+    rot: torch.Tensor  # (B,P,3,3)
+    trans: torch.Tensor  # (B,P,3)
+    segments: torch.Tensor  # (B,P,2,3)
+
+    def hand(self, b: int) -> PosedParts:
+        """Hand ``b`` alone (batch of one)."""
+        return self.take([b])
+
+    def take(self, hands: list[int]) -> PosedParts:
+        """The given hands, in that order."""
+        idx = torch.as_tensor(hands, dtype=torch.long, device=self.first_a.device)
+        return PosedParts(
+            *(t[idx] for t in (self.first_a, self.first_c, self.rot, self.trans, self.segments))
+        )
+
+    def segment_distances(self, points: torch.Tensor, b: int = 0) -> torch.Tensor:
+        """(N,P) distance of model points (N,3), mapped into canonical space by each part, to its bone."""
+        x = torch.einsum("pij,nj->npi", self.rot[b], points) + self.trans[b]  # (N,P,3)
+        a, ab = self.segments[b, :, 0], self.segments[b, :, 1] - self.segments[b, :, 0]
+        t = (((x - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
+        return (x - a - t[..., None] * ab).norm(dim=-1)
 
 
 @dataclass
@@ -217,16 +257,20 @@ class PartOccupancyNetwork(nn.Module):
         part_transforms: torch.Tensor,
         bone_lengths: torch.Tensor,
         segments: torch.Tensor,
+        radii: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-part logits (B,N,P) evaluating only (point, part) pairs within ``config.part_radii``.
+        """Per-part logits (B,N,P) evaluating only (point, part) pairs within the part radii.
 
-        ``segments`` (B,P,2,3): each part's bone in canonical space (model units).
+        ``segments`` (B,P,2,3): each part's bone in canonical space (model units).  ``radii``:
+        (B,P) per-hand distances (e.g. :meth:`calibrate_radii`), default ``config.part_radii``.
         Other pairs get ``config.culled_logit`` (no gradient).  One gather/scatter
         per part; cost follows the number of active pairs, not N*P.
         """
-        radii = self.config.part_radii
         if radii is None:
-            raise ValueError("forward_culled needs config.part_radii")
+            if self.config.part_radii is None:
+                raise ValueError("forward_culled needs config.part_radii or radii")
+            radii = torch.tensor(self.config.part_radii, device=points.device)
+        radii = torch.as_tensor(radii, device=points.device).expand(points.shape[0], self.config.num_parts)
         bsz, n, _ = points.shape
         bias0 = self.first_layer_bias(self.part_codes(part_transforms, bone_lengths))  # (B,P,H)
         rot, trans = part_transforms[..., :3, :3], part_transforms[..., :3, 3]
@@ -238,7 +282,7 @@ class PartOccupancyNetwork(nn.Module):
             with torch.no_grad():
                 a, ab = segments[:, k, 0, None], (segments[:, k, 1] - segments[:, k, 0])[:, None]
                 t = (((x - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
-                near = (x - a - t[..., None] * ab).norm(dim=-1) <= radii[k]
+                near = (x - a - t[..., None] * ab).norm(dim=-1) <= radii[:, k, None]
             bi, ni = near.nonzero(as_tuple=True)
             if bi.numel() == 0:
                 continue
@@ -258,6 +302,162 @@ class PartOccupancyNetwork(nn.Module):
         else:
             out = points.new_full((bsz, n, self.config.num_parts), self.config.culled_logit)
         return out
+
+    # ------------------------------------------------------------------ inference (no autograd)
+    def pose_parts(
+        self, part_transforms: torch.Tensor, bone_lengths: torch.Tensor, segments: torch.Tensor
+    ) -> PosedParts:
+        """Fold each hand's part transforms and codes into the first layer (see :class:`PosedParts`)."""
+        bias0 = self.first_layer_bias(self.part_codes(part_transforms, bone_lengths))  # (B,P,H)
+        rot, trans = part_transforms[..., :3, :3], part_transforms[..., :3, 3]
+        w0x = self.weights[0][:, :, :3]  # (P,H,3)
+        # W0x (R p + t) + bias0 = (W0x R) p + (W0x t + bias0)
+        first_a = w0x @ rot
+        first_c = (w0x @ trans[..., None]).squeeze(-1) + bias0
+        return PosedParts(first_a, first_c, rot, trans, segments)
+
+    def _part_logit_into(
+        self, buffers: list[torch.Tensor], k: int, a: torch.Tensor, c: torch.Tensor, pts: torch.Tensor
+    ) -> torch.Tensor:
+        """Part k's logits (m,) at posed model points (m,3), written into preallocated buffers.
+
+        Reusing the buffers is what keeps the cost per point flat in N: fresh activations of a
+        large call are served by mmap and page-faulted on every chunk (glibc's default).
+        """
+        m, slope, last = pts.shape[0], self.config.leaky_slope, self.num_layers - 1
+        h = torch.addmm(c, pts, a.T, out=buffers[0][:m])
+        F.leaky_relu_(h, slope)
+        for i in range(1, self.num_layers):
+            z = torch.addmm(self.biases[i][k], h, self.weights[i][k].T, out=buffers[i][:m])
+            if i < last:
+                if i in self.config.residual_layers:
+                    z.add_(h)
+                F.leaky_relu_(z, slope)
+            h = z
+        return h[:, 0]
+
+    @torch.no_grad()
+    def max_logits(
+        self,
+        points: torch.Tensor,
+        posed: PosedParts,
+        radii: torch.Tensor | None = None,
+        chunk_size: int = INFERENCE_CHUNK,
+        candidates: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Inference path: the max part logit (B,N), its part (B,N) and the (point, part) evaluations run.
+
+        ``points`` (B,N,3) in model units (normalized posed frame); see :meth:`max_logits_packed`.
+        """
+        bsz, n, _ = points.shape
+        counts = [n] * bsz
+        best, label, evaluations = self.max_logits_packed(
+            points.reshape(bsz * n, 3), counts, posed, radii, chunk_size, candidates
+        )
+        return best.reshape(bsz, n), label.reshape(bsz, n), sum(evaluations)
+
+    @torch.no_grad()
+    def max_logits_packed(
+        self,
+        points: torch.Tensor,
+        counts: list[int],
+        posed: PosedParts,
+        radii: torch.Tensor | None = None,
+        chunk_size: int = INFERENCE_CHUNK,
+        candidates: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Several hands in one call: the max part logit (M,), its part (M,) and evaluations per hand.
+
+        ``points`` (M,3) in model units (normalized posed frame) holds ``counts[b]`` points of hand
+        b after each other (hands of ``posed``, in order; counts may differ, e.g. the requests of
+        several mesh extractions).  ``radii`` None evaluates every part at every point (the
+        network's exact max); (P,) or (B,P) canonical distances evaluate part k only within
+        ``radii[k]`` of its bone (:meth:`PosedParts.segment_distances`), the other pairs counting
+        as ``config.culled_logit`` (as :meth:`forward_culled` does).
+        ``candidates(points (m,3), b) -> (m,P) bool`` replaces the radius rule by any other
+        (e.g. the mesh field's interval bounds).  Work and memory are bounded by ``chunk_size``
+        points at a time, on the points' device.
+        """
+        num_parts = self.config.num_parts
+        dtype, device = self.weights[0].dtype, points.device
+        points = points.to(dtype)
+        total = points.shape[0]
+        if len(counts) != posed.first_a.shape[0] or sum(counts) != total:
+            raise ValueError(
+                f"counts {list(counts)} must give one count per posed hand ({posed.first_a.shape[0]}) "
+                f"summing to the number of points ({total})"
+            )
+        cs = max(1, min(int(chunk_size), max(counts, default=1)))
+        buffers = [torch.empty(cs, w.shape[1], dtype=dtype, device=device) for w in self.weights]
+        best = torch.full((total,), -torch.inf, dtype=dtype, device=device)
+        label = torch.zeros((total,), dtype=torch.long, device=device)
+        if radii is not None:
+            radii = torch.as_tensor(radii, dtype=dtype, device=device).expand(len(counts), num_parts)
+        evaluations = [0] * len(counts)
+        offset = 0
+        for b, count in enumerate(counts):
+            a_b, c_b = posed.first_a[b].to(dtype), posed.first_c[b].to(dtype)
+            for start in range(offset, offset + count, cs):
+                stop = min(start + cs, offset + count)
+                q, bst, lab = points[start:stop], best[start:stop], label[start:stop]
+                if radii is None and candidates is None:
+                    for k in range(num_parts):
+                        out = self._part_logit_into(buffers, k, a_b[k], c_b[k], q)
+                        lab.masked_fill_(out > bst, k)
+                        torch.maximum(bst, out, out=bst)
+                    evaluations[b] += q.shape[0] * num_parts
+                    continue
+                near = (
+                    candidates(q, b) if candidates is not None else posed.segment_distances(q, b) <= radii[b]
+                )
+                for k in range(num_parts):
+                    idx = near[:, k].nonzero().squeeze(1)
+                    if idx.numel() == 0:
+                        continue
+                    out = self._part_logit_into(buffers, k, a_b[k], c_b[k], q[idx])
+                    better = out > bst[idx]
+                    sel = idx[better]
+                    bst[sel] = out[better]
+                    lab[sel] = k
+                    evaluations[b] += idx.numel()
+                # A culled pair counts as culled_logit (forward_culled's value), unless none was culled.
+                culled = ~near.all(dim=1)
+                bst.copy_(torch.where(culled, bst.clamp_min(self.config.culled_logit), bst))
+            offset += count
+        return best, label, evaluations
+
+    @torch.no_grad()
+    def calibrate_radii(
+        self,
+        posed: PosedParts,
+        resolution: int = 32,
+        half_side: float = MODEL_BOX_HALF_SIDE,
+        prob_floor: float = 1e-3,
+        margin: float = 0.02,
+    ) -> torch.Tensor:
+        """Per hand and part (B,P): the canonical distance from the part's bone beyond which it never wins.
+
+        Evaluates every part on a (resolution+1)^3 grid over the query box and records, per part,
+        the farthest canonical distance from its bone at which it attains the max with occupancy
+        >= ``prob_floor``; adds ``margin`` (model units) plus one grid cell for what the grid
+        cannot see between its nodes.  Parts that never win get the largest radius seen.
+        Measured: identical labels on near-surface points and identical MISE meshes
+        (tests/meshing, bench/bench_mesh.py), ~3 parts per point during a 64/3 extraction.
+        """
+        dtype, device = self.weights[0].dtype, posed.first_a.device
+        axis = torch.linspace(-half_side, half_side, resolution + 1, dtype=dtype, device=device)
+        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+        floor = float(torch.logit(torch.tensor(prob_floor, dtype=torch.float64)))
+        out = []
+        for b in range(posed.first_a.shape[0]):
+            best, label, _ = self.max_logits(grid[None], posed.hand(b))
+            win = best[0] >= floor
+            dist = posed.segment_distances(grid, b)[win].gather(1, label[0, win, None]).squeeze(1)
+            radius = torch.full((self.config.num_parts,), -1.0, dtype=dtype, device=device)
+            radius = radius.scatter_reduce(0, label[0, win], dist, reduce="amax")
+            radius = torch.where(radius < 0, radius.max().clamp_min(0), radius)
+            out.append(radius + margin + 2 * half_side / resolution)
+        return torch.stack(out)
 
     def per_part_logits(
         self, points: torch.Tensor, part_transforms: torch.Tensor, bone_lengths: torch.Tensor
@@ -343,6 +543,29 @@ class HaloModel(nn.Module):
     def canonicalize(self, keypoints: torch.Tensor, is_left: torch.Tensor | None = None) -> CanonicalPose:
         return canonicalize(keypoints, is_left)
 
+    def _culling_radii(self, pose: CanonicalPose, posed: PosedParts | None, cull) -> torch.Tensor | None:
+        """Per-hand part radii (B,P) for ``cull``, or None for the full evaluation."""
+        if cull not in (None, False, True, "radius"):
+            raise ValueError(f"cull must be None, False, True or 'radius', got {cull!r}")
+        trained = self.config.part_radii
+        if trained is not None:  # culling is part of this model's definition: always applied
+            return torch.tensor(trained, dtype=pose.bone_lengths.dtype, device=pose.bone_lengths.device)[None]
+        if not cull or self.config.smooth_max:  # smooth max mixes all parts: nothing to cull
+            return None
+        with torch.no_grad():
+            if posed is None:
+                mats, lengths = self.model_inputs(pose)
+                dtype = self.network.weights[0].dtype
+                posed = self.network.pose_parts(
+                    mats.to(dtype), lengths.to(dtype), self.part_segments(pose, mats).to(dtype)
+                )
+            return self.network.calibrate_radii(posed)
+
+    def _needs_autograd(self, *inputs: torch.Tensor) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        return any(t.requires_grad for t in inputs) or any(p.requires_grad for p in self.parameters())
+
     def forward(
         self,
         points_m: torch.Tensor,
@@ -350,18 +573,17 @@ class HaloModel(nn.Module):
         is_left: torch.Tensor | None = None,
         return_parts: bool = False,
         validate: bool = True,
+        cull: bool | str | None = None,
     ) -> OccupancyOutput:
         """The one HALO forward pass (every caller, the HALO-VAE's losses included, goes through it).
 
         ``validate=False`` skips the keypoint checks of :func:`canonicalize` (callers that filter
         degenerate hands themselves, e.g. with ``halo.grasp.vae.plausible_hands``, inside a training
-        step); the float32 geometry guard under autocast applies either way.
+        step); the float32 geometry guard under autocast applies either way.  ``cull``: see
+        :meth:`occupancy`.  Differentiable w.r.t. keypoints and weights; for inference without
+        part logits, :meth:`occupancy` under ``torch.no_grad()`` is the fast, bounded-memory path.
         """
-        if points_m.dim() != 3 or points_m.shape[-1] != 3 or points_m.shape[0] != keypoints_m.shape[0]:
-            raise ValueError(
-                f"points must have shape (B,N,3) with B = {keypoints_m.shape[0]} (keypoints' batch), "
-                f"got {tuple(points_m.shape)}"
-            )
+        self._check_points(points_m, keypoints_m)
         # Geometry (frames, inverse transforms, angles) stays in the keypoints' precision even under
         # mixed-precision autocast: bf16 keypoint math would move the hand by millimetres.  Only the
         # part MLPs below run in the autocast dtype.
@@ -371,11 +593,12 @@ class HaloModel(nn.Module):
             )  # in the keypoints' dtype (float64 stays precise)
             mats, lengths = self.model_inputs(pose)
             points_model = self.points_to_model(pose, points_m.to(keypoints_m.dtype))
-            segments = self.part_segments(pose, mats) if self.config.part_radii is not None else None
+            radii = self._culling_radii(pose, None, cull)
+            segments = self.part_segments(pose, mats) if radii is not None else None
         dtype = self.network.global_proj_weight.dtype
         if segments is not None:
             logits = self.network.forward_culled(
-                points_model.to(dtype), mats.to(dtype), lengths.to(dtype), segments.to(dtype)
+                points_model.to(dtype), mats.to(dtype), lengths.to(dtype), segments.to(dtype), radii.to(dtype)
             )
         else:
             logits = self.network(points_model.to(dtype), mats.to(dtype), lengths.to(dtype))
@@ -383,9 +606,51 @@ class HaloModel(nn.Module):
         labels = logits.argmax(dim=-1) if return_parts else None
         return OccupancyOutput(occ, labels, logits if return_parts else None, pose)
 
+    @staticmethod
+    def _check_points(points_m: torch.Tensor, keypoints_m: torch.Tensor) -> None:
+        if points_m.dim() != 3 or points_m.shape[-1] != 3 or points_m.shape[0] != keypoints_m.shape[0]:
+            raise ValueError(
+                f"points must have shape (B,N,3) with B = {keypoints_m.shape[0]} (keypoints' batch), "
+                f"got {tuple(points_m.shape)}"
+            )
+
     def occupancy(
-        self, points_m, keypoints_m, is_left=None, return_parts: bool = False, validate: bool = True
+        self,
+        points_m,
+        keypoints_m,
+        is_left=None,
+        return_parts: bool = False,
+        validate: bool = True,
+        *,
+        cull: bool | str | None = None,
+        chunk_size: int = INFERENCE_CHUNK,
     ):
-        """Occupancy probabilities (B,N); with ``return_parts`` also the (B,N) part labels."""
-        out = self.forward(points_m, keypoints_m, is_left, return_parts, validate=validate)
-        return (out.occupancy, out.part_labels) if return_parts else out.occupancy
+        """Occupancy probabilities (B,N); with ``return_parts`` also the (B,N) part labels.
+
+        With autograd on (anything requires grad) this is :meth:`forward`, differentiable w.r.t.
+        keypoints and weights.  Under ``torch.no_grad()``/``inference_mode`` (or with nothing
+        requiring grad) it runs :meth:`PartOccupancyNetwork.max_logits`: ``chunk_size`` points
+        at a time through reused buffers, so the time per point and the memory do not grow with N.
+
+        ``cull`` (models without trained ``part_radii``): ``"radius"``/``True`` evaluates a part
+        only near its bone, with radii calibrated per hand exactly as the mesh path does
+        (:class:`halo.meshing.hand_field.HandOccupancyField`; a 33^3 calibration grid per hand,
+        worth it from ~100k points per hand); None/False evaluates all 16 parts.  Models
+        trained with ``part_radii`` always cull with them (that is their definition).
+        """
+        if self._needs_autograd(points_m, keypoints_m) or self.config.smooth_max:
+            out = self.forward(points_m, keypoints_m, is_left, return_parts, validate=validate, cull=cull)
+            return (out.occupancy, out.part_labels) if return_parts else out.occupancy
+        self._check_points(points_m, keypoints_m)
+        with torch.no_grad(), torch.autocast(device_type=keypoints_m.device.type, enabled=False):
+            pose = canonicalize(keypoints_m, is_left, validate=validate)
+            mats, lengths = self.model_inputs(pose)
+            points_model = self.points_to_model(pose, points_m.to(keypoints_m.dtype))
+            dtype = self.network.weights[0].dtype
+            posed = self.network.pose_parts(
+                mats.to(dtype), lengths.to(dtype), self.part_segments(pose, mats).to(dtype)
+            )
+            radii = self._culling_radii(pose, posed, cull)
+            best, labels, _ = self.network.max_logits(points_model.to(dtype), posed, radii, chunk_size)
+            occ = torch.sigmoid(best)
+        return (occ, labels) if return_parts else occ

@@ -214,22 +214,27 @@ def evaluate_sample(
     with_occupancy_iou: bool = True,
     fscore_thresholds_mm: Sequence[float] = (1.0, 2.0),
     seed: int = 0,
+    hand: HandMesh | None = None,
+    interpolate: str = "logit",
 ) -> tuple[dict, HandMesh]:
-    """Extract one mesh and score it; returns (row, mesh).
+    """Extract one mesh (or take ``hand``, e.g. from ``extract_hand_meshes``) and score it; returns (row, mesh).
 
     The row holds ``name``, ``occupancy_iou`` (NaN when ``with_occupancy_iou`` is False),
     the :class:`~halo.eval.surface_metrics.MeshMetrics` fields (``iou`` is the mesh's inside test at the
     IoU points), ``seconds`` (mesh extraction wall time) and the mesh's ``vertices``/``faces``.
     """
     t0 = time.perf_counter()
-    hand = extract_hand_mesh(
-        model,
-        sample.keypoints,
-        resolution_0=resolution_0,
-        upsampling_steps=upsampling_steps,
-        threshold=threshold,
-    )
-    seconds = time.perf_counter() - t0
+    given = hand is not None
+    if not given:
+        hand = extract_hand_mesh(
+            model,
+            sample.keypoints,
+            resolution_0=resolution_0,
+            upsampling_steps=upsampling_steps,
+            threshold=threshold,
+            interpolate=interpolate,
+        )
+    seconds = hand.stats.seconds if given else time.perf_counter() - t0
     metrics = mesh_metrics(
         hand.mesh,
         sample.surface_points,
@@ -268,6 +273,7 @@ def evaluate_split(
     mesh_format: str = "ply",
     progress: bool = True,
     on_sample: Callable[[dict, HandMesh, EvalSample], None] | None = None,
+    interpolate: str = "logit",
 ) -> list[dict]:
     """Evaluate ``model`` on the samples of ``split_dir``; one row per sample (see :func:`evaluate_sample`).
 
@@ -284,6 +290,8 @@ def evaluate_split(
         mesh_dir: when given, each mesh is written as ``<mesh_dir>/<name>.<mesh_format>``.
         progress: tqdm bar on stderr.
         on_sample: called with (row, mesh, sample) after each sample (renders, logging).
+        interpolate: "logit" (default) or "probability" (the original's meshes); see
+            :func:`halo.meshing.hand_mesh.extract_hand_mesh`.
     """
     split_dir = Path(split_dir)
     todo = split_names(split_dir, names, limit)
@@ -304,6 +312,7 @@ def evaluate_split(
                 n_samples=n_samples,
                 threshold=threshold,
                 with_occupancy_iou=with_occupancy_iou,
+                interpolate=interpolate,
             )
             if mesh_dir is not None:
                 save_mesh(hand.mesh, mesh_dir / f"{name}.{mesh_format}")

@@ -106,6 +106,7 @@ def evaluate_grasp(
     upsampling_steps: int = 2,
     pitch_m: float = 0.001,
     contact_tol_m: float = 0.005,
+    interpolate: str = "logit",
 ) -> GraspResult:
     """Mesh one grasp's hand with HALO and score it against ``obj`` (both metres, the same frame)."""
     kp = np.asarray(keypoints, dtype=np.float32).reshape(21, 3)
@@ -113,7 +114,11 @@ def evaluate_grasp(
     t0 = time.perf_counter()
     try:
         hand = extract_hand_mesh(
-            halo_model, kp, resolution_0=resolution_0, upsampling_steps=upsampling_steps
+            halo_model,
+            kp,
+            resolution_0=resolution_0,
+            upsampling_steps=upsampling_steps,
+            interpolate=interpolate,
         ).mesh
     except ValueError as exc:  # CanonicalizationError (degenerate skeleton) is a ValueError
         result.error = f"no hand mesh: {exc}"
@@ -152,6 +157,7 @@ def generate_grasps(
     pitch_m: float = 0.001,
     contact_tol_m: float = 0.005,
     show_progress: bool = False,
+    interpolate: str = "logit",
 ) -> list[GraspResult]:
     """Sample ``grasps_per_object`` grasps per object, mesh each hand with HALO and score it.
 
@@ -180,6 +186,7 @@ def generate_grasps(
                     upsampling_steps=upsampling_steps,
                     pitch_m=pitch_m,
                     contact_tol_m=contact_tol_m,
+                    interpolate=interpolate,
                 )
             )
     return results

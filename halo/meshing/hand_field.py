@@ -23,7 +23,17 @@ where ``ub >= max(max_j lb_j, floor_logit)``.  Exact (wherever occupancy >=
 steep that near the surface ~8 of 16 parts survive, so it saves little.
 
 Points are in the original network's model units, in the normalized hand
-frame (see :meth:`halo.core.model.HaloModel.points_to_model`).
+frame (see :meth:`halo.core.model.HaloModel.points_to_model`).  The evaluation
+itself is :meth:`halo.core.model.PartOccupancyNetwork.max_logits` (the same code
+as ``HaloModel.occupancy`` under ``no_grad``), on the model's device: numpy
+points in, numpy values out; the work runs wherever the model's weights are.
+
+``interpolate`` chooses what the field returns to marching cubes: the
+probability (the original's field, iso 0.5) or the max part logit (iso 0).
+Both have the same inside/outside, but the probability saturates within a
+few millimetres of the surface, so linear interpolation along a grid edge
+puts vertices near the edge's midpoint (terracing at low resolution); the
+logit is close to linear across the surface.
 """
 
 from __future__ import annotations
@@ -36,7 +46,9 @@ from torch.nn import functional as F
 
 from halo.core.model import HaloModel
 from halo.core.skeleton import MODEL_BOX_HALF_SIDE
-from halo.utils.allocator import tune_allocator
+
+#: What a field can return to the isosurface extraction (see the module docstring).
+INTERPOLATE_MODES = ("logit", "probability")
 
 
 @dataclass
@@ -50,14 +62,26 @@ class FieldStats:
         return self.part_evaluations / max(self.points, 1)
 
 
+def check_interpolate(interpolate: str) -> str:
+    if interpolate not in INTERPOLATE_MODES:
+        raise ValueError(f"interpolate must be one of {INTERPOLATE_MODES}, got {interpolate!r}")
+    return interpolate
+
+
 class HandOccupancyField:
-    """Occupancy of one posed hand as a function of model-space points, with optional part culling."""
+    """Occupancy of posed hands as a function of model-space points, with optional part culling.
+
+    ``keypoints`` (21,3) for one hand or (T,21,3) for several (``is_left`` a bool or T bools);
+    ``field(points)`` evaluates the one hand, :meth:`values_many` several hands in one network
+    call.  ``interpolate="probability"``: occupancy probabilities (iso 0.5); ``"logit"``: the max
+    part logit (iso 0, see :meth:`iso_level`).
+    """
 
     def __init__(
         self,
         model: HaloModel,
         keypoints: torch.Tensor | np.ndarray,
-        is_left: bool = False,
+        is_left: bool | np.ndarray | list[bool] = False,
         *,
         cull: bool | str = "radius",
         prob_floor: float = 1e-3,
@@ -66,24 +90,30 @@ class HandOccupancyField:
         half_side: float = MODEL_BOX_HALF_SIDE,
         cull_cell_size: float = 0.0172,
         chunk_size: int = 4096,
+        interpolate: str = "probability",
     ):
-        tune_allocator()  # big evaluations: keep freed blocks instead of re-faulting pages (see halo.utils.allocator)
-        kp = torch.as_tensor(keypoints, dtype=torch.float32).reshape(1, 21, 3)
         self.model = model
         net = model.network
+        self.device = net.weights[0].device
+        self.dtype = net.weights[0].dtype
+        kp = keypoints.detach() if torch.is_tensor(keypoints) else torch.as_tensor(np.asarray(keypoints))
+        if kp.shape[-2:] != (21, 3) or kp.dim() not in (2, 3):
+            raise ValueError(f"keypoints must have shape (21, 3) or (T, 21, 3), got {tuple(kp.shape)}")
+        kp = kp.to(device=self.device, dtype=torch.float32).reshape(-1, 21, 3)
+        self.num_hands = kp.shape[0]
+        left = torch.as_tensor(np.array(is_left, dtype=bool), device=self.device).reshape(-1)
+        left = left.expand(self.num_hands) if left.numel() == 1 else left
+        if left.shape != (self.num_hands,):
+            raise ValueError(f"is_left must be one bool or {self.num_hands}, got shape {tuple(left.shape)}")
         self.num_parts = net.config.num_parts
+        self.interpolate = check_interpolate(interpolate)
         with torch.no_grad():
-            self.pose = model.canonicalize(kp, torch.tensor([is_left]))
+            self.pose = model.canonicalize(kp, left)
             mats, lengths = model.model_inputs(self.pose)
-            self.rot = mats[0, :, :3, :3].float()  # (P,3,3)
-            self.trans = mats[0, :, :3, 3].float()  # (P,3)
-            bias0 = net.first_layer_bias(net.part_codes(mats, lengths))[0].float()  # (P,H)
-        self.weights = [w.detach().float() for w in net.weights]
-        self.biases = [b.detach().float() for b in net.biases]
-        w0x = self.weights[0][:, :, :3]  # (P,H,3)
-        # posed model point -> first pre-activation: W0x (R p + t) + bias0 = A p + c
-        self.first_a = w0x @ self.rot  # (P,H,3)
-        self.first_c = (w0x @ self.trans[..., None]).squeeze(-1) + bias0  # (P,H)
+            segments = model.part_segments(self.pose, mats)
+            self.posed = net.pose_parts(mats.to(self.dtype), lengths.to(self.dtype), segments.to(self.dtype))
+        self.weights = [w.detach() for w in net.weights]
+        self.biases = [b.detach() for b in net.biases]
         self.residual = set(net.config.residual_layers)
         self.slope = net.config.leaky_slope
         self.smooth_max = net.config.smooth_max
@@ -97,24 +127,41 @@ class HandOccupancyField:
         if trained_radii is not None:
             # Culling is part of this model's definition (it was trained that way): always apply it.
             self.cull = "radius"
-        # Canonical bone segment of every part (model units): where the part's flesh is.
-        with torch.no_grad():
-            self.segments = model.part_segments(self.pose, mats)[0].float()  # (P,2,3)
         self.radius_margin = radius_margin
-        self.part_radius: torch.Tensor | None = None  # (P,) canonical radius per part, model units
+        self.part_radius: torch.Tensor | None = None  # (T,P) canonical radius per part, model units
+        self.prob_floor = prob_floor
         self.floor_logit = float(np.log(prob_floor / (1 - prob_floor)))
-        self.stats = FieldStats(num_parts=self.num_parts)
+        self.hand_stats = [FieldStats(num_parts=self.num_parts) for _ in range(self.num_hands)]
         self.cull_cell_size = cull_cell_size
         self.bounded_cells = 0
         if trained_radii is not None:
-            self.part_radius = torch.tensor(trained_radii, dtype=torch.float32)
+            radii = torch.tensor(trained_radii, dtype=self.dtype, device=self.device)
+            self.part_radius = radii.expand(self.num_hands, -1)
         elif self.cull == "radius":
             self.calibrate_radii(calibration_resolution, half_side)
 
+    @property
+    def stats(self) -> FieldStats:
+        """Work of the (first) hand: points and (point, part) evaluations."""
+        return self.hand_stats[0]
+
+    @property
+    def segments(self) -> torch.Tensor:
+        """(P,2,3) canonical bones of the (first) hand, model units."""
+        return self.posed.segments[0]
+
+    def iso_level(self, threshold: float = 0.5) -> float:
+        """The iso value of this field for an occupancy ``threshold`` (probability)."""
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be an occupancy probability in (0, 1), got {threshold}")
+        return threshold if self.interpolate == "probability" else float(np.log(threshold / (1 - threshold)))
+
     # ------------------------------------------------------------------ interval bounds
-    def part_logit_bounds(self, centres: torch.Tensor, half: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def part_logit_bounds(
+        self, centres: torch.Tensor, half: float, hand: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower/upper bounds (P,C) of every part's logit over cubes (C,3) of half side ``half``."""
-        a, c0 = self.first_a, self.first_c
+        a, c0 = self.posed.first_a[hand], self.posed.first_c[hand]
         mid = torch.einsum("phi,ci->pch", a, centres) + c0[:, None]
         rad = (a.abs().sum(-1) * half)[:, None].expand_as(mid)
         lo, hi = F.leaky_relu(mid - rad, self.slope), F.leaky_relu(mid + rad, self.slope)
@@ -123,7 +170,7 @@ class HandOccupancyField:
             mid, rad = (hi + lo) / 2, (hi - lo) / 2
             w = self.weights[i]
             if i in self.residual:
-                w = w + torch.eye(w.shape[-1], dtype=w.dtype)
+                w = w + torch.eye(w.shape[-1], dtype=w.dtype, device=w.device)
             mid = mid @ w.transpose(-1, -2) + self.biases[i][:, None]
             rad = rad @ w.abs().transpose(-1, -2)
             lo, hi = mid - rad, mid + rad
@@ -131,12 +178,7 @@ class HandOccupancyField:
                 lo, hi = F.leaky_relu(lo, self.slope), F.leaky_relu(hi, self.slope)
         return lo.squeeze(-1), hi.squeeze(-1)
 
-    def _candidate_mask(self, centres: torch.Tensor, half: float) -> torch.Tensor:
-        lo, hi = self.part_logit_bounds(centres, half)
-        best_lo = lo.max(dim=0).values.clamp_min(self.floor_logit)  # (C,)
-        return (hi >= best_lo).T  # (C,P)
-
-    def candidate_parts(self, points: torch.Tensor) -> torch.Tensor:
+    def candidate_parts(self, points: torch.Tensor, hand: int = 0) -> torch.Tensor:
         """(N,P) bool: parts that can attain the max at each point (exact, see module doc).
 
         Points are bucketed into cubes of side ``cull_cell_size``; bounds are
@@ -149,105 +191,99 @@ class HandOccupancyField:
         uniq, inverse = torch.unique(key, return_inverse=True)
         mask21 = (1 << 21) - 1
         cells = torch.stack([(uniq >> 42) & mask21, (uniq >> 21) & mask21, uniq & mask21], -1) - (1 << 20)
-        centres = (cells.float() + 0.5) * cell
+        centres = (cells.to(points.dtype) + 0.5) * cell
         self.bounded_cells += int(uniq.numel())
-        return self._candidate_mask(centres, cell / 2)[inverse]
+        lo, hi = self.part_logit_bounds(centres, cell / 2, hand)
+        best_lo = lo.max(dim=0).values.clamp_min(self.floor_logit)  # (C,)
+        return (hi >= best_lo).T[inverse]  # (N,P)
 
     # ------------------------------------------------------------------ evaluation
-    def _part_logits(self, k: int, pts: torch.Tensor) -> torch.Tensor:
-        pre0 = torch.addmm(self.first_c[k], pts, self.first_a[k].T)
-        return self.model.network.hidden_and_output(
-            pre0, [w[k] for w in self.weights], [b[k] for b in self.biases]
-        )
-
-    @torch.inference_mode()
-    def logits(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Max part logit (N,) and its part label (N,) at model-space points (N,3)."""
-        n = points.shape[0]
-        best = torch.full((n,), -torch.inf)
-        label = torch.zeros(n, dtype=torch.long)
-        self.stats.points += n
-        mask = None
+    @torch.no_grad()
+    def logits_many(
+        self, points: list[torch.Tensor], hands: list[int]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Max part logits and labels of several hands' model-space points, in one network call."""
+        pts = [p.to(device=self.device, dtype=self.dtype) for p in points]
+        counts = [p.shape[0] for p in pts]
+        radii = self.part_radius[hands] if self.cull == "radius" else None
+        candidates = None
         if self.cull == "ibp":
-            mask = self.candidate_parts(points)
-        elif self.cull == "radius" and self.part_radius is not None:
-            mask = self.segment_distances(points) <= self.part_radius
-        for k in range(self.num_parts):
-            idx = mask[:, k].nonzero().squeeze(-1) if mask is not None else None
-            if idx is not None and idx.numel() == 0:
-                continue
-            pts = points if idx is None else points[idx]
-            self.stats.part_evaluations += pts.shape[0]
-            out = torch.cat(
-                [
-                    self._part_logits(k, pts[s : s + self.chunk_size])
-                    for s in range(0, pts.shape[0], self.chunk_size)
-                ]
-            )
-            if idx is None:
-                better = out > best
-                best = torch.where(better, out, best)
-                label = torch.where(better, k, label)
-            else:
-                better = out > best[idx]
-                sel = idx[better]
-                best[sel] = out[better]
-                label[sel] = k
-        best = torch.where(torch.isinf(best), torch.full_like(best, self.floor_logit - 10.0), best)
-        return best, label
 
-    def segment_distances(self, points: torch.Tensor) -> torch.Tensor:
+            def candidates(q: torch.Tensor, b: int) -> torch.Tensor:
+                return self.candidate_parts(q, hands[b])  # b indexes the hands of this call
+
+        packed = torch.cat(pts) if pts else torch.zeros(0, 3, dtype=self.dtype, device=self.device)
+        best, label, evaluations = self.model.network.max_logits_packed(
+            packed, counts, self.posed.take(hands), radii, self.chunk_size, candidates=candidates
+        )
+        for h, n, e in zip(hands, counts, evaluations, strict=True):
+            self.hand_stats[h].points += n
+            self.hand_stats[h].part_evaluations += e
+        return list(best.split(counts)), list(label.split(counts))
+
+    def logits(self, points: torch.Tensor, hand: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Max part logit (N,) and its part label (N,) at model-space points (N,3), on the model's device."""
+        best, label = self.logits_many([points], [hand])
+        return best[0], label[0]
+
+    def segment_distances(self, points: torch.Tensor, hand: int = 0) -> torch.Tensor:
         """(N,P) distance of each point, mapped into canonical space by each part, to that part's bone."""
-        x = torch.einsum("pij,nj->npi", self.rot, points) + self.trans  # (N,P,3)
-        a, b = self.segments[:, 0], self.segments[:, 1]
-        ab = b - a
-        t = (((x - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
-        return (x - a - t[..., None] * ab).norm(dim=-1)
+        return self.posed.segment_distances(points.to(device=self.device, dtype=self.dtype), hand)
 
     def calibrate_radii(self, resolution: int = 32, half_side: float = MODEL_BOX_HALF_SIDE) -> None:
-        """Per-part radius around its canonical bone beyond which the part never wins.
+        """Per hand and part, the radius around its canonical bone beyond which the part never wins.
 
-        Evaluates every part on a full (resolution+1)^3 grid over the query box
-        and records, per part, the farthest canonical distance from its bone at
-        which it attains the max with occupancy >= ``prob_floor``; adds
-        ``radius_margin`` (model units) plus one grid cell for what the grid
-        cannot see between its nodes.  Parts that never win get the largest
-        radius seen.  Measured: identical labels on 3 hands x 1M near-surface
-        points (bench/bench_mesh.py) and identical MISE meshes (tests), at
-        2.9-3.1 parts per point during a 64/3 extraction.
+        :meth:`halo.core.model.PartOccupancyNetwork.calibrate_radii` (the rule
+        ``HaloModel.occupancy(cull="radius")`` uses too): all parts on a full
+        (resolution+1)^3 grid over the query box; per part the farthest canonical
+        distance from its bone at which it attains the max with occupancy >=
+        ``prob_floor``, plus ``radius_margin`` and one grid cell.  Measured: identical
+        labels on 3 hands x 1M near-surface points (bench/bench_mesh.py) and identical
+        MISE meshes (tests), at 2.9-3.1 parts per point during a 64/3 extraction.
         """
-        axis = torch.linspace(-half_side, half_side, resolution + 1)
-        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-        cull, self.cull = self.cull, False
-        try:
-            best, label = self.logits(grid)
-        finally:
-            self.cull = cull
-        dist = self.segment_distances(grid)
-        win = best >= self.floor_logit
-        radius = torch.full((self.num_parts,), float("nan"))
-        for k in range(self.num_parts):
-            sel = win & (label == k)
-            if bool(sel.any()):
-                radius[k] = dist[sel, k].max()
-        fallback = float(torch.nan_to_num(radius, nan=0.0).max())
-        margin = self.radius_margin + 2 * half_side / resolution
-        self.part_radius = torch.nan_to_num(radius, nan=fallback) + margin
+        grid_points = (resolution + 1) ** 3
+        for stats in self.hand_stats:
+            stats.points += grid_points
+            stats.part_evaluations += grid_points * self.num_parts
+        self.part_radius = self.model.network.calibrate_radii(
+            self.posed, resolution, half_side, self.prob_floor, self.radius_margin
+        )
+
+    def _tensor(self, points: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if torch.is_tensor(points):
+            return points.to(device=self.device, dtype=self.dtype)
+        return torch.as_tensor(np.asarray(points, dtype=np.float32), device=self.device).to(self.dtype)
+
+    def values_many(self, points: list[np.ndarray | torch.Tensor], hands: list[int]) -> list[torch.Tensor]:
+        """The field at several hands' model-space points (N_i,3), one network call, tensors on the device."""
+        pts = [self._tensor(p) for p in points]
+        if self.smooth_max:
+            return [self._smooth_values(p, h) for p, h in zip(pts, hands, strict=True)]
+        best, _ = self.logits_many(pts, hands)
+        return [torch.sigmoid(b) if self.interpolate == "probability" else b for b in best]
+
+    def _smooth_values(self, pts: torch.Tensor, hand: int) -> torch.Tensor:
+        with torch.no_grad():
+            mats, lengths = self.model.model_inputs(self.pose)
+            sel = slice(hand, hand + 1)
+            logits = self.model.network(pts[None], mats[sel].to(self.dtype), lengths[sel].to(self.dtype))[0]
+            occ = self.model.network.combine(logits)
+        self.hand_stats[hand].points += pts.shape[0]
+        self.hand_stats[hand].part_evaluations += pts.shape[0] * self.num_parts
+        return occ if self.interpolate == "probability" else torch.logit(occ, eps=1e-7)
+
+    def values(self, points: np.ndarray | torch.Tensor, hand: int = 0) -> torch.Tensor:
+        """The field (N,) at model-space points (N,3) as a tensor on the model's device."""
+        return self.values_many([points], [hand])[0]
 
     def __call__(self, points: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Occupancy probabilities (N,) float32 at model-space points (N,3)."""
-        pts = torch.as_tensor(np.asarray(points, dtype=np.float32))
-        if self.smooth_max:
-            with torch.inference_mode():
-                logits = self.model.network(pts[None], *self._inputs())[0]
-                return self.model.network.combine(logits).numpy()
-        best, _ = self.logits(pts)
-        return torch.sigmoid(best).numpy()
+        """The (first) hand's field (N,) float32 at model-space points (N,3): probability or logit."""
+        return self.values(points).float().cpu().numpy()
 
-    def part_labels(self, points: np.ndarray | torch.Tensor) -> np.ndarray:
+    def numpy_many(self, points: list[np.ndarray], hands: list[int]) -> list[np.ndarray]:
+        """:meth:`values_many` as float32 numpy arrays (what the isosurface extraction takes)."""
+        return [v.float().cpu().numpy() for v in self.values_many(points, hands)]
+
+    def part_labels(self, points: np.ndarray | torch.Tensor, hand: int = 0) -> np.ndarray:
         """Index (N,) of the part with the highest logit at model-space points (N,3)."""
-        return self.logits(torch.as_tensor(np.asarray(points, dtype=np.float32)))[1].numpy()
-
-    def _inputs(self):
-        mats, lengths = self.model.model_inputs(self.pose)
-        return mats.float(), lengths.float()
+        return self.logits(self._tensor(points), hand)[1].cpu().numpy()

@@ -43,13 +43,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from skimage.measure import marching_cubes
 
-__all__ = ["ExtractionStats", "extract_isosurface", "extract_isosurface_dense"]
+__all__ = ["ExtractionStats", "extract_isosurface", "extract_isosurface_dense", "extract_isosurfaces"]
 
 #: Aim for blocks of this many final-resolution cells per axis (33^3 nodes, ~140 kB of float32).
 #: Smaller blocks follow the surface more tightly but cost more marching-cubes calls; measured on
@@ -131,17 +131,17 @@ def _check_threshold(threshold: float) -> float:
 
 
 class _CountingEvaluator:
-    """Calls ``evaluate`` in batches, checks its output, and counts points and time.
+    """Turns node requests into point batches for the evaluator, checks its output, counts points and time.
 
     ``grid_step`` (3,) is the box size per grid index at the final resolution, so callers pass
     integer node coordinates at final resolution and never rebuild float coordinates themselves
     (the same node then always gets bit-identical coordinates, whichever level evaluates it).
+    :meth:`request` is a generator: it yields ``(n, 3)`` float32 point batches and receives their
+    values, so one driver can serve several extractions with one evaluator call
+    (:func:`extract_isosurfaces`).
     """
 
-    def __init__(self, evaluate: Evaluator, lo: np.ndarray, grid_step: np.ndarray, batch_size: int):
-        if not callable(evaluate):
-            raise ValueError(f"evaluate must be callable, got {type(evaluate).__name__}")
-        self.evaluate = evaluate
+    def __init__(self, lo: np.ndarray, grid_step: np.ndarray, batch_size: int):
         # float32 arithmetic: every caller builds node coordinates here, so a node gets the
         # same coordinates whichever level (or the dense reference) evaluates it.
         self.lo = lo.astype(np.float32)
@@ -151,7 +151,7 @@ class _CountingEvaluator:
         self.seconds = 0.0
         self.max_abs_dev = 0.0  # max |value - threshold| seen; scales the sanitisation margin
 
-    def __call__(self, nodes: np.ndarray, threshold: float) -> np.ndarray:
+    def request(self, nodes: np.ndarray, threshold: float) -> Generator[np.ndarray, np.ndarray, np.ndarray]:
         """Values (N,) float32 at final-resolution integer node coordinates ``nodes`` (N, 3)."""
         n = len(nodes)
         out = np.empty(n, dtype=np.float32)
@@ -159,7 +159,7 @@ class _CountingEvaluator:
             idx = nodes[start : start + self.batch_size]
             pts = idx.astype(np.float32) * self.grid_step + self.lo
             t0 = time.perf_counter()
-            vals = self.evaluate(pts)
+            vals = yield pts
             self.seconds += time.perf_counter() - t0
             vals = np.asarray(vals)
             if vals.shape not in ((len(pts),), (len(pts), 1)):
@@ -181,11 +181,11 @@ class _CountingEvaluator:
         return out
 
 
-def _evaluate_grid(ev: _CountingEvaluator, cells: int, stride: int, threshold: float) -> np.ndarray:
+def _evaluate_grid(ev: _CountingEvaluator, cells: int, stride: int, threshold: float):
     """Evaluate every node of a ``(cells + 1)^3`` grid whose node spacing is ``stride`` final cells.
 
     Node coordinates are built one batch at a time: at R = 256 the full (N, 3) index array
-    alone would take 400 MB.
+    alone would take 400 MB.  A generator (see :meth:`_CountingEvaluator.request`).
 
     Returns:
         (cells + 1, cells + 1, cells + 1) float32 values.
@@ -196,7 +196,7 @@ def _evaluate_grid(ev: _CountingEvaluator, cells: int, stride: int, threshold: f
     for start in range(0, total, ev.batch_size):
         lin = np.arange(start, min(total, start + ev.batch_size))
         nodes = np.stack(np.unravel_index(lin, shape), axis=1) * stride
-        out[start : start + len(lin)] = ev(nodes, threshold)
+        out[start : start + len(lin)] = yield from ev.request(nodes, threshold)
     return out.reshape(shape)
 
 
@@ -409,7 +409,7 @@ def _evaluate_into_blocks(
     n: int,
     steps_left: int,
     threshold: float,
-) -> None:
+):
     """Evaluate the nodes flagged in ``need`` once each and write them into every block copy.
 
     Args:
@@ -418,6 +418,8 @@ def _evaluate_into_blocks(
         values, evaluated: (B, n+1, n+1, n+1) float32 / bool, updated in place.
         n: cells per block edge at this level; steps_left: levels still below it (for the
             conversion to final-resolution node indices).
+
+    A generator (see :meth:`_CountingEvaluator.request`).
     """
     m = n + 1
     flat = np.flatnonzero(need)
@@ -433,7 +435,7 @@ def _evaluate_into_blocks(
     keys = np.ravel_multi_index(face_glob, (size, size, size))
     face_glob = face_glob[:, np.unique(keys, return_index=True)[1]]
     nodes = np.concatenate([glob[:, ~on_face], face_glob], axis=1).T
-    vals = ev(nodes * np.int32(2**steps_left), threshold)
+    vals = yield from ev.request(nodes * np.int32(2**steps_left), threshold)
 
     values.reshape(-1)[inner_flat] = vals[: len(inner_flat)]
     evaluated.reshape(-1)[inner_flat] = True
@@ -533,14 +535,18 @@ def extract_isosurface_dense(
         vertices (V, 3) float64 in box coordinates, faces (F, 3) int64 oriented outward, stats.
         No crossing gives ``(0, 3)``-shaped arrays.
     """
+    return _drive(_dense_steps(bounds_min, bounds_max, resolution, threshold, batch_size), evaluate)
+
+
+def _dense_steps(bounds_min, bounds_max, resolution, threshold, batch_size):
     t_start = time.perf_counter()
     lo, hi = _check_bounds(bounds_min, bounds_max)
     res = _check_int("resolution", resolution, 2)
     thr = _check_threshold(threshold)
     batch = _check_int("batch_size", batch_size, 1)
-    ev = _CountingEvaluator(evaluate, lo, (hi - lo) / res, batch)
+    ev = _CountingEvaluator(lo, (hi - lo) / res, batch)
 
-    values = _evaluate_grid(ev, res, 1, thr)
+    values = yield from _evaluate_grid(ev, res, 1, thr)
     if (values > thr).any():
         # There is at least the cap against the padding, so marching cubes finds a surface.
         margin = _sanitize_margin(thr, ev.max_abs_dev)
@@ -584,6 +590,11 @@ def extract_isosurface(
         vertices (V, 3) float64 in box coordinates, faces (F, 3) int64 oriented outward, stats.
         No crossing gives ``(0, 3)``-shaped arrays.
     """
+    steps = _mise_steps(bounds_min, bounds_max, resolution_0, upsampling_steps, threshold, batch_size, dilate)
+    return _drive(steps, evaluate)
+
+
+def _mise_steps(bounds_min, bounds_max, resolution_0, upsampling_steps, threshold, batch_size, dilate):
     t_start = time.perf_counter()
     lo, hi = _check_bounds(bounds_min, bounds_max)
     r0 = _check_int("resolution_0", resolution_0, 2)
@@ -593,10 +604,10 @@ def extract_isosurface(
     if dilate not in ("none", "coarse", "all"):
         raise ValueError(f'dilate must be "none", "coarse" or "all", got {dilate!r}')
     res = r0 * 2**steps
-    ev = _CountingEvaluator(evaluate, lo, (hi - lo) / res, batch)
+    ev = _CountingEvaluator(lo, (hi - lo) / res, batch)
 
     # Level 0: the whole coarse grid.
-    coarse = _evaluate_grid(ev, r0, 2**steps, thr)
+    coarse = yield from _evaluate_grid(ev, r0, 2**steps, thr)
 
     n = _block_cells_level0(r0, steps)  # cells per block edge at the current level
     nb = r0 // n  # blocks per axis, the same at every level
@@ -647,8 +658,74 @@ def extract_isosurface(
         children = refine.repeat(2, axis=1).repeat(2, axis=2).repeat(2, axis=3)
         need = _spread_to_nodes(children) & ~evaluated
         del children, was_evaluated, refine, inside
-        _evaluate_into_blocks(ev, need, coords, block_map, values, evaluated, n, steps - level - 1, thr)
+        yield from _evaluate_into_blocks(
+            ev, need, coords, block_map, values, evaluated, n, steps - level - 1, thr
+        )
 
     verts, faces = _mesh_blocks(values, coords, n, nb, res, thr, _sanitize_margin(thr, ev.max_abs_dev))
     verts = _to_box(verts, lo, hi, res)
     return verts, faces, _stats(ev, res, t_start)
+
+
+def _drive(steps: Generator, evaluate: Evaluator):
+    """Run an extraction generator, answering each point batch it yields with ``evaluate``."""
+    if not callable(evaluate):
+        raise ValueError(f"evaluate must be callable, got {type(evaluate).__name__}")
+    try:
+        pts = next(steps)
+        while True:
+            pts = steps.send(evaluate(pts))
+    except StopIteration as done:
+        return done.value
+
+
+def extract_isosurfaces(
+    evaluate_many: Callable[[list[np.ndarray], list[int]], list[np.ndarray]],
+    count: int,
+    bounds_min: Sequence[float],
+    bounds_max: Sequence[float],
+    resolution_0: int = 32,
+    upsampling_steps: int = 2,
+    threshold: float = 0.5,
+    batch_size: int = 1_000_000,
+    *,
+    dense: bool = False,
+    dilate: str = "coarse",
+) -> list[tuple[np.ndarray, np.ndarray, ExtractionStats]]:
+    """``count`` extractions in lockstep, one ``evaluate_many`` call per round for all of them.
+
+    ``evaluate_many(points, which)`` gets the pending ``(N_i, 3)`` point batches of the
+    extractions ``which`` (indices into ``range(count)``) and returns their values in the same
+    order, e.g. several hands through one network call.  Each extraction is exactly
+    :func:`extract_isosurface` (or :func:`extract_isosurface_dense` with ``dense``, at
+    ``resolution_0 * 2**upsampling_steps``) of its own field, so the meshes are the same as one
+    by one.  Per-extraction ``seconds`` are the shared wall times of the whole batch.
+    """
+    count = _check_int("count", count, 0)
+    if dense:
+        res = resolution_0 * 2**upsampling_steps
+        gens = [_dense_steps(bounds_min, bounds_max, res, threshold, batch_size) for _ in range(count)]
+    else:
+        gens = [
+            _mise_steps(bounds_min, bounds_max, resolution_0, upsampling_steps, threshold, batch_size, dilate)
+            for _ in range(count)
+        ]
+    results: list = [None] * count
+    pending: dict[int, np.ndarray] = {}
+    for i, gen in enumerate(gens):
+        try:
+            pending[i] = next(gen)
+        except StopIteration as done:
+            results[i] = done.value
+    while pending:
+        which = sorted(pending)
+        values = evaluate_many([pending[i] for i in which], which)
+        if len(values) != len(which):
+            raise ValueError(f"evaluate_many returned {len(values)} arrays for {len(which)} point batches")
+        for i, vals in zip(which, values, strict=True):
+            try:
+                pending[i] = gens[i].send(vals)
+            except StopIteration as done:
+                results[i] = done.value
+                del pending[i]
+    return results

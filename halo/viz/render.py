@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import trimesh
 
-from halo.core.skeleton import BONES, FINGER_JOINTS, NUM_JOINTS
+from halo.core.skeleton import BONES, FINGER_JOINTS, FINGER_NAMES, NUM_JOINTS, PART_NAMES
 from halo.viz.camera import Camera, camera_for, check_points, look_at, palm_view
 from halo.viz.images import render_grid, save_png, write_animation
 
@@ -40,6 +40,7 @@ __all__ = [
     "Camera",
     "DEFAULT_HAND_COLOR",
     "FINGER_COLORS",
+    "PART_COLORS",
     "WRIST_COLOR",
     "close_renderers",
     "look_at",
@@ -69,6 +70,20 @@ FINGER_COLORS: tuple[RGB, ...] = (
 )
 #: Colour of the wrist joint sphere.
 WRIST_COLOR: RGB = (0.55, 0.55, 0.58)
+
+
+def _part_colors() -> np.ndarray:
+    """(16,3) uint8: each finger's skeleton colour, lighter towards the tip; palm = wrist grey."""
+    colors = [np.array(WRIST_COLOR)]
+    for name in PART_NAMES[1:]:
+        base = np.array(FINGER_COLORS[FINGER_NAMES.index(name.rstrip("123"))])
+        colors.append(base + (1.0 - base) * 0.25 * (int(name[-1]) - 1))  # blend towards white
+    return np.round(np.stack(colors) * 255).astype(np.uint8)
+
+
+#: One colour per HALO part (RGB 0-255) for part-labelled hand meshes
+#: (``extract_hand_mesh(..., part_labels=True, part_colors=PART_COLORS)``), matching the skeletons.
+PART_COLORS = _part_colors()
 # Colours used by render_scene for meshes after the first (objects).
 _SCENE_PALETTE: tuple[RGB, ...] = (
     DEFAULT_HAND_COLOR,

@@ -230,3 +230,77 @@ def test_bf16_autocast_keeps_geometry_in_full_precision(part_radii):
     assert (occ.float() - ref).abs().max() < 0.01
     occ.float().sum().backward()
     assert torch.isfinite(kp_grad.grad).all() and kp_grad.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------- inference path
+
+
+def test_inference_path_equals_the_differentiable_forward_for_any_chunking(random_model):
+    kp = random_hands(3, seed=11, dtype=torch.float32)
+    pts = _points_near(kp, 900, seed=3)
+    ref = random_model(pts, kp, return_parts=True)  # autograd on: the batched forward
+    for chunk in (7, 256, 4096):
+        with torch.no_grad():
+            occ, labels = random_model.occupancy(pts, kp, return_parts=True, chunk_size=chunk)
+        torch.testing.assert_close(occ, ref.occupancy.detach(), atol=2e-6, rtol=0)
+        assert torch.equal(labels, ref.part_labels)
+    # float64 end to end agrees to rounding
+    model64 = HaloModel().double()
+    model64.load_state_dict(random_model.state_dict())
+    with torch.no_grad():
+        occ64 = model64.occupancy(pts.double(), kp.double(), chunk_size=100)
+    torch.testing.assert_close(
+        occ64, model64(pts.double(), kp.double()).occupancy.detach(), atol=1e-12, rtol=0
+    )
+
+
+def test_culled_inference_keeps_every_label_where_the_hand_is_occupied(random_model):
+    # cull="radius": the mesh path's calibrated part radii, per hand; the culled pairs count as
+    # culled_logit, so values below prob_floor may differ, labels and values above may not.
+    kp = random_hands(2, seed=12, dtype=torch.float32)
+    pts = _points_near(kp, 3000, seed=4)
+    with torch.no_grad():
+        full, full_labels = random_model.occupancy(pts, kp, return_parts=True)
+        culled, culled_labels = random_model.occupancy(pts, kp, return_parts=True, cull="radius")
+        grad_free_forward = random_model(pts, kp, cull="radius").occupancy
+    occupied = full >= 1e-3
+    assert occupied.float().mean() > 0.05
+    assert torch.equal(culled_labels[occupied], full_labels[occupied])
+    torch.testing.assert_close(culled[occupied], full[occupied], atol=2e-6, rtol=0)
+    torch.testing.assert_close(grad_free_forward, culled, atol=2e-6, rtol=0)  # forward culls the same way
+    # (that it skips work is measured on the original checkpoint: tests/meshing, parts per point)
+    with pytest.raises(ValueError, match="cull must be"):
+        random_model.occupancy(pts, kp, cull="ibp")
+
+
+def test_packed_hands_equal_hands_one_by_one(random_model):
+    kp = random_hands(3, seed=13, dtype=torch.float32)
+    net = random_model.network
+    with torch.no_grad():
+        pose = random_model.canonicalize(kp)
+        mats, lengths = random_model.model_inputs(pose)
+        posed = net.pose_parts(mats, lengths, random_model.part_segments(pose, mats))
+        counts = [50, 0, 130]
+        pts = [torch.rand(c, 3) * 0.4 - 0.2 for c in counts]
+        best, labels, evaluations = net.max_logits_packed(torch.cat(pts), counts, posed, chunk_size=64)
+        for b, (p, start) in enumerate(zip(pts, [0, 50, 50], strict=True)):
+            one, one_labels, _ = net.max_logits(p[None], posed.hand(b))
+            torch.testing.assert_close(best[start : start + len(p)], one[0], atol=1e-6, rtol=0)
+            assert torch.equal(labels[start : start + len(p)], one_labels[0])
+        assert evaluations == [50 * 16, 0, 130 * 16]
+        with pytest.raises(ValueError, match=r"counts \[50, 130\] must give one count per posed hand \(3\)"):
+            net.max_logits_packed(torch.cat(pts), [50, 130], posed)
+
+
+def test_inference_runs_under_autocast_and_keeps_gradients_elsewhere(random_model):
+    kp = random_hands(1, seed=14, dtype=torch.float32)
+    pts = _points_near(kp, 200, seed=5)
+    with torch.no_grad():
+        ref = random_model.occupancy(pts, kp)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            occ = random_model.occupancy(pts, kp)  # the inference path runs in float32 regardless
+    torch.testing.assert_close(occ, ref)
+    kp_grad = kp.clone().requires_grad_(True)
+    random_model.occupancy(pts, kp_grad).sum().backward()  # grad on: still differentiable
+    assert kp_grad.grad is not None and kp_grad.grad.abs().sum() > 0
+    random_model.zero_grad()
