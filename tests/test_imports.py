@@ -42,14 +42,8 @@ LAYERS: dict[str, int] = {
     "cli": 8,
 }
 
-# Known violations in modules other helpers are restructuring on their branches.
-# lead: remove after merging h-cli/h-speed
-ALLOWED_LAYER_EDGES: frozenset[tuple[str, str]] = frozenset(
-    {
-        # hand meshes take their part colours from the renderer (meshing -> viz)
-        ("halo.meshing.hand_mesh", "halo.viz.render"),
-    }
-)
+# Known violations (none left; an entry here must be a live violation).
+ALLOWED_LAYER_EDGES: frozenset[tuple[str, str]] = frozenset()
 # (importer, source module, private name)
 ALLOWED_PRIVATE_IMPORTS: frozenset[tuple[str, str, str]] = frozenset()
 ALLOWED_CYCLE_MODULES: frozenset[str] = frozenset()
