@@ -1,6 +1,6 @@
 """A tiny GRAB-layout root written by the tests (GRAB's encoding, the synthetic hand).
 
-Written independently of :mod:`halo.grasp.synthesizer` from GRAB's documented format:
+Written independently of :mod:`halo.grasp.synthesis` from GRAB's documented format:
 every key a 0-d object array, object pose ``v @ R(global_orient) + transl``
 (row vectors), the right hand as MANO with ``flat_hand_mean=True`` and the
 subject's template mesh, contact ids 41..55 for right fingers.

@@ -203,7 +203,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_grasps_synth(args: argparse.Namespace) -> int:
-    from halo.grasp.synthesizer import SyntheticGrabConfig, write_synthetic_grab
+    from halo.grasp.synthetic_grab import SyntheticGrabConfig, write_synthetic_grab
 
     try:
         config = SyntheticGrabConfig(
@@ -231,7 +231,7 @@ def cmd_grasps_synth(args: argparse.Namespace) -> int:
 
 def cmd_grasps_show(args: argparse.Namespace) -> int:
     from halo.grasp.grab import GrabFileError
-    from halo.grasp.synthesizer import render_grab_grid
+    from halo.grasp.grab_preview import render_grab_grid
     from halo.viz.render import save_png
 
     if args.n < 1:

@@ -77,10 +77,10 @@ def cmd_mesh(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from halo.data.keypoint_files import load_keypoints
-    from halo.eval.mesh_evaluation import palm_view
     from halo.hands.sequences import synthetic_hand_sequence
     from halo.meshing.hand_mesh import extract_hand_meshes
     from halo.viz import render
+    from halo.viz.camera import palm_view
 
     check_extraction_args(args)
     if args.keypoints:

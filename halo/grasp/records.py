@@ -33,12 +33,10 @@ parts are removed once ``meta.json`` exists.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import warnings
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -61,6 +59,8 @@ from halo.grasp.grab import (
     select_frames,
 )
 from halo.hands.mano import ManoModel
+from halo.utils.cache import cache_key
+from halo.utils.progress import progress_bar
 
 __all__ = [
     "SPLITS",
@@ -172,8 +172,7 @@ def records_key(root: str | Path, config: RecordsConfig, mano_source: str = "") 
     root = Path(root).resolve()
     files = find_sequences(root)
     listing = [(str(p.relative_to(root)), p.stat().st_size) for p in files]
-    blob = json.dumps([str(root), listing, asdict(config), mano_source], sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+    return cache_key([str(root), listing, asdict(config), mano_source])
 
 
 def records_finished(out_dir: str | Path) -> bool:
@@ -231,14 +230,6 @@ def _object_arrays(
     return arrays
 
 
-def _progress(items: Sequence, desc: str, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, unit="seq")
-
-
 def _write_split(out_dir: Path, split: str, columns: dict[str, list[np.ndarray]]) -> int:
     tmp = out_dir / f".{split}.tmp-{os.getpid()}"
     final = out_dir / split
@@ -290,12 +281,10 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 def _part_path(out_dir: Path, root: Path, path: Path, config: RecordsConfig, mano_source: str) -> Path:
     """Where one sequence's frames are kept until the build finishes (keyed by file, config and MANO)."""
     stat = path.stat()
-    blob = json.dumps(
-        [str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns, asdict(config), mano_source],
-        sort_keys=True,
-        default=str,
+    key = cache_key(
+        [str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns, asdict(config), mano_source]
     )
-    return out_dir / PARTS / f"{hashlib.sha1(blob.encode()).hexdigest()[:20]}.npz"
+    return out_dir / PARTS / f"{key}.npz"
 
 
 def _read_part(part: Path) -> dict[str, np.ndarray] | None:
@@ -348,7 +337,7 @@ def build_grasp_records(
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out_dir)
     mano_source = str(getattr(poser.model, "source", ""))
-    for path in _progress(files, "grasp records", progress):
+    for path in progress_bar(files, desc="grasp records", unit="seq", enabled=progress):
         part = _part_path(out_dir, root, path, config, mano_source)
         stored = _read_part(part)
         if stored is not None:
