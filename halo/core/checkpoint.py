@@ -373,6 +373,15 @@ def _model_from_lightning(
     return model.eval(), meta
 
 
+def _finite(loaded: tuple[HaloModel, dict], path: Path) -> tuple[HaloModel, dict]:
+    """Refuse NaN/inf weights (a damaged file: torch does not check the zip's CRCs); they would only
+    show up much later as NaN occupancy."""
+    for name, tensor in loaded[0].state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: weight {name!r} contains NaN or inf (damaged file?)")
+    return loaded
+
+
 def load_model(path: str | Path, *, trust_pickle: bool = False) -> tuple[HaloModel, dict]:
     """Load any supported HALO base checkpoint: own format, a Lightning ``.ckpt``, or the original release.
 
@@ -388,11 +397,11 @@ def load_model(path: str | Path, *, trust_pickle: bool = False) -> tuple[HaloMod
     path = Path(path)
     payload = read_checkpoint(path, trust_pickle=trust_pickle)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        return _model_from_payload(payload, path)
+        return _finite(_model_from_payload(payload, path), path)
     if is_lightning_checkpoint(payload):
-        return _model_from_lightning(payload, path)
+        return _finite(_model_from_lightning(payload, path), path)
     if isinstance(payload, dict) and "model" in payload:
-        return _model_from_original(payload, path)
+        return _finite(_model_from_original(payload, path), path)
     keys = sorted(map(str, payload))[:8] if isinstance(payload, dict) else type(payload).__name__
     raise CheckpointError(f"{path}: unrecognised checkpoint layout (top-level keys: {keys})")
 
