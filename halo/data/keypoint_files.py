@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import tokenize
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,8 @@ def load_keypoints(path: str | Path, units: str = "m") -> KeypointSequence:
         pickle.UnpicklingError,
         zipfile.BadZipFile,
         json.JSONDecodeError,
+        SyntaxError,  # numpy parses a damaged .npy header as Python literals
+        tokenize.TokenError,
     ) as e:
         raise KeypointFileError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
     try:
