@@ -295,11 +295,16 @@ def _model_from_payload(payload: dict, path: Path) -> tuple[HaloModel, dict]:
     for key in ("network_config", "state_dict"):
         if key not in payload:
             raise CheckpointError(f"{path}: missing key {key!r}")
-    model = HaloModel(NetworkConfig.from_dict(payload["network_config"]))
+    try:
+        model = HaloModel(NetworkConfig.from_dict(payload["network_config"]))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: network_config is not a valid network config: {exc}") from exc
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: state dict does not match its network_config: {exc}") from exc
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{path}: state dict does not match its network_config: {' '.join(str(exc).split())[:400]}"
+        ) from exc
     return model.eval(), dict(payload.get("metadata", {}))
 
 

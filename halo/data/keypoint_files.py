@@ -64,7 +64,13 @@ def _read(path: Path):
             return _pick(json.load(f), path)
     if suffix in (".pkl", ".pickle"):
         with open(path, "rb") as f:
-            return _pick(_KeypointUnpickler(f, str(path)).load(), path)
+            try:
+                obj = _KeypointUnpickler(f, str(path)).load()
+            except KeypointFileError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a damaged pickle stream fails in many ways (TypeError, ...)
+                raise KeypointFileError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
+            return _pick(obj, path)
     raise KeypointFileError(
         f"{path}: unsupported keypoint file type {suffix!r} (use .npy, .npz, .json or .pkl)"
     )
