@@ -295,11 +295,16 @@ def _model_from_payload(payload: dict, path: Path) -> tuple[HaloModel, dict]:
     for key in ("network_config", "state_dict"):
         if key not in payload:
             raise CheckpointError(f"{path}: missing key {key!r}")
-    model = HaloModel(NetworkConfig.from_dict(payload["network_config"]))
+    try:
+        model = HaloModel(NetworkConfig.from_dict(payload["network_config"]))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: network_config is not a valid network config: {exc}") from exc
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: state dict does not match its network_config: {exc}") from exc
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{path}: state dict does not match its network_config: {' '.join(str(exc).split())[:400]}"
+        ) from exc
     return model.eval(), dict(payload.get("metadata", {}))
 
 
@@ -373,6 +378,15 @@ def _model_from_lightning(
     return model.eval(), meta
 
 
+def _finite(loaded: tuple[HaloModel, dict], path: Path) -> tuple[HaloModel, dict]:
+    """Refuse NaN/inf weights (a damaged file: torch does not check the zip's CRCs); they would only
+    show up much later as NaN occupancy."""
+    for name, tensor in loaded[0].state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: weight {name!r} contains NaN or inf (damaged file?)")
+    return loaded
+
+
 def load_model(path: str | Path, *, trust_pickle: bool = False) -> tuple[HaloModel, dict]:
     """Load any supported HALO base checkpoint: own format, a Lightning ``.ckpt``, or the original release.
 
@@ -388,11 +402,11 @@ def load_model(path: str | Path, *, trust_pickle: bool = False) -> tuple[HaloMod
     path = Path(path)
     payload = read_checkpoint(path, trust_pickle=trust_pickle)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        return _model_from_payload(payload, path)
+        return _finite(_model_from_payload(payload, path), path)
     if is_lightning_checkpoint(payload):
-        return _model_from_lightning(payload, path)
+        return _finite(_model_from_lightning(payload, path), path)
     if isinstance(payload, dict) and "model" in payload:
-        return _model_from_original(payload, path)
+        return _finite(_model_from_original(payload, path), path)
     keys = sorted(map(str, payload))[:8] if isinstance(payload, dict) else type(payload).__name__
     raise CheckpointError(f"{path}: unrecognised checkpoint layout (top-level keys: {keys})")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import tokenize
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,13 @@ def _read(path: Path):
             return _pick(json.load(f), path)
     if suffix in (".pkl", ".pickle"):
         with open(path, "rb") as f:
-            return _pick(_KeypointUnpickler(f, str(path)).load(), path)
+            try:
+                obj = _KeypointUnpickler(f, str(path)).load()
+            except KeypointFileError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a damaged pickle stream fails in many ways (TypeError, ...)
+                raise KeypointFileError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
+            return _pick(obj, path)
     raise KeypointFileError(
         f"{path}: unsupported keypoint file type {suffix!r} (use .npy, .npz, .json or .pkl)"
     )
@@ -87,6 +94,8 @@ def load_keypoints(path: str | Path, units: str = "m") -> KeypointSequence:
         pickle.UnpicklingError,
         zipfile.BadZipFile,
         json.JSONDecodeError,
+        SyntaxError,  # numpy parses a damaged .npy header as Python literals
+        tokenize.TokenError,
     ) as e:
         raise KeypointFileError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
     try:

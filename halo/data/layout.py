@@ -44,6 +44,7 @@ of a build.
 
 from __future__ import annotations
 
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -196,7 +197,15 @@ def read_key(npz, path: Path, key: str, shape: tuple | None = None) -> np.ndarra
         raise DatasetFormatError(f"{path}: missing key {key!r} (has {sorted(npz.files)})")
     try:
         value = npz[key]
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+    except (
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+        EOFError,
+        zlib.error,
+        SyntaxError,
+        tokenize.TokenError,
+    ) as exc:
         raise DatasetFormatError(f"{path}: key {key!r} is truncated or corrupt ({exc})") from exc
     if shape is not None and (
         value.ndim != len(shape)

@@ -184,11 +184,13 @@ def test_resume_checkpoint_is_the_newest_of_hpc_and_last(tmp_path):
     assert run_utils.resume_checkpoint(tmp_path) is None  # a fresh run directory
     (tmp_path / "checkpoints").mkdir()
     last = tmp_path / "checkpoints" / "last.ckpt"
-    (tmp_path / "checkpoints" / "epoch001-step0000010.ckpt").write_bytes(b"best")  # never a resume source
-    last.write_bytes(b"last")
+    best = tmp_path / "checkpoints" / "epoch001-step0000010.ckpt"  # only when last.ckpt is unreadable
+    torch.save({"state_dict": {}, "global_step": 10}, best)
+    os.utime(best, (500, 500))
+    torch.save({"state_dict": {}, "global_step": 20}, last)
     assert run_utils.resume_checkpoint(tmp_path) == last
     hpc = tmp_path / "hpc_ckpt_1.ckpt"  # Lightning's requeue checkpoint, newer
-    hpc.write_bytes(b"hpc")
+    torch.save({"state_dict": {}, "global_step": 30}, hpc)
     os.utime(last, (1000, 1000))
     os.utime(hpc, (2000, 2000))
     assert run_utils.resume_checkpoint(tmp_path) == hpc
