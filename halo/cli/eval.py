@@ -25,6 +25,14 @@ from pathlib import Path
 
 from halo.cli.common import DEFAULT_EVAL_OUT, CliError, default_checkpoint, load_halo_model
 from halo.cli.options import add_extraction_args, add_trust_checkpoint_arg, check_extraction_args
+from halo.core.checkpoint import (
+    DM_IOU_POINTS,
+    DM_MAX_VAL_SAMPLES,
+    DM_ROOT,
+    DM_TEST_SPLIT,
+    DM_VAL_SPLIT,
+    LIGHTNING_DATAMODULE_HPARAMS,
+)
 
 # ----------------------------------------------------------------------------- shared
 
@@ -37,14 +45,14 @@ def _load(args: argparse.Namespace):
 
 def _dataset(args: argparse.Namespace, meta: dict) -> tuple[Path, dict]:
     """(split folder, the datamodule hparams recorded in the checkpoint or {})."""
-    dm = meta.get("datamodule_hyper_parameters") or {}
+    dm = meta.get(LIGHTNING_DATAMODULE_HPARAMS) or {}
     if args.data is not None:
         root = Path(args.data)
         if not root.is_dir():
             raise CliError(f"--data {root}: no such folder")
         split = args.split
     else:
-        recorded = dm.get("root")
+        recorded = dm.get(DM_ROOT)
         if not recorded:
             raise CliError(
                 f"{args.checkpoint}: the checkpoint records no dataset root "
@@ -55,7 +63,9 @@ def _dataset(args: argparse.Namespace, meta: dict) -> tuple[Path, dict]:
             raise CliError(
                 f"dataset root {root} recorded in {args.checkpoint} does not exist here: pass --data ROOT"
             )
-        split = dm.get(f"{args.split}_split") or args.split  # the run's own split folder names
+        split = (
+            dm.get({"val": DM_VAL_SPLIT, "test": DM_TEST_SPLIT}.get(args.split, "")) or args.split
+        )  # the run's own split folder names
     split_dir = root / split
     if not (split_dir / "datalist.txt").is_file():
         have = sorted(p.name for p in root.iterdir() if (p / "datalist.txt").is_file())
@@ -90,16 +100,16 @@ def cmd_eval_meshes(args: argparse.Namespace) -> int:
         raise CliError(f"--n-samples must be >= 1, got {args.n_samples}")
     model, meta = _load(args)
     if args.match_validation:
-        dm = meta.get("datamodule_hyper_parameters") or {}
+        dm = meta.get(LIGHTNING_DATAMODULE_HPARAMS) or {}
         if not dm:
             raise CliError(
                 f"{args.checkpoint}: --match-validation needs a training checkpoint that records its datamodule"
             )
         args.split = "val"
-        if args.limit is None and dm.get("max_val_samples") is not None:
-            args.limit = int(dm["max_val_samples"])
+        if args.limit is None and dm.get(DM_MAX_VAL_SAMPLES) is not None:
+            args.limit = int(dm[DM_MAX_VAL_SAMPLES])
         if args.iou_points is None:
-            args.iou_points = dm.get("iou_points_per_sample")
+            args.iou_points = dm.get(DM_IOU_POINTS)
     split_dir, _ = _dataset(args, meta)
     threshold = _threshold(args, meta)
     out = Path(args.out) if args.out else DEFAULT_EVAL_OUT / f"{Path(args.checkpoint).stem}-{split_dir.name}"

@@ -66,7 +66,9 @@ LIGHTNING_VAE_HALO_HPARAM = "halo_checkpoint"
 LIGHTNING_HALO_BASE_RECORD = "halo_base"
 #: Lightning's own key for the datamodule's hparams, and the ones ``halo eval`` reads from it.
 LIGHTNING_DATAMODULE_HPARAMS = "datamodule_hyper_parameters"
-DATAMODULE_HPARAM_KEYS = ("root", "val_split", "test_split", "max_val_samples", "iou_points_per_sample")
+DM_ROOT, DM_VAL_SPLIT, DM_TEST_SPLIT = "root", "val_split", "test_split"
+DM_MAX_VAL_SAMPLES, DM_IOU_POINTS = "max_val_samples", "iou_points_per_sample"
+DATAMODULE_HPARAM_KEYS = (DM_ROOT, DM_VAL_SPLIT, DM_TEST_SPLIT, DM_MAX_VAL_SAMPLES, DM_IOU_POINTS)
 
 #: How a user opts in to full unpickling, named in every refusal.
 TRUST_OPT_IN = (
