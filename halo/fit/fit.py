@@ -18,6 +18,9 @@ Initialisation and schedule (fingers can fit the wrong finger, so several starts
    (HALO occupancy loss + priors); the best final loss wins.
 
 Every stage runs batched over inputs x starts on the model's device.
+
+Size: one cohesive module over 500 lines: initialisation, the coarse capsule stage, the fine
+HALO stage and the convergence report are one optimisation whose stages hand state to each other.
 """
 
 from __future__ import annotations
