@@ -223,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_intersect_parser(sub)
 
+    from halo.cli.refine import add_parser as add_refine_parser
+
+    add_refine_parser(sub)
+
     p = sub.add_parser("convert-checkpoint", help="original model_best.pt -> this project's format")
     p.description = "One-off converter from the original release's checkpoint to this project's format."
     p.add_argument("src", help="original checkpoint (model_best.pt)")

@@ -30,6 +30,7 @@ from halo.core.skeleton import FINGER_JOINTS, NUM_JOINTS
 __all__ = [
     "PALM_JOINTS",
     "SkeletonTemplate",
+    "axis_angle_to_matrix",
     "bone_lengths",
     "default_template",
     "fit_template",
@@ -60,6 +61,27 @@ def rotation_6d_to_matrix(x: torch.Tensor) -> torch.Tensor:
     b2 = F.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1, eps=1e-8)
     b3 = torch.linalg.cross(b1, b2, dim=-1)
     return torch.stack([b1, b2, b3], dim=-1)
+
+
+def axis_angle_to_matrix(v: torch.Tensor) -> torch.Tensor:
+    """(...,3) axis-angle (rad) -> (...,3,3) rotation (Rodrigues; smooth through zero)."""
+    theta2 = (v * v).sum(-1, keepdim=True)[..., None]  # (...,1,1)
+    theta = torch.sqrt(theta2 + 1e-12)
+    zero = torch.zeros_like(v[..., 0])
+    k = torch.stack(
+        [
+            torch.stack([zero, -v[..., 2], v[..., 1]], -1),
+            torch.stack([v[..., 2], zero, -v[..., 0]], -1),
+            torch.stack([-v[..., 1], v[..., 0], zero], -1),
+        ],
+        dim=-2,
+    )
+    # sin(t)/t and (1-cos(t))/t^2 with their Taylor series near zero (finite gradients at 0).
+    small = theta < 1e-3
+    a = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(theta)) / theta.clamp_min(1e-6) ** 2)
+    eye = torch.eye(3, dtype=v.dtype, device=v.device).expand(k.shape)
+    return eye + a * k + b * (k @ k)
 
 
 def bone_lengths(keypoints: torch.Tensor) -> torch.Tensor:

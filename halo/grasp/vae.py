@@ -617,12 +617,20 @@ def halo_occupancy_logit(
 def points_near_hand(keypoints: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
     """(B,k,3) the ``k`` points of ``points`` (B,M,3) nearest to any joint of ``keypoints`` (B,21,3).
 
-    Chosen on detached keypoints: where the hand is, the object's interior is sampled densely, so
-    a hand that covers a few percent of a large object still sees a full set of interior points.
+    Distances are to points along every bone (joints and three points between), so the middle
+    of the long palm bones counts as hand too.  Chosen on detached keypoints: where the hand is,
+    the object's interior is sampled densely, so a hand that covers a few percent of a large
+    object still sees a full set of interior points.
     """
     if k >= points.shape[1]:
         return points
-    d = torch.cdist(points, keypoints.detach().to(points)).amin(dim=-1)  # (B,M)
+    kp = keypoints.detach().to(points)
+    bones = _bone_vectors(kp)  # (B,20,3)
+    parents = kp[:, [p for p, _ in BONES]]
+    t = torch.tensor([0.25, 0.5, 0.75], dtype=kp.dtype, device=kp.device)
+    along = (parents[:, :, None] + t[None, None, :, None] * bones[:, :, None]).flatten(1, 2)  # (B,60,3)
+    anchors = torch.cat([kp, along], dim=1)
+    d = torch.cdist(points, anchors).amin(dim=-1)  # (B,M)
     idx = d.topk(int(k), dim=-1, largest=False).indices
     return torch.gather(points, 1, idx[..., None].expand(-1, -1, 3))
 
