@@ -103,8 +103,11 @@ def train_one(args, config: str, seed: int) -> Path:
         "bench": {"seconds": seconds, "last_terms": last, "config": config, "seed": seed},
     }
     torch.save(ckpt, out)
-    print(f"trained {config} seed {seed}: {step} steps in {seconds:.0f} s; last terms "
-          + ", ".join(f"{k} {v:.3g}" for k, v in last.items()), flush=True)
+    print(
+        f"trained {config} seed {seed}: {step} steps in {seconds:.0f} s; last terms "
+        + ", ".join(f"{k} {v:.3g}" for k, v in last.items()),
+        flush=True,
+    )
     return out
 
 
@@ -283,9 +286,9 @@ def cmd_table(args) -> None:
                             m2["rows"] += rows2
                             m2["kp"].append(out.keypoints.numpy())
                             m2["t"].append(dt2)
-                            per_seed.setdefault(f"{set_name}/inter+HALO refine", {}).setdefault(seed, []).extend(
-                                r["volume_cm3"] for r in rows2
-                            )
+                            per_seed.setdefault(f"{set_name}/inter+HALO refine", {}).setdefault(
+                                seed, []
+                            ).extend(r["volume_cm3"] for r in rows2)
                             if render_pair is None and set_name == "synthetic":
                                 worst = int(np.nanargmax([r["volume_cm3"] for r in rows]))
                                 render_pair = (mesh, kp[worst].numpy(), out.keypoints[worst].numpy(), name)
@@ -295,7 +298,9 @@ def cmd_table(args) -> None:
                 m["kp"].append(gt[name])
                 m["t"].append(math.nan)
         results[set_name] = {
-            label: summarize(m["rows"], np.concatenate(m["kp"]), float(np.nanmean(m["t"])) if m["t"] else math.nan)
+            label: summarize(
+                m["rows"], np.concatenate(m["kp"]), float(np.nanmean(m["t"])) if m["t"] else math.nan
+            )
             for label, m in methods.items()
         }
         results[set_name]["objects"] = [f"{n}: {note}" for n, _, note in objs]
@@ -308,19 +313,32 @@ def cmd_table(args) -> None:
         for key, seeds in per_seed.items()
     }
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "table.json").write_text(json.dumps({"results": results, "ablation": ablation}, indent=1))
+    (Path(args.out) / "table.json").write_text(
+        json.dumps({"results": results, "ablation": ablation}, indent=1)
+    )
     print_table(results, ablation)
     if render_pair is not None:
         save_render(halo, *render_pair, Path(args.render))
 
 
 def print_table(results: dict, ablation: dict) -> None:
-    cols = ("volume_cm3", "depth_cm", "contact_ratio", "sim_median_cm", "entropy", "cluster_size_cm",
-            "s_per_grasp", "bone_std_cm", "failed")
+    cols = (
+        "volume_cm3",
+        "depth_cm",
+        "contact_ratio",
+        "sim_median_cm",
+        "entropy",
+        "cluster_size_cm",
+        "s_per_grasp",
+        "bone_std_cm",
+        "failed",
+    )
     for set_name, methods in results.items():
         print(f"\n### {set_name} objects: " + "; ".join(methods.get("objects", [])))
-        print("| method | n | volume cm³ (± s.e.) | depth cm | contact | sim. displ. median cm | entropy "
-              "| cluster size cm | s/grasp | bone-length std cm | failed |")
+        print(
+            "| method | n | volume cm³ (± s.e.) | depth cm | contact | sim. displ. median cm | entropy "
+            "| cluster size cm | s/grasp | bone-length std cm | failed |"
+        )
         print("|---" * 11 + "|")
         for label, s in methods.items():
             if label == "objects":

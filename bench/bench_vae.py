@@ -96,7 +96,9 @@ def diagnose_inter(halo_checkpoint: str, records: str, n_inside: int = 300, seed
     inside = torch.tensor(np.stack(pts_all), dtype=torch.float32)
     inward = -torch.nn.functional.normalize(gt[:, 0], dim=-1)[:, None]  # wrist -> object centre
     print(f"{len(gt)} held-out ground-truth grasps, {n_inside} interior points each, HALO {halo_checkpoint}")
-    print("shift_cm hand  covered/300  thr_loss  soft_loss  |grad| kp(w2,1cm)  thr(w4)  soft(w4)  soft-near64(w4)")
+    print(
+        "shift_cm hand  covered/300  thr_loss  soft_loss  |grad| kp(w2,1cm)  thr(w4)  soft(w4)  soft-near64(w4)"
+    )
     noise = torch.randn(gt.shape, generator=torch.Generator().manual_seed(0)) * 0.01 / 3**0.5
     for shrink in (1.0, 0.75):
         for shift in (0.0, 0.01, 0.02, 0.03):

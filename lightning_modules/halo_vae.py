@@ -211,6 +211,11 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
                 f"model.loss_weights: unknown terms {sorted(unknown)}; allowed: {sorted(weights)}"
             )
         weights.update({k: float(v) for k, v in (_plain(loss_weights) or {}).items()})
+        if original_config and weights["inter"] != DEFAULT_LOSS_WEIGHTS["inter"]:
+            rank_zero_info(
+                f"original_config: interpenetration weight {DEFAULT_LOSS_WEIGHTS['inter']} (the original's)"
+            )
+            weights["inter"] = DEFAULT_LOSS_WEIGHTS["inter"]
         if any(v < 0 for v in weights.values()):
             raise ValueError(f"model.loss_weights must be >= 0, got {weights}")
         if refine_noise not in REFINE_NOISE:

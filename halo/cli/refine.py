@@ -60,7 +60,9 @@ def cmd_refine_grasps(args: argparse.Namespace) -> int:
     for obj, grasps in sorted(by_object.items()):
         mesh_path = find_object_mesh(obj, grasps[0].folder, grasps_dir, None)
         if mesh_path is None:
-            report["skipped"].append({"file": obj, "reason": f"no {obj}_obj.<ext> or {obj}.<ext> object mesh"})
+            report["skipped"].append(
+                {"file": obj, "reason": f"no {obj}_obj.<ext> or {obj}.<ext> object mesh"}
+            )
             print(f"halo refine grasps: skipping {obj}: no object mesh found")
             continue
         mesh = load_mesh_m(mesh_path, name=f"object {obj}")
@@ -122,7 +124,9 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--grasps", required=True, help="folder in the `halo eval grasps` layout")
-    p.add_argument("--checkpoint", required=True, help="HALO base checkpoint (halo_base_best.pt or model_best.pt)")
+    p.add_argument(
+        "--checkpoint", required=True, help="HALO base checkpoint (halo_base_best.pt or model_best.pt)"
+    )
     p.add_argument("--out", required=True, help="output folder (same layout)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"Adam steps (default {DEFAULT_STEPS})")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")

@@ -6,7 +6,8 @@ method.  Each grasp is re-posed with its bone lengths held exactly
 only), then per-bone rotations down every finger chain (stage 2: all), optimised with Adam
 against
 
-* penetration: ``softplus`` of HALO's occupancy logit (:func:`halo.grasp.vae.halo_occupancy_logit`,
+* penetration: a sharp ``softplus`` (``penetration_sharpness``; about zero just outside the
+  hand's surface, so a touching hand is not pushed away) of HALO's occupancy logit (:func:`halo.grasp.vae.halo_occupancy_logit`,
   the one HALO forward pass) at the ``inside_points`` interior points of the object nearest to the
   current hand (a dense interior sample of the object is drawn once per object);
 * contact: the joints that touched the object in the input (within ``contact_threshold_m``, or
@@ -74,8 +75,9 @@ class RefineConfig:
     surface_samples: int = 3000
     contact_threshold_m: float = 0.02
     contact_distance_m: float = 0.009
+    penetration_sharpness: float = 4.0  # softplus(beta * logit) / beta: ~0 outside the hand's surface
     w_penetration: float = 10.0
-    w_contact: float = 1.0
+    w_contact: float = 3.0
     w_pose: float = 0.02
     w_anatomy: float = 10.0
     seed: int = 0
@@ -107,7 +109,10 @@ def anatomy_penalty(keypoints: torch.Tensor) -> torch.Tensor:
     lo = torch.tensor([r[0] for r in ABDUCTION_RANGE], dtype=abd.dtype, device=abd.device)[None, :, None]
     hi = torch.tensor([r[1] for r in ABDUCTION_RANGE], dtype=abd.dtype, device=abd.device)[None, :, None]
     excess = (
-        F.relu(flex - FLEXION_RANGE[1]) + F.relu(FLEXION_RANGE[0] - flex) + F.relu(abd - hi) + F.relu(lo - abd)
+        F.relu(flex - FLEXION_RANGE[1])
+        + F.relu(FLEXION_RANGE[0] - flex)
+        + F.relu(abd - hi)
+        + F.relu(lo - abd)
     )
     return excess.pow(2).flatten(1).sum(-1)
 
@@ -126,7 +131,9 @@ def pose_keypoints(
     rot = axis_angle_to_matrix(rotation)  # (B,3,3)
     out = [None] * NUM_JOINTS
     for j in PALM_JOINTS:
-        out[j] = ((keypoints[:, j : j + 1] - centre) @ rot.transpose(-1, -2) + centre + translation[:, None])[:, 0]
+        out[j] = ((keypoints[:, j : j + 1] - centre) @ rot.transpose(-1, -2) + centre + translation[:, None])[
+            :, 0
+        ]
     local = axis_angle_to_matrix(finger_rotations)  # (B,5,3,3,3)
     for k, finger in enumerate(FINGER_JOINTS):
         chain = rot
@@ -144,7 +151,9 @@ def object_interior(
     surface samples of the same solid, and a note saying which solid was used."""
     if len(mesh.faces) == 0:
         raise RefineError("object mesh has no faces")
-    solid, note = (mesh, "watertight") if mesh.is_watertight else (mesh.convex_hull, "convex hull (not watertight)")
+    solid, note = (
+        (mesh, "watertight") if mesh.is_watertight else (mesh.convex_hull, "convex hull (not watertight)")
+    )
     rng = np.random.default_rng(seed)
     lo, hi = solid.bounds
     fill = max(0.05, min(1.0, float(solid.volume) / float(np.prod(hi - lo)) if np.prod(hi - lo) > 0 else 1.0))
@@ -178,7 +187,9 @@ def refine_grasps(
     """
     cfg = config or RefineConfig()
     t0 = time.perf_counter()
-    kp_in = torch.as_tensor(np.asarray(keypoints, dtype=np.float32) if not torch.is_tensor(keypoints) else keypoints)
+    kp_in = torch.as_tensor(
+        np.asarray(keypoints, dtype=np.float32) if not torch.is_tensor(keypoints) else keypoints
+    )
     if kp_in.dim() == 2:
         kp_in = kp_in[None]
     if kp_in.dim() != 3 or kp_in.shape[1:] != (NUM_JOINTS, 3):
@@ -188,18 +199,24 @@ def refine_grasps(
     device = next(halo_model.parameters()).device
     kp0 = kp_in.to(device, torch.float32)
     bsz = kp0.shape[0]
-    inside_np, surface_np, note = object_interior(object_mesh, cfg.interior_samples, cfg.surface_samples, cfg.seed)
+    inside_np, surface_np, note = object_interior(
+        object_mesh, cfg.interior_samples, cfg.surface_samples, cfg.seed
+    )
     inside = torch.from_numpy(inside_np).to(device)[None].expand(bsz, -1, -1)
     surface = torch.from_numpy(surface_np).to(device)
     ok = plausible_hands(kp0)
 
     with torch.no_grad():
         d0 = torch.cdist(kp0, surface[None].expand(bsz, -1, -1)).amin(-1)  # (B,21)
-        contains = torch.from_numpy(
-            (object_mesh if note == "watertight" else object_mesh.convex_hull).contains(
-                kp0.reshape(-1, 3).cpu().numpy()
+        contains = (
+            torch.from_numpy(
+                (object_mesh if note == "watertight" else object_mesh.convex_hull).contains(
+                    kp0.reshape(-1, 3).cpu().numpy()
+                )
             )
-        ).view(bsz, NUM_JOINTS).to(device)
+            .view(bsz, NUM_JOINTS)
+            .to(device)
+        )
         contact = (d0 < cfg.contact_threshold_m) | contains
         none = ~contact.any(-1)
         if bool(none.any()):  # a floating hand: its three joints nearest to the object
@@ -225,7 +242,8 @@ def refine_grasps(
 
     def penetration(kp: torch.Tensor) -> torch.Tensor:
         pts = points_near_hand(kp, inside, cfg.inside_points)
-        return F.softplus(halo_occupancy_logit(halo_model, pts, kp)).mean(-1)
+        logit = halo_occupancy_logit(halo_model, pts, kp)
+        return F.softplus(logit, beta=cfg.penetration_sharpness).mean(-1)
 
     with torch.no_grad():
         pen_before = torch.zeros(bsz, device=device)

@@ -87,7 +87,10 @@ def test_kinematic_decoder_samples_are_hands_with_the_fitted_bones():
     kp = vae.sample(torch.randn(200, 3) * 0.03, 50, generator=torch.Generator().manual_seed(0))
     lengths = bone_lengths(kp).view(50, 5, 4)[:, :, 1:]
     ratio = lengths / (t.lengths[None] * 1.1)
-    assert ratio.min() > torch.exp(torch.tensor(-0.1)) - 1e-4 and ratio.max() < torch.exp(torch.tensor(0.1)) + 1e-4
+    assert (
+        ratio.min() > torch.exp(torch.tensor(-0.1)) - 1e-4
+        and ratio.max() < torch.exp(torch.tensor(0.1)) + 1e-4
+    )
     # one size factor per hand: all 15 ratios of a hand agree
     assert (ratio.flatten(1).std(-1) < 1e-4).all()
 
