@@ -66,19 +66,19 @@ class RefineError(ValueError):
 class RefineConfig:
     """Settings of :func:`refine_grasps` (distances in metres)."""
 
-    steps: int = 60  # Adam steps in total
+    steps: int = 80  # Adam steps in total
     global_fraction: float = 0.4  # share of the steps that move only the rigid hand (stage 1)
-    lr_rotation: float = 0.02  # rad per step scale (global and finger rotations)
-    lr_translation_cm: float = 0.15
+    lr_rotation: float = 0.01  # rad per step scale (global and finger rotations)
+    lr_translation_cm: float = 0.2
     inside_points: int = 256  # interior points per grasp (nearest to the current hand)
     interior_samples: int = 6000  # dense interior sample of the object (drawn once per object)
     surface_samples: int = 3000
     contact_threshold_m: float = 0.02
-    contact_distance_m: float = 0.009
+    contact_distance_m: float = 0.013
     penetration_sharpness: float = 4.0  # softplus(beta * logit) / beta: ~0 outside the hand's surface
     w_penetration: float = 10.0
     w_contact: float = 3.0
-    w_pose: float = 0.02
+    w_pose: float = 0.1
     w_anatomy: float = 10.0
     seed: int = 0
 
@@ -236,6 +236,8 @@ def refine_grasps(
         ]
     )
     stage1 = int(round(cfg.steps * cfg.global_fraction))
+    # Cosine decay: big steps to get out of the object, small ones to settle onto its surface.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(cfg.steps)), eta_min=0.0)
 
     def current() -> torch.Tensor:
         return pose_keypoints(kp0, rotation, translation_cm / CM_PER_M, fingers)
@@ -271,6 +273,7 @@ def refine_grasps(
             if step < stage1:
                 fingers.grad = None  # stage 1: the rigid hand only
             optimizer.step()
+            schedule.step()
     with torch.no_grad():
         final = current()
         final = torch.where(ok[:, None, None], final, kp0)
