@@ -129,11 +129,10 @@ def cmd_train(args) -> None:
 #: longest side they are rescaled to (metres) so a hand can hold them.
 REAL_OBJECTS = {
     "duck": ("duck.obj", 0.10),
-    "teddy": ("teddy_vhacd.obj", 0.14),
     "bunny": ("bunny.obj", 0.10),
     "mug": ("objects/mug.obj", 0.12),
-    "sphere": ("sphere_smooth.obj", 0.07),
-    "block": ("cube_small.obj", 0.06),
+    "teddy": ("teddy2_VHACD_CHs.obj", 0.14),
+    "soccerball": ("soccerball.obj", 0.08),
 }
 
 

@@ -79,7 +79,8 @@ def test_refinement_moves_sunk_hands_out_of_the_object_through_the_original_halo
     for b, a in zip(before, after, strict=True):
         assert b.volume_cm3 > 2.0 and a.volume_cm3 < 0.5 * b.volume_cm3
         assert a.contact  # still touching (5 mm)
-    assert (out.displacement_m < 0.03).all()  # moved about the sinking depth, not thrown away
+    # moved a few times the sinking depth (fingers wrap the sphere too), not thrown away
+    assert (out.displacement_m < 0.04).all()
 
 
 def test_refine_rejects_bad_keypoints(random_base):
