@@ -136,7 +136,7 @@ REAL_OBJECTS = {
 }
 
 
-def real_objects():
+def real_objects(names=None):
     """(name, centred trimesh, note) for the pybullet_data meshes: longest side rescaled, centred at
     the bounding-box centre; non-watertight ones replaced by their convex hull (said in the note)."""
     import pybullet_data
@@ -145,6 +145,8 @@ def real_objects():
     root = Path(pybullet_data.getDataPath())
     result = []
     for name, (rel, size) in REAL_OBJECTS.items():
+        if names is not None and name not in names:
+            continue
         path = root / rel
         if not path.is_file():
             continue
@@ -253,7 +255,7 @@ def cmd_table(args) -> None:
 
     torch.set_num_threads(1)
     halo, _ = load_frozen_halo(args.halo_checkpoint)
-    sets = {"synthetic": synthetic_objects(args.records), "real": real_objects()}
+    sets = {"synthetic": synthetic_objects(args.records), "real": real_objects(args.real)}
     gt = training_grasps(args.records, args.grasps * len(args.seeds), seed=0)
     refine_cfg = RefineConfig(steps=args.refine_steps)
     results: dict[str, dict] = {}
@@ -308,6 +310,7 @@ def cmd_table(args) -> None:
             for label, m in methods.items()
         }
         results[set_name]["objects"] = [f"{n}: {note}" for n, _, note in objs]
+        print_table({set_name: results[set_name]}, {}, flush=True)
     ablation = {
         key: {
             "per_seed": {s: float(np.nanmean(v)) for s, v in seeds.items()},
@@ -368,7 +371,7 @@ def cmd_pushed(args) -> None:
         )
 
 
-def print_table(results: dict, ablation: dict) -> None:
+def print_table(results: dict, ablation: dict, flush: bool = False) -> None:
     cols = (
         "volume_cm3",
         "depth_cm",
@@ -393,6 +396,10 @@ def print_table(results: dict, ablation: dict) -> None:
             vals = [f"{s[c]:.3g}" if isinstance(s[c], float) else str(s[c]) for c in cols]
             vals[0] = f"{s['volume_cm3']:.2f} ± {s['volume_se']:.2f}"
             print(f"| {label} | {s['n']} | " + " | ".join(vals) + " |")
+    if not ablation:
+        if flush:
+            sys.stdout.flush()
+        return
     print("\n### ablation: mean volume per seed (cm³), mean ± s.e. over seeds")
     for key, a in ablation.items():
         seeds = ", ".join(f"{v:.2f}" for v in a["per_seed"].values())
@@ -426,6 +433,7 @@ def main() -> None:
     p.add_argument("--refine-steps", type=int, default=60)
     p.add_argument("--simulate", action="store_true", help="pybullet simulation displacement")
     p.add_argument("--render", default="docs/images/refine_before_after.png")
+    p.add_argument("--real", nargs="+", default=list(REAL_OBJECTS), choices=list(REAL_OBJECTS))
     args = p.parse_args()
     {"train": cmd_train, "table": cmd_table, "pushed": cmd_pushed}[args.stage](args)
 
