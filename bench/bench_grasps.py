@@ -339,7 +339,9 @@ def cmd_pushed(args) -> None:
     torch.set_num_threads(1)
     halo, _ = load_frozen_halo(args.halo_checkpoint)
     gt = training_grasps(args.records, args.grasps, seed=1)
-    print(f"| object | grasps | volume before cm³ | after cm³ | reduction | contact after | displacement cm | s/grasp |")
+    print(
+        "| object | grasps | volume before cm³ | after cm³ | reduction | contact after | displacement cm | s/grasp |"
+    )
     print("|---" * 8 + "|")
     for name, mesh, _note in synthetic_objects(args.records):
         pushed = []

@@ -237,7 +237,9 @@ def refine_grasps(
     )
     stage1 = int(round(cfg.steps * cfg.global_fraction))
     # Cosine decay: big steps to get out of the object, small ones to settle onto its surface.
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(cfg.steps)), eta_min=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, int(cfg.steps)), eta_min=0.0
+    )
 
     def current() -> torch.Tensor:
         return pose_keypoints(kp0, rotation, translation_cm / CM_PER_M, fingers)
