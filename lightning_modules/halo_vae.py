@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -66,7 +67,9 @@ from halo.core.checkpoint import (
     load_model,
 )
 from halo.core.model import HaloModel
+from halo.grasp.kinematics import fit_template
 from halo.grasp.vae import (
+    INTER_MODES,
     REFINE_NOISE,
     GraspVAE,
     GraspVaeConfig,
@@ -105,7 +108,12 @@ ORIGINAL_SWITCHES: dict[str, Any] = {
     "use_prior_inter_loss": False,
     "train_refine_net": False,
     "refine_at_generation": False,
+    "inter_mode": "threshold",
+    "inter_near_hand_points": None,
+    "inter_warmup_steps": 0,
 }
+#: The architecture ``original_config=True`` forces (63 free coordinates out of the decoder).
+ORIGINAL_VAE: dict[str, Any] = {"decoder": "keypoints"}
 
 MAKE_BASE_COMMAND = "python train.py experiment=halo_base_small hydra.run.dir=outputs/halo_base_small"
 
@@ -180,6 +188,9 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         refine_shift_max_m: float = 0.03,
         contact_threshold_m: float = 0.02,
         inter_threshold: float = 0.5,
+        inter_mode: str = "threshold",
+        inter_near_hand_points: int | None = None,
+        inter_warmup_steps: int = 0,
         encoder_freeze_after_epochs: int | None = None,
         original_config: bool = False,
         object_points: int = 600,
@@ -188,7 +199,19 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         trust_checkpoint: bool = False,
     ):
         super().__init__()
-        config = GraspVaeConfig.from_dict(_plain(vae))
+        vae = dict(_plain(vae) or {})
+        if original_config and vae.get("decoder", "keypoints") != ORIGINAL_VAE["decoder"]:
+            rank_zero_info(f"original_config: setting vae {ORIGINAL_VAE} (the original's decoder)")
+            vae.update(ORIGINAL_VAE)
+        config = GraspVaeConfig.from_dict(vae)
+        if inter_mode not in INTER_MODES:
+            raise ValueError(f"model.inter_mode must be one of {', '.join(INTER_MODES)}, got {inter_mode!r}")
+        if inter_near_hand_points is not None and int(inter_near_hand_points) < 1:
+            raise ValueError(
+                f"model.inter_near_hand_points must be >= 1 or null, got {inter_near_hand_points}"
+            )
+        if int(inter_warmup_steps) < 0:
+            raise ValueError(f"model.inter_warmup_steps must be >= 0, got {inter_warmup_steps}")
         weights = dict(DEFAULT_LOSS_WEIGHTS)
         unknown = set(_plain(loss_weights) or {}) - set(weights)
         if unknown:
@@ -196,6 +219,11 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
                 f"model.loss_weights: unknown terms {sorted(unknown)}; allowed: {sorted(weights)}"
             )
         weights.update({k: float(v) for k, v in (_plain(loss_weights) or {}).items()})
+        if original_config and weights["inter"] != DEFAULT_LOSS_WEIGHTS["inter"]:
+            rank_zero_info(
+                f"original_config: interpenetration weight {DEFAULT_LOSS_WEIGHTS['inter']} (the original's)"
+            )
+            weights["inter"] = DEFAULT_LOSS_WEIGHTS["inter"]
         if any(v < 0 for v in weights.values()):
             raise ValueError(f"model.loss_weights must be >= 0, got {weights}")
         if refine_noise not in REFINE_NOISE:
@@ -210,6 +238,9 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             "use_prior_inter_loss": bool(use_prior_inter_loss),
             "train_refine_net": bool(train_refine_net),
             "refine_at_generation": bool(refine_at_generation),
+            "inter_mode": str(inter_mode),
+            "inter_near_hand_points": None if inter_near_hand_points is None else int(inter_near_hand_points),
+            "inter_warmup_steps": int(inter_warmup_steps),
         }
         if original_config:
             changed = {k: v for k, v in ORIGINAL_SWITCHES.items() if switches[k] != v}
@@ -252,6 +283,8 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             object.__setattr__(self, "_halo", halo)
             self._halo_meta = meta
         self._encoder_frozen = False
+        #: Step for :meth:`inter_schedule` when no Trainer drives the module (a hand-written loop).
+        self.schedule_step: int | None = None
 
     # ------------------------------------------------------------------ the frozen HALO base
     @property
@@ -325,28 +358,44 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             "all_bone_angle": all_bone_angle_loss(pred, gt),
         }
         if halo_needed and self.has_halo:
-            terms["inter"] = interpenetration_loss(
-                self.halo_model,
-                pred,
-                batch["inside_points"],
-                self.hparams.inter_threshold,
-                plausible_hands(pred),
-            )
+            terms["inter"] = self._inter(pred, batch)
         if self.hparams.use_contact_loss:
             terms["contact"] = contact_loss(
                 pred, gt, batch["object_points"], self.hparams.contact_threshold_m
             )
         return terms
 
+    def _inter(self, keypoints: torch.Tensor, batch: dict) -> torch.Tensor:
+        hp = self.hparams
+        return interpenetration_loss(
+            self.halo_model,
+            keypoints,
+            batch["inside_points"],
+            hp.inter_threshold,
+            plausible_hands(keypoints),
+            mode=hp.get("inter_mode", "threshold"),
+            near_hand_points=hp.get("inter_near_hand_points"),
+        )
+
+    def inter_schedule(self) -> float:
+        """Factor (0..1] on the interpenetration weights: a linear ramp over ``inter_warmup_steps``
+        (the reconstruction finds hand-shaped grasps first; the term then moves them out)."""
+        warmup = int(self.hparams.get("inter_warmup_steps", 0) or 0)
+        if warmup <= 0 or not self.training:
+            return 1.0
+        step = self.schedule_step if self.schedule_step is not None else self.global_step
+        return min(1.0, (step + 1) / warmup)
+
     def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         w = self.hparams.loss_weights
+        ramp = self.inter_schedule()
         total = 0.0
         for name, value in terms.items():
             if (name == "inter" and not self.hparams.use_inter_loss) or (
                 name.startswith("prior_") and not self.hparams.use_prior_inter_loss
             ):
                 continue  # measured for comparison, not trained on
-            total = total + w[name] * value
+            total = total + w[name] * (ramp if name in ("inter", "prior_inter") else 1.0) * value
         return total
 
     def losses(self, batch: dict, sample: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
@@ -380,13 +429,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         gt = batch["keypoints"]
         w = self.hparams.loss_weights
         return {
-            "prior_inter": interpenetration_loss(
-                self.halo_model,
-                keypoints,
-                batch["inside_points"],
-                self.hparams.inter_threshold,
-                plausible_hands(keypoints),
-            ),
+            "prior_inter": self._inter(keypoints, batch),
             "prior_anatomy": w["bone_length"] * bone_length_loss(keypoints, gt)
             + w["root_bone_angle"] * root_bone_angle_loss(keypoints, gt)
             + w["root_plane_angle"] * root_plane_angle_loss(keypoints, gt),
@@ -410,6 +453,21 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         return self._terms(refined, batch, hp.use_inter_loss)
 
     # ------------------------------------------------------------------ fit
+    def fit_skeleton_template(self, keypoints: torch.Tensor | np.ndarray) -> None:
+        """Kinematic decoder: bones and palm = the mean skeleton of ``keypoints`` (N,21,3) metres
+        (the training grasps); stored in the ``vae.decoder.template_*`` buffers of the checkpoint."""
+        self.vae.set_skeleton_template(fit_template(torch.as_tensor(np.asarray(keypoints))))
+
+    def on_train_start(self) -> None:
+        if self.vae.config.decoder != "kinematic" or self.vae.decoder.template_fitted:
+            return
+        loader = self.trainer.train_dataloader
+        keypoints = getattr(getattr(loader, "dataset", None), "keypoints", None)
+        if keypoints is None:  # any other loader: its first batch
+            keypoints = next(iter(loader))["keypoints"]
+        self.fit_skeleton_template(keypoints)
+        rank_zero_info(f"HALO-VAE: kinematic skeleton template fitted to {len(keypoints)} training hands")
+
     def on_train_epoch_start(self) -> None:
         n = self.hparams.encoder_freeze_after_epochs
         if n is not None and not self._encoder_frozen and self.current_epoch >= n:

@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "halo.cli.grasps",  # eval grasps
     "halo.cli.intersect",  # intersect
     "halo.cli.fit",  # fit
+    "halo.cli.refine",  # refine grasps
 ]
 
 

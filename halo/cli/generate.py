@@ -165,6 +165,18 @@ def _generate_grasps(args: argparse.Namespace) -> int:
             }
         )
 
+    halo_refine = None
+    if args.halo_refine:
+        from halo.grasp.refine import RefineConfig, refine_grasps
+
+        refine_config = RefineConfig(steps=args.halo_refine_steps)
+
+        def halo_refine(keypoints, obj):
+            result = refine_grasps(halo, keypoints.astype(np.float32), obj.mesh, config=refine_config)
+            if result.object_note != "watertight":
+                print(f"halo generate grasps: {obj.name}: refined against its {result.object_note}")
+            return result.keypoints.numpy()
+
     results = generate_grasps(
         lambda pts, n, generator: vae.sample(pts, n, generator=generator, refine_steps=steps),
         halo,
@@ -176,6 +188,7 @@ def _generate_grasps(args: argparse.Namespace) -> int:
         interpolate=args.interpolate,
         contact_tol_m=args.contact_tol,
         show_progress=not args.no_progress,
+        refine=halo_refine,
     )
     for r in results:
         keypoints_file, hand_file = grasp_files(out, r.object_name, r.index)
@@ -208,6 +221,7 @@ def _generate_grasps(args: argparse.Namespace) -> int:
                 "grasps_per_object": args.num_grasps,
                 "seed": args.seed,
                 "refine_steps": steps,
+                "halo_refine_steps": args.halo_refine_steps if args.halo_refine else 0,
                 "object_points": n_points,
                 "resolution": [args.resolution_0, args.upsampling_steps],
                 "contact_tol_m": args.contact_tol,
@@ -257,6 +271,17 @@ def add_parser(commands) -> None:
         "--refine", dest="refine", action="store_true", default=None, help="apply the refinement net"
     )
     refine.add_argument("--no-refine", dest="refine", action="store_false", help="raw decoder output")
+    p.add_argument(
+        "--halo-refine",
+        action="store_true",
+        help="test-time refinement through HALO's occupancy (halo.grasp.refine; as `halo refine grasps`)",
+    )
+    p.add_argument(
+        "--halo-refine-steps",
+        type=int,
+        default=80,
+        help="Adam steps of --halo-refine (default 80)",
+    )
     p.add_argument(
         "--object-points", type=int, default=None, help="surface samples per object (default: as in training)"
     )

@@ -158,12 +158,16 @@ def generate_grasps(
     contact_tol_m: float = 0.005,
     show_progress: bool = False,
     interpolate: str = "logit",
+    refine: Callable[[np.ndarray, GraspObject], np.ndarray] | None = None,
 ) -> list[GraspResult]:
     """Sample ``grasps_per_object`` grasps per object, mesh each hand with HALO and score it.
 
     Object ``k`` draws its latents from ``torch.Generator().manual_seed(seed * 1000 + k)``, so a
     seed gives the same grasps at every call (the callback's rounds differ only by the model).
     Results are in object order, then grasp index; keypoints in the frame of ``object.mesh``.
+    ``refine(keypoints (n,21,3), object)`` (e.g. test-time refinement through HALO,
+    :func:`halo.grasp.refine.refine_grasps`) maps each object's sampled grasps, in that frame,
+    before they are meshed and scored.
     """
     if int(grasps_per_object) < 1:
         raise ValueError(f"grasps_per_object must be >= 1, got {grasps_per_object}")
@@ -174,6 +178,8 @@ def generate_grasps(
         with torch.no_grad():  # scoped: callers in the same process keep autograd
             keypoints = sample(points, int(grasps_per_object), generator)
         keypoints = keypoints.detach().cpu().numpy().astype(np.float64) + np.asarray(obj.center, np.float64)
+        if refine is not None:
+            keypoints = np.asarray(refine(keypoints, obj), dtype=np.float64)
         for i, kp in progress(enumerate(keypoints), len(keypoints), obj.name, enabled=show_progress):
             results.append(
                 evaluate_grasp(

@@ -39,8 +39,17 @@ from torch.nn import functional as F
 from halo.core.canonicalization import canonicalize
 from halo.core.model import HaloModel
 from halo.core.skeleton import BONES, FINGER_JOINTS, NUM_JOINTS
+from halo.grasp.kinematics import (
+    IDENTITY_6D,
+    SkeletonTemplate,
+    default_template,
+    forward_kinematics,
+    rotation_6d_to_matrix,
+)
 
 __all__ = [
+    "DECODERS",
+    "KinematicDecoder",
     "OBJECT_ENCODERS",
     "BpsEncoder",
     "GraspVAE",
@@ -55,6 +64,9 @@ __all__ = [
     "bps_basis",
     "contact_loss",
     "halo_occupancy",
+    "halo_occupancy_logit",
+    "INTER_MODES",
+    "points_near_hand",
     "interpenetration_loss",
     "joint_object_distances",
     "keypoint_loss",
@@ -69,6 +81,7 @@ __all__ = [
 ]
 
 OBJECT_ENCODERS = ("pointnet", "bps")
+DECODERS = ("keypoints", "kinematic")
 CM_PER_M = 100.0  # loss distances are centimetres so the original's loss weights keep their meaning
 
 
@@ -95,8 +108,16 @@ class GraspVaeConfig:
     bps_seed: int = 0
     units_per_metre: float = 100.0  # network-internal units: centimetres, as the original
     refine_signed_distance: bool = True  # RefineNet's distance feature signed (False: the original's)
+    decoder: str = "keypoints"  # "keypoints" (63 free coordinates, the original) | "kinematic"
+    kinematic_scale_range: float = 0.1  # kinematic decoder: per-hand size factor in exp(+-range)
 
     def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise GraspVaeError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if not 0.0 <= float(self.kinematic_scale_range) < 1.0:
+            raise GraspVaeError(
+                f"kinematic_scale_range must be in [0, 1), got {self.kinematic_scale_range!r}"
+            )
         if self.object_encoder not in OBJECT_ENCODERS:
             raise GraspVaeError(
                 f"object_encoder must be one of {', '.join(OBJECT_ENCODERS)}, got {self.object_encoder!r}"
@@ -287,8 +308,67 @@ class RefineNet(nn.Module):
         return keypoints + self.net(x).view(-1, NUM_JOINTS, 3) / self.scale
 
 
+class KinematicDecoder(nn.Module):
+    """(z, object code) -> joint rotations -> 21 keypoints by forward kinematics (metres).
+
+    Outputs per hand: a 6D global rotation, the wrist position (network units), 15 finger joint
+    rotations (6D, each relative to its parent bone) and a per-hand size factor
+    ``exp(range * tanh(s))``; :func:`halo.grasp.kinematics.forward_kinematics` turns them into
+    keypoints with the template's palm and bone lengths, so every sample is a hand by
+    construction (:mod:`halo.grasp.kinematics` says why).  The template is a buffer (saved with
+    the weights); :meth:`set_template` replaces it, e.g. by the training grasps' mean skeleton.
+    """
+
+    N_OUT = 6 + 3 + 15 * 6 + 1
+
+    def __init__(self, config: GraspVaeConfig):
+        super().__init__()
+        self.scale_units = config.units_per_metre
+        self.scale_range = float(config.kinematic_scale_range)
+        self.net = _ResidualMLP(config.z_dim + config.object_dim, config.decoder_dim, self.N_OUT, 2, 0.1)
+        # Start at the template with straight fingers: small weights, identity rotations as bias.
+        nn.init.normal_(self.net.fc_out.weight, std=1e-3)
+        bias = torch.zeros(self.N_OUT)
+        bias[:6] = torch.tensor(IDENTITY_6D)
+        bias[9 : 9 + 90] = torch.tensor(IDENTITY_6D).repeat(15)
+        with torch.no_grad():
+            self.net.fc_out.bias.copy_(bias)
+        template = default_template()
+        self.register_buffer("template_palm", template.palm.clone())
+        self.register_buffer("template_lengths", template.lengths.clone())
+        # Whether set_template ran (a saved model keeps its fitted template; training fits it once).
+        self.register_buffer("template_is_fitted", torch.tensor(False))
+
+    @property
+    def template(self) -> SkeletonTemplate:
+        return SkeletonTemplate(self.template_palm, self.template_lengths)
+
+    @property
+    def template_fitted(self) -> bool:
+        return bool(self.template_is_fitted)
+
+    def set_template(self, template: SkeletonTemplate) -> None:
+        with torch.no_grad():
+            self.template_palm.copy_(template.palm.to(self.template_palm))
+            self.template_lengths.copy_(template.lengths.to(self.template_lengths))
+            self.template_is_fitted.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        bsz = out.shape[0]
+        rot = rotation_6d_to_matrix(out[:, :6])
+        wrist = out[:, 6:9] / self.scale_units
+        joints = rotation_6d_to_matrix(out[:, 9:99].reshape(bsz, 5, 3, 6))
+        size = torch.exp(self.scale_range * torch.tanh(out[:, 99]))
+        return forward_kinematics(self.template, rot, wrist, joints, size)
+
+
 class GraspVAE(nn.Module):
-    """Object-conditioned VAE over 21 hand keypoints (metres, object-centred frame)."""
+    """Object-conditioned VAE over 21 hand keypoints (metres, object-centred frame).
+
+    ``config.decoder``: ``keypoints`` (the original: 63 free coordinates) or ``kinematic``
+    (:class:`KinematicDecoder`: joint rotations + forward kinematics, bone lengths from a template).
+    """
 
     def __init__(self, config: GraspVaeConfig | Mapping | None = None):
         super().__init__()
@@ -303,12 +383,22 @@ class GraspVAE(nn.Module):
         # head starts with a KL in the thousands, which dominates the first hundreds of steps.
         nn.init.zeros_(self.posterior.fc_out.weight)
         nn.init.zeros_(self.posterior.fc_out.bias)
-        self.decoder = _ResidualMLP(config.z_dim + config.object_dim, config.decoder_dim, 63, 2, 0.1)
+        if config.decoder == "kinematic":
+            self.decoder = KinematicDecoder(config)
+        else:
+            self.decoder = _ResidualMLP(config.z_dim + config.object_dim, config.decoder_dim, 63, 2, 0.1)
         self.refine_net = RefineNet(config)
 
     @property
     def scale(self) -> float:
         return self.config.units_per_metre
+
+    def set_skeleton_template(self, template: SkeletonTemplate) -> None:
+        """Use ``template`` (e.g. :func:`halo.grasp.kinematics.fit_template` of the training grasps)
+        for the kinematic decoder's bones; an error for the ``keypoints`` decoder."""
+        if not isinstance(self.decoder, KinematicDecoder):
+            raise GraspVaeError("set_skeleton_template needs config.decoder='kinematic'")
+        self.decoder.set_template(template)
 
     def encode_object(self, object_points: torch.Tensor) -> torch.Tensor:
         """(B,P,3) metres -> (B,object_dim)."""
@@ -323,6 +413,8 @@ class GraspVAE(nn.Module):
 
     def decode(self, z: torch.Tensor, object_code: torch.Tensor) -> torch.Tensor:
         """(B,z_dim), (B,object_dim) -> keypoints (B,21,3) metres."""
+        if isinstance(self.decoder, KinematicDecoder):
+            return self.decoder(torch.cat([z, object_code], dim=-1))
         return self.decoder(torch.cat([z, object_code], dim=-1)).view(-1, NUM_JOINTS, 3) / self.scale
 
     def forward(self, keypoints: torch.Tensor, object_points: torch.Tensor, sample: bool = True) -> VaeOutput:
@@ -503,22 +595,70 @@ def halo_occupancy(halo_model: HaloModel, points: torch.Tensor, keypoints: torch
     return halo_model(points.to(keypoints.dtype), keypoints, validate=False).occupancy
 
 
+INTER_MODES = ("threshold", "soft")
+
+
+def halo_occupancy_logit(
+    halo_model: HaloModel, points: torch.Tensor, keypoints: torch.Tensor
+) -> torch.Tensor:
+    """HALO's occupancy as a logit (B,N): the largest part logit (occupancy = its sigmoid).
+
+    The same forward pass as :func:`halo_occupancy` (``return_parts=True``).  A logit does not
+    saturate where the occupancy does: deep inside the hand the sigmoid is flat (occupancy 1.0 in
+    float32, zero gradient), which is exactly where a sunk hand sits.  With the smooth-max
+    combination the logit of the (clamped) occupancy is returned instead.
+    """
+    out = halo_model(points.to(keypoints.dtype), keypoints, return_parts=True, validate=False)
+    if halo_model.config.smooth_max or out.part_logits is None:
+        return torch.logit(out.occupancy.clamp(1e-6, 1.0 - 1e-6))
+    return out.part_logits.amax(dim=-1)
+
+
+def points_near_hand(keypoints: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
+    """(B,k,3) the ``k`` points of ``points`` (B,M,3) nearest to any joint of ``keypoints`` (B,21,3).
+
+    Distances are to points along every bone (joints and three points between), so the middle
+    of the long palm bones counts as hand too.  Chosen on detached keypoints: where the hand is,
+    the object's interior is sampled densely, so a hand that covers a few percent of a large
+    object still sees a full set of interior points.
+    """
+    if k >= points.shape[1]:
+        return points
+    kp = keypoints.detach().to(points)
+    bones = _bone_vectors(kp)  # (B,20,3)
+    parents = kp[:, [p for p, _ in BONES]]
+    t = torch.tensor([0.25, 0.5, 0.75], dtype=kp.dtype, device=kp.device)
+    along = (parents[:, :, None] + t[None, None, :, None] * bones[:, :, None]).flatten(1, 2)  # (B,60,3)
+    anchors = torch.cat([kp, along], dim=1)
+    d = torch.cdist(points, anchors).amin(dim=-1)  # (B,M)
+    idx = d.topk(int(k), dim=-1, largest=False).indices
+    return torch.gather(points, 1, idx[..., None].expand(-1, -1, 3))
+
+
 def interpenetration_loss(
     halo_model: HaloModel,
     keypoints: torch.Tensor,
     inside_points: torch.Tensor,
     threshold: float = 0.5,
     valid: torch.Tensor | None = None,
+    mode: str = "threshold",
+    near_hand_points: int | None = None,
 ) -> torch.Tensor:
-    """Mean HALO occupancy of the object's interior points where the hand claims them (spec 6.3).
+    """HALO's occupancy of the object's interior points under the hand (spec 6.3).
 
     Args:
         halo_model: the frozen HALO base (its parameters must not require grad; they get none).
         keypoints: (B,21,3) predicted hands, metres, object-centred.
         inside_points: (B,M,3) points inside the object, metres, same frame.
-        threshold: occupancies at or below it count as 0 (the original zeroed values <= 0.5), so
-            only interior points that are actually inside the hand are pushed out.
+        threshold: ``mode="threshold"``: occupancies at or below it count as 0 (the original zeroed
+            values <= 0.5).
         valid: optional (B,) bool mask of hands to score (default :func:`plausible_hands`).
+        mode: ``"threshold"`` (the original): mean of the thresholded occupancy.  ``"soft"``: mean
+            of ``softplus(logit)`` (:func:`halo_occupancy_logit`): no threshold that zeroes the
+            gradient of points at the hand's surface, no sigmoid that flattens it inside the hand;
+            the penalty grows linearly with how deep a point is inside the hand.
+        near_hand_points: evaluate only the this many interior points nearest to the hand
+            (:func:`points_near_hand`); None: all of them.
 
     Returns:
         () mean over points and over the batch (invalid hands contribute 0); gradient flows to
@@ -526,12 +666,20 @@ def interpenetration_loss(
     """
     _check_keypoints(keypoints)
     _check_points(inside_points, "inside_points")
+    if mode not in INTER_MODES:
+        raise GraspVaeError(f"interpenetration mode must be one of {', '.join(INTER_MODES)}, got {mode!r}")
     valid = plausible_hands(keypoints) if valid is None else valid
     if not bool(valid.any()):
         return keypoints.sum() * 0.0
-    occ = halo_occupancy(halo_model, inside_points[valid], keypoints[valid])  # (b,M)
-    occ = torch.where(occ > threshold, occ, torch.zeros_like(occ))
-    return occ.mean(dim=-1).sum() / keypoints.shape[0]
+    points = inside_points[valid]
+    if near_hand_points:
+        points = points_near_hand(keypoints[valid], points, near_hand_points)
+    if mode == "soft":
+        per_point = F.softplus(halo_occupancy_logit(halo_model, points, keypoints[valid]))
+    else:
+        occ = halo_occupancy(halo_model, points, keypoints[valid])  # (b,M)
+        per_point = torch.where(occ > threshold, occ, torch.zeros_like(occ))
+    return per_point.mean(dim=-1).sum() / keypoints.shape[0]
 
 
 def joint_object_distances(keypoints: torch.Tensor, object_points: torch.Tensor) -> torch.Tensor:

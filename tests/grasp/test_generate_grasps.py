@@ -188,3 +188,27 @@ def test_reading_a_vae_checkpoint_needs_neither_lightning_nor_hydra(vae_checkpoi
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "4"
+
+
+def test_generate_grasps_with_halo_refinement_moves_grasps_and_keeps_their_bones(
+    vae_checkpoint, objects, tmp_path, capsys
+):
+    """--halo-refine runs halo.grasp.refine on each object's sampled grasps before they are scored."""
+    from halo.core.skeleton import BONES
+
+    ckpt, _ = vae_checkpoint
+    common = ["generate", "grasps", "--checkpoint", str(ckpt), "--objects", str(objects / "ball.obj"), "-n", "2",
+              "--resolution-0", "8", "--upsampling-steps", "1", "--no-render", "--no-progress", "--cluster-k", "1"]  # fmt: skip
+    assert halo_main([*common, "--out", str(tmp_path / "raw")]) == 0, capsys.readouterr().err
+    code = halo_main([*common, "--out", str(tmp_path / "ref"), "--halo-refine", "--halo-refine-steps", "5"])
+    assert code == 0, capsys.readouterr().err
+    raw = np.stack([np.load(tmp_path / "raw" / f"ball_{i}.npy") for i in range(2)])
+    ref = np.stack([np.load(tmp_path / "ref" / f"ball_{i}.npy") for i in range(2)])
+
+    def bones(kp):
+        return np.stack([np.linalg.norm(kp[:, b] - kp[:, a], axis=-1) for a, b in BONES], -1)
+
+    assert np.abs(ref - raw).max() > 1e-5  # refinement moved the grasps (same seed, same samples)
+    np.testing.assert_allclose(bones(ref), bones(raw), atol=2e-5)  # bone lengths held
+    meta = json.loads((tmp_path / "ref" / "generation.json").read_text())
+    assert meta["halo_refine_steps"] == 5

@@ -561,3 +561,88 @@ def test_missing_base_in_a_run_names_the_key_and_the_command(tmp_path):
     ) as info:
         hydra.utils.instantiate(cfg.model)
     assert isinstance(info.value.__cause__ or info.value, HaloBaseMissingError)
+
+
+# ----------------------------------------------------------------------------- kinematic decoder, soft term
+
+
+def test_soft_interpenetration_keeps_a_gradient_where_the_thresholded_term_has_none(halo_base):
+    """Interior points just under the hand's surface (occupancy < 0.5) get no gradient from the
+    original term (zeroed) but do from the soft logit term; and the soft term equals
+    mean(softplus(max part logit)) through the one forward pass."""
+    halo, _ = load_model(halo_base)
+    halo.requires_grad_(False)
+    kp = random_hands(3, seed=5, dtype=torch.float32)
+    inside = kp[:, 5:6] + 0.03 * torch.randn(3, 200, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = halo(inside, kp, return_parts=True)
+        expected = torch.nn.functional.softplus(out.part_logits.amax(-1)).mean()
+    assert interpenetration_loss(halo, kp, inside, mode="soft").item() == pytest.approx(
+        expected.item(), rel=1e-5
+    )
+    with torch.no_grad():
+        occ = halo.occupancy(inside, kp)
+    shallow = (occ > 0.05) & (occ <= 0.5)
+    assert shallow.any()
+    pts = torch.where(shallow[..., None], inside, inside * 0 + 10.0)  # keep only those points near the hand
+    for mode, moves in (("threshold", False), ("soft", True)):
+        x = kp.clone().requires_grad_(True)
+        interpenetration_loss(halo, x, pts, mode=mode).backward()
+        assert bool(x.grad.abs().sum() > 0) == moves, mode
+    with pytest.raises(GraspVaeError, match="interpenetration mode"):
+        interpenetration_loss(halo, kp, inside, mode="hard")
+
+
+def test_points_near_hand_picks_interior_points_along_the_bones():
+    from halo.grasp.vae import points_near_hand
+
+    kp = random_hands(1, seed=3, dtype=torch.float32)
+    mid_palm = 0.5 * (kp[:, 0] + kp[:, 9])  # half-way along the 9 cm palm bone, far from any joint
+    far = kp[:, :1] + torch.tensor([0.5, 0.5, 0.5])
+    pts = torch.cat([far.expand(1, 50, 3), mid_palm[:, None]], dim=1)
+    near = points_near_hand(kp, pts, 1)
+    assert torch.allclose(near[0, 0], mid_palm[0])
+
+
+def test_original_config_restores_the_free_decoder_and_the_thresholded_term(halo_base):
+    m = _module(
+        halo_base,
+        original_config=True,
+        vae={**SMALL_VAE, "decoder": "kinematic"},
+        inter_mode="soft",
+        inter_near_hand_points=32,
+    )
+    assert m.vae.config.decoder == "keypoints" and m.hparams.vae["decoder"] == "keypoints"
+    assert m.hparams.inter_mode == "threshold" and m.hparams.inter_near_hand_points is None
+
+
+def test_kinematic_module_fits_its_template_at_train_start_and_checkpoints_it(halo_base, tmp_path):
+    from halo.grasp.kinematics import bone_lengths
+
+    dm = _data()
+    m = _module(
+        halo_base, vae={**SMALL_VAE, "decoder": "kinematic"}, inter_mode="soft", inter_near_hand_points=16
+    )
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(m, datamodule=dm)
+    assert m.vae.decoder.template_fitted
+    train_kp = torch.as_tensor(np.asarray(dm.data["train"][0]), dtype=torch.float64)
+    expected = bone_lengths(train_kp).view(-1, 5, 4)[:, :, 1:].mean(0)
+    assert torch.allclose(m.vae.decoder.template_lengths.double(), expected, atol=1e-6)
+    path = tmp_path / "k.ckpt"
+    trainer.save_checkpoint(path)
+    vae, _ = load_grasp_vae(path)
+    assert vae.config.decoder == "kinematic"
+    assert torch.allclose(vae.decoder.template_lengths, m.vae.decoder.template_lengths)
+
+
+def test_inter_warmup_ramps_the_term_linearly(halo_base):
+    m = _module(halo_base, inter_warmup_steps=10)
+    m.train()
+    m.schedule_step = 4
+    assert m.inter_schedule() == pytest.approx(0.5)
+    m.schedule_step = 50
+    assert m.inter_schedule() == 1.0
+    m.eval()
+    m.schedule_step = 0
+    assert m.inter_schedule() == 1.0  # validation measures the full term

@@ -1,0 +1,295 @@
+"""Test-time grasp refinement through HALO: move given hands out of an object, keep them on it.
+
+Input: grasps as 21 keypoints (B,21,3), metres, MANO order, in the object mesh's frame, from any
+method.  Each grasp is re-posed with its bone lengths held exactly
+(:func:`pose_keypoints`): a rotation about the palm centre + a translation (stage 1: these
+only), then per-bone rotations down every finger chain (stage 2: all), optimised with Adam
+against
+
+* penetration: a sharp ``softplus`` (``penetration_sharpness``; about zero just outside the
+  hand's surface, so a touching hand is not pushed away) of HALO's occupancy logit (:func:`halo.grasp.vae.halo_occupancy_logit`,
+  the one HALO forward pass) at the ``inside_points`` interior points of the object nearest to the
+  current hand (a dense interior sample of the object is drawn once per object);
+* contact: the joints that touched the object in the input (within ``contact_threshold_m``, or
+  inside) stay within ``contact_distance_m`` of its surface (keypoints sit inside the fingers,
+  about a finger radius under the skin), squared excess in cm;
+* pose prior: squared keypoint displacement from the input (cm^2), so hands move no more than
+  needed;
+* anatomy: flexion / abduction of the 15 finger bones (the canonicalization's angles) inside
+  anatomical ranges (:data:`FLEXION_RANGE`, :data:`ABDUCTION_RANGE`), squared excess.
+
+Objects that are not watertight are replaced by their convex hull for the inside test (the
+result says so: :attr:`RefineResult.object_note`).  Batched over the grasps of one object; any
+torch device (the HALO model's).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import trimesh
+from torch.nn import functional as F
+
+from halo.core.canonicalization import canonicalize
+from halo.core.model import HaloModel
+from halo.core.skeleton import FINGER_JOINTS, NUM_JOINTS
+from halo.grasp.kinematics import PALM_JOINTS, axis_angle_to_matrix
+from halo.grasp.vae import halo_occupancy_logit, plausible_hands, points_near_hand
+
+__all__ = [
+    "ABDUCTION_RANGE",
+    "FLEXION_RANGE",
+    "RefineConfig",
+    "RefineError",
+    "RefineResult",
+    "anatomy_penalty",
+    "object_interior",
+    "pose_keypoints",
+    "refine_grasps",
+]
+
+CM_PER_M = 100.0
+#: Flexion range (rad) of every finger bone: slight hyperextension to a full bend.
+FLEXION_RANGE = (-0.35, 1.9)
+#: Abduction range (rad) per finger (thumb, index, middle, ring, pinky): the thumb swings wide.
+ABDUCTION_RANGE = ((-1.2, 1.6), (-0.45, 0.45), (-0.45, 0.45), (-0.45, 0.45), (-0.5, 0.5))
+
+
+class RefineError(ValueError):
+    """Bad grasp keypoints, object mesh or settings (names the argument, shape or value)."""
+
+
+@dataclass
+class RefineConfig:
+    """Settings of :func:`refine_grasps` (distances in metres)."""
+
+    steps: int = 80  # Adam steps in total
+    global_fraction: float = 0.4  # share of the steps that move only the rigid hand (stage 1)
+    lr_rotation: float = 0.01  # rad per step scale (global and finger rotations)
+    lr_translation_cm: float = 0.2
+    inside_points: int = 256  # interior points per grasp (nearest to the current hand)
+    interior_samples: int = 6000  # dense interior sample of the object (drawn once per object)
+    surface_samples: int = 3000
+    contact_threshold_m: float = 0.02
+    contact_distance_m: float = 0.013
+    penetration_sharpness: float = 4.0  # softplus(beta * logit) / beta: ~0 outside the hand's surface
+    w_penetration: float = 10.0
+    w_contact: float = 3.0
+    w_pose: float = 0.1
+    w_anatomy: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if int(self.steps) < 0:
+            raise RefineError(f"steps must be >= 0, got {self.steps}")
+        if not 0.0 <= self.global_fraction <= 1.0:
+            raise RefineError(f"global_fraction must be in [0, 1], got {self.global_fraction}")
+        for name in ("inside_points", "interior_samples", "surface_samples"):
+            if int(getattr(self, name)) < 1:
+                raise RefineError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class RefineResult:
+    keypoints: torch.Tensor  # (B,21,3) refined, metres, the input's frame, on the CPU
+    displacement_m: torch.Tensor  # (B,) mean joint displacement from the input
+    penetration_before: torch.Tensor  # (B,) mean softplus(logit) over the interior points near the hand
+    penetration_after: torch.Tensor  # (B,)
+    object_note: str  # "watertight" or "convex hull (not watertight)"
+    seconds: float
+
+
+def anatomy_penalty(keypoints: torch.Tensor) -> torch.Tensor:
+    """(B,) squared excess (rad^2) of the 15 finger bones' flexion / abduction over their ranges."""
+    angles = canonicalize(keypoints, validate=False).bone_angles.view(-1, 5, 3, 2)
+    flex, abd = angles[..., 0], angles[..., 1]
+    lo = torch.tensor([r[0] for r in ABDUCTION_RANGE], dtype=abd.dtype, device=abd.device)[None, :, None]
+    hi = torch.tensor([r[1] for r in ABDUCTION_RANGE], dtype=abd.dtype, device=abd.device)[None, :, None]
+    excess = (
+        F.relu(flex - FLEXION_RANGE[1])
+        + F.relu(FLEXION_RANGE[0] - flex)
+        + F.relu(abd - hi)
+        + F.relu(lo - abd)
+    )
+    return excess.pow(2).flatten(1).sum(-1)
+
+
+def pose_keypoints(
+    keypoints: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor, finger_rotations: torch.Tensor
+) -> torch.Tensor:
+    """Re-pose (B,21,3) hands with their bone lengths held.
+
+    ``rotation`` (B,3) axis-angle about the palm centre (mean of the wrist and finger roots),
+    ``translation`` (B,3) metres, ``finger_rotations`` (B,5,3,3) axis-angle per finger bone
+    (root->2nd, 2nd->3rd, 3rd->tip), each turning its bone and everything beyond it (a kinematic
+    chain; axes in the input's frame).  All zeros return the input.
+    """
+    centre = keypoints[:, list(PALM_JOINTS)].mean(1, keepdim=True)
+    rot = axis_angle_to_matrix(rotation)  # (B,3,3)
+    out = [None] * NUM_JOINTS
+    for j in PALM_JOINTS:
+        out[j] = ((keypoints[:, j : j + 1] - centre) @ rot.transpose(-1, -2) + centre + translation[:, None])[
+            :, 0
+        ]
+    local = axis_angle_to_matrix(finger_rotations)  # (B,5,3,3,3)
+    for k, finger in enumerate(FINGER_JOINTS):
+        chain = rot
+        for level in range(3):
+            chain = chain @ local[:, k, level]
+            bone = keypoints[:, finger[level + 1]] - keypoints[:, finger[level]]
+            out[finger[level + 1]] = out[finger[level]] + (chain @ bone[..., None])[..., 0]
+    return torch.stack(out, dim=1)
+
+
+def object_interior(
+    mesh: trimesh.Trimesh, n: int, surface_n: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """(n,3) points uniform inside ``mesh`` (its convex hull when not watertight), (surface_n,3)
+    surface samples of the same solid, and a note saying which solid was used."""
+    if len(mesh.faces) == 0:
+        raise RefineError("object mesh has no faces")
+    solid, note = (
+        (mesh, "watertight") if mesh.is_watertight else (mesh.convex_hull, "convex hull (not watertight)")
+    )
+    rng = np.random.default_rng(seed)
+    lo, hi = solid.bounds
+    fill = max(0.05, min(1.0, float(solid.volume) / float(np.prod(hi - lo)) if np.prod(hi - lo) > 0 else 1.0))
+    found: list[np.ndarray] = []
+    total, tries = 0, 0
+    while total < n and tries < 20:
+        cand = rng.uniform(lo, hi, size=(int(1.3 * (n - total) / fill) + 64, 3))
+        keep = cand[solid.contains(cand)]
+        found.append(keep)
+        total += len(keep)
+        tries += 1
+    inside = np.concatenate(found)[:n] if total else np.zeros((0, 3))
+    if len(inside) == 0:
+        raise RefineError(f"object mesh ({note}) has no interior (volume {solid.volume:.3g} m^3)")
+    surface, _ = trimesh.sample.sample_surface(solid, int(surface_n), seed=seed)
+    return inside.astype(np.float32), np.asarray(surface, dtype=np.float32), note
+
+
+def refine_grasps(
+    halo_model: HaloModel,
+    keypoints: torch.Tensor | np.ndarray,
+    object_mesh: trimesh.Trimesh,
+    *,
+    config: RefineConfig | None = None,
+) -> RefineResult:
+    """Refine grasps (B,21,3) of one object (metres, the mesh's frame) through HALO (module docstring).
+
+    Runs on the HALO model's device; the model's parameters get no gradient.  Hands HALO cannot
+    canonicalize (degenerate skeletons) are returned unchanged.  This is the function behind
+    ``halo refine grasps`` and ``halo generate grasps --refine``.
+    """
+    cfg = config or RefineConfig()
+    t0 = time.perf_counter()
+    kp_in = torch.as_tensor(
+        np.asarray(keypoints, dtype=np.float32) if not torch.is_tensor(keypoints) else keypoints
+    )
+    if kp_in.dim() == 2:
+        kp_in = kp_in[None]
+    if kp_in.dim() != 3 or kp_in.shape[1:] != (NUM_JOINTS, 3):
+        raise RefineError(f"keypoints must have shape (B, 21, 3) in metres, got {tuple(kp_in.shape)}")
+    if not torch.isfinite(kp_in).all():
+        raise RefineError("keypoints hold NaN or inf values")
+    device = next(halo_model.parameters()).device
+    kp0 = kp_in.to(device, torch.float32)
+    bsz = kp0.shape[0]
+    inside_np, surface_np, note = object_interior(
+        object_mesh, cfg.interior_samples, cfg.surface_samples, cfg.seed
+    )
+    inside = torch.from_numpy(inside_np).to(device)[None].expand(bsz, -1, -1)
+    surface = torch.from_numpy(surface_np).to(device)
+    ok = plausible_hands(kp0)
+
+    with torch.no_grad():
+        d0 = torch.cdist(kp0, surface[None].expand(bsz, -1, -1)).amin(-1)  # (B,21)
+        contains = (
+            torch.from_numpy(
+                (object_mesh if note == "watertight" else object_mesh.convex_hull).contains(
+                    kp0.reshape(-1, 3).cpu().numpy()
+                )
+            )
+            .view(bsz, NUM_JOINTS)
+            .to(device)
+        )
+        contact = (d0 < cfg.contact_threshold_m) | contains
+        none = ~contact.any(-1)
+        if bool(none.any()):  # a floating hand: its three joints nearest to the object
+            nearest = d0.topk(3, dim=-1, largest=False).indices
+            fallback = torch.zeros_like(contact).scatter_(1, nearest, True)
+            contact = torch.where(none[:, None], fallback, contact)
+        contact = contact.float()
+
+    rotation = torch.zeros(bsz, 3, device=device, requires_grad=True)
+    translation_cm = torch.zeros(bsz, 3, device=device, requires_grad=True)
+    fingers = torch.zeros(bsz, 5, 3, 3, device=device, requires_grad=True)
+    optimizer = torch.optim.Adam(
+        [
+            {"params": [rotation], "lr": cfg.lr_rotation},
+            {"params": [translation_cm], "lr": cfg.lr_translation_cm},
+            {"params": [fingers], "lr": cfg.lr_rotation},
+        ]
+    )
+    stage1 = int(round(cfg.steps * cfg.global_fraction))
+    # Cosine decay: big steps to get out of the object, small ones to settle onto its surface.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, int(cfg.steps)), eta_min=0.0
+    )
+
+    def current() -> torch.Tensor:
+        return pose_keypoints(kp0, rotation, translation_cm / CM_PER_M, fingers)
+
+    def penetration(kp: torch.Tensor) -> torch.Tensor:
+        pts = points_near_hand(kp, inside, cfg.inside_points)
+        logit = halo_occupancy_logit(halo_model, pts, kp)
+        return F.softplus(logit, beta=cfg.penetration_sharpness).mean(-1)
+
+    with torch.no_grad():
+        pen_before = torch.zeros(bsz, device=device)
+        if bool(ok.any()):
+            pen_before[ok] = penetration(kp0[ok])
+    halo_model.requires_grad_(False)
+    # enable_grad: callers may sit in a no_grad scope (``halo generate grasps`` samples under one).
+    with torch.enable_grad():
+        if bool(ok.any()):
+            for step in range(int(cfg.steps)):
+                kp = current()
+                pen = penetration(kp[ok])
+                d = torch.cdist(kp[ok], surface[None].expand(int(ok.sum()), -1, -1)).amin(-1)
+                gap = F.relu(d - cfg.contact_distance_m) * CM_PER_M
+                c = contact[ok]
+                contact_term = (gap.pow(2) * c).sum(-1) / c.sum(-1).clamp_min(1.0)
+                pose_term = ((kp[ok] - kp0[ok]) * CM_PER_M).pow(2).sum(-1).mean(-1)
+                anatomy = anatomy_penalty(kp[ok])
+                loss = (
+                    cfg.w_penetration * pen
+                    + cfg.w_contact * contact_term
+                    + cfg.w_pose * pose_term
+                    + cfg.w_anatomy * anatomy
+                ).sum()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if step < stage1:
+                    fingers.grad = None  # stage 1: the rigid hand only
+                optimizer.step()
+                schedule.step()
+    with torch.no_grad():
+        final = current()
+        final = torch.where(ok[:, None, None], final, kp0)
+        pen_after = torch.zeros(bsz, device=device)
+        if bool(ok.any()):
+            pen_after[ok] = penetration(final[ok])
+        disp = (final - kp0).norm(dim=-1).mean(-1)
+    return RefineResult(
+        keypoints=final.cpu(),
+        displacement_m=disp.cpu(),
+        penetration_before=pen_before.cpu(),
+        penetration_after=pen_after.cpu(),
+        object_note=note,
+        seconds=time.perf_counter() - t0,
+    )

@@ -1,0 +1,143 @@
+"""Test-time refinement through HALO (halo.grasp.refine) and `halo refine grasps`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from halo.core.checkpoint import load_model, save_checkpoint
+from halo.core.model import HaloModel, NetworkConfig
+from halo.grasp.kinematics import bone_lengths
+from halo.grasp.refine import RefineConfig, RefineError, anatomy_penalty, pose_keypoints, refine_grasps
+from tests.helpers import random_hands
+
+SPHERE_R = 0.04
+
+
+def _sunk_hands(n: int, depth_m: float, seed: int = 0) -> torch.Tensor:
+    """Curled hands whose palm centre sits ``depth_m`` inside a sphere of radius SPHERE_R at the origin."""
+    hands = random_hands(n, seed=seed, curl=0.5).float()
+    palm = hands[:, [0, 1, 5, 9, 13, 17]].mean(1, keepdim=True)
+    direction = torch.nn.functional.normalize(palm, dim=-1)
+    return hands - palm + direction * (SPHERE_R - depth_m)
+
+
+@pytest.fixture(scope="module")
+def random_base(tmp_path_factory):
+    torch.manual_seed(0)
+    model = HaloModel(NetworkConfig(hidden_dims=(16, 16, 16, 16), part_radii="default"))
+    return save_checkpoint(model, tmp_path_factory.mktemp("base") / "halo_base_best.pt")
+
+
+def test_pose_keypoints_holds_bone_lengths_and_zero_is_identity():
+    kp = random_hands(6, seed=1).float()
+    zero = pose_keypoints(kp, torch.zeros(6, 3), torch.zeros(6, 3), torch.zeros(6, 5, 3, 3))
+    assert torch.allclose(zero, kp, atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    moved = pose_keypoints(
+        kp,
+        torch.randn(6, 3, generator=g),
+        torch.randn(6, 3, generator=g) * 0.01,
+        torch.randn(6, 5, 3, 3, generator=g),
+    )
+    assert torch.allclose(bone_lengths(moved), bone_lengths(kp), atol=1e-6)
+    assert (moved - kp).abs().max() > 0.01
+
+
+def test_anatomy_penalty_is_zero_for_plausible_hands_and_grows_when_bent_backwards():
+    kp = random_hands(4, seed=2, curl=0.5).float()
+    assert anatomy_penalty(kp).max() < 1e-6
+    # bend every finger's middle bone 1.5 rad the wrong way about its flexion axis
+    bent = kp.clone()
+    fingers = torch.zeros(4, 5, 3, 3)
+    palm_normal = torch.linalg.cross(kp[:, 5] - kp[:, 0], kp[:, 17] - kp[:, 0], dim=-1)
+    axis = torch.nn.functional.normalize(
+        torch.linalg.cross(kp[:, 10] - kp[:, 9], palm_normal, dim=-1), dim=-1
+    )
+    fingers[:, 1:, 1] = axis[:, None] * 1.5
+    bent = pose_keypoints(kp, torch.zeros(4, 3), torch.zeros(4, 3), fingers)
+    flipped = pose_keypoints(kp, torch.zeros(4, 3), torch.zeros(4, 3), -fingers)
+    assert torch.maximum(anatomy_penalty(bent), anatomy_penalty(flipped)).min() > 0.05
+
+
+def test_refinement_moves_sunk_hands_out_of_the_object_through_the_original_halo(halo_reference):
+    from halo.grasp.pipeline import evaluate_grasp
+
+    halo, _ = load_model(halo_reference / "model_best.pt")
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=SPHERE_R)
+    sunk = _sunk_hands(2, depth_m=0.012)
+    out = refine_grasps(halo.eval(), sunk, sphere, config=RefineConfig(steps=40))
+    assert out.object_note == "watertight"
+    assert torch.allclose(bone_lengths(out.keypoints), bone_lengths(sunk), atol=1e-5)
+    assert (out.penetration_after < 0.5 * out.penetration_before).all()
+    before = [evaluate_grasp(halo, sphere, k.numpy()).metrics for k in sunk]
+    after = [evaluate_grasp(halo, sphere, k.numpy()).metrics for k in out.keypoints]
+    for b, a in zip(before, after, strict=True):
+        assert b.volume_cm3 > 2.0 and a.volume_cm3 < 0.5 * b.volume_cm3
+        assert a.contact  # still touching (5 mm)
+    # moved a few times the sinking depth (fingers wrap the sphere too), not thrown away
+    assert (out.displacement_m < 0.04).all()
+
+
+def test_refine_rejects_bad_keypoints(random_base):
+    halo, _ = load_model(random_base)
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=SPHERE_R)
+    with pytest.raises(RefineError, match=r"\(B, 21, 3\)"):
+        refine_grasps(halo, torch.zeros(2, 20, 3), sphere)
+    with pytest.raises(RefineError, match="NaN"):
+        refine_grasps(halo, torch.full((1, 21, 3), float("nan")), sphere)
+
+
+def _grasp_folder(path, mesh, hands):
+    path.mkdir()
+    mesh.export(path / "ball_obj.ply")
+    for i, kp in enumerate(hands):
+        np.save(path / f"ball_{i}.npy", kp.numpy().astype(np.float32))
+
+
+def test_cli_refines_a_grasp_folder_into_the_same_layout(random_base, tmp_path):
+    from halo.cli.app import main
+
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=SPHERE_R)
+    hands = _sunk_hands(3, depth_m=0.01)
+    _grasp_folder(tmp_path / "in", sphere, hands)
+    rc = main(["refine", "grasps", "--grasps", str(tmp_path / "in"), "--checkpoint", str(random_base),
+               "--out", str(tmp_path / "out"), "--steps", "3"])  # fmt: skip
+    assert rc == 0
+    out = tmp_path / "out"
+    assert (out / "ball_obj.ply").is_file()
+    refined = np.stack([np.load(out / f"ball_{i}.npy") for i in range(3)])
+    assert refined.shape == (3, 21, 3) and refined.dtype == np.float32
+    assert torch.allclose(bone_lengths(torch.tensor(refined)), bone_lengths(hands), atol=1e-5)
+    report = json.loads((out / "refine.json").read_text())
+    assert report["objects"]["ball"]["inside_test"] == "watertight"
+    assert set(report["objects"]["ball"]["grasps"]) == {"0", "1", "2"}
+
+
+def test_cli_uses_the_convex_hull_of_an_open_mesh_and_says_so(random_base, tmp_path, capsys):
+    from halo.cli.app import main
+
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=SPHERE_R)
+    open_mesh = trimesh.Trimesh(sphere.vertices, sphere.faces[:-6], process=False)
+    assert not open_mesh.is_watertight
+    _grasp_folder(tmp_path / "in", open_mesh, _sunk_hands(1, depth_m=0.01))
+    rc = main(["refine", "grasps", "--grasps", str(tmp_path / "in"), "--checkpoint", str(random_base),
+               "--out", str(tmp_path / "out"), "--steps", "2"])  # fmt: skip
+    assert rc == 0
+    assert "convex hull (not watertight)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "refine.json").read_text())
+    assert report["objects"]["ball"]["inside_test"] == "convex hull (not watertight)"
+
+
+def test_cli_names_a_missing_folder_in_one_line(random_base, tmp_path, capsys):
+    from halo.cli.app import main
+
+    rc = main(["refine", "grasps", "--grasps", str(tmp_path / "nope"), "--checkpoint", str(random_base),
+               "--out", str(tmp_path / "out")])  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope" in err[0] and "no such folder" in err[0]
