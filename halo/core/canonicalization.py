@@ -116,7 +116,7 @@ def _angle(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.atan2(_cross(u, v).norm(dim=-1), _dot(u, v))
 
 
-def _signed_angle(u: torch.Tensor, v: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+def signed_angle(u: torch.Tensor, v: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Angle that rotates u onto v about ``ref`` (right-hand rule), in (-pi, pi]."""
     c = _cross(u, v)
     ang = torch.atan2(c.norm(dim=-1), _dot(u, v))
@@ -241,11 +241,11 @@ def _root_normalization(root_dirs: torch.Tensor) -> torch.Tensor:
 
     # Plane dihedrals: index and middle are the anchor.
     n0, n1, n2 = _cross(b1, b0), _cross(b2, b1), _cross(b3, b2)
-    r_thumb = _axis_angle_matrix(b1, _signed_angle(n0, n1, b1) - ROOT_PLANE_ANGLES[0])
-    r_ring = _axis_angle_matrix(b2, _signed_angle(n2, n1, b2) + ROOT_PLANE_ANGLES[1])
+    r_thumb = _axis_angle_matrix(b1, signed_angle(n0, n1, b1) - ROOT_PLANE_ANGLES[0])
+    r_ring = _axis_angle_matrix(b2, signed_angle(n2, n1, b2) + ROOT_PLANE_ANGLES[1])
     b3, b4 = _mv(r_ring, b3), _mv(r_ring, b4)
     n2, n3 = _cross(b3, b2), _cross(b4, b3)
-    r_pinky = _axis_angle_matrix(b3, _signed_angle(n3, n2, b3) + ROOT_PLANE_ANGLES[2]) @ r_ring
+    r_pinky = _axis_angle_matrix(b3, signed_angle(n3, n2, b3) + ROOT_PLANE_ANGLES[2]) @ r_ring
     b0 = _mv(r_thumb, b0)
     b4 = _mv(r_pinky, root_dirs[:, 4])
 

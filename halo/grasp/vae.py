@@ -36,9 +36,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from halo.core.canonicalization import canonicalize
+from halo.core.canonicalization import canonicalize, signed_angle
 from halo.core.model import HaloModel
-from halo.core.skeleton import BONES, FINGER_JOINTS, NUM_JOINTS
+from halo.core.skeleton import BONES, FINGER_JOINTS, NUM_JOINTS, plausible_skeletons
 from halo.grasp.kinematics import (
     IDENTITY_6D,
     SkeletonTemplate,
@@ -503,12 +503,6 @@ def angle_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((torch.cos(a) - torch.cos(b)).abs() + (torch.sin(a) - torch.sin(b)).abs()).mean()
 
 
-def _signed_angle(u: torch.Tensor, v: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    c = torch.linalg.cross(u, v, dim=-1)
-    ang = torch.atan2(c.norm(dim=-1), (u * v).sum(-1))
-    return torch.where((ref * c).sum(-1) < 0, -ang, ang)
-
-
 def _root_bones(keypoints: torch.Tensor) -> torch.Tensor:
     """(B,5,3) wrist -> thumb CMC / finger MCP, thumb..pinky."""
     roots = [f[0] for f in FINGER_JOINTS]
@@ -521,7 +515,7 @@ def root_bone_angles(keypoints: torch.Tensor) -> torch.Tensor:
     canonicalization's global frame."""
     b = _root_bones(keypoints)
     palm = torch.linalg.cross(b[:, 2], b[:, 1], dim=-1)[:, None].expand(-1, 4, -1)
-    return _signed_angle(b[:, :4], b[:, 1:], palm)
+    return signed_angle(b[:, :4], b[:, 1:], palm)
 
 
 def root_plane_angles(keypoints: torch.Tensor) -> torch.Tensor:
@@ -533,7 +527,7 @@ def root_plane_angles(keypoints: torch.Tensor) -> torch.Tensor:
     """
     b = _root_bones(keypoints)
     n = torch.linalg.cross(b[:, 1:], b[:, :4], dim=-1)  # (B,4,3)
-    return _signed_angle(n[:, :3], n[:, 1:], b[:, 1:4])
+    return signed_angle(n[:, :3], n[:, 1:], b[:, 1:4])
 
 
 def root_bone_angle_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -565,24 +559,13 @@ def kl_divergence(mean: torch.Tensor, logstd: torch.Tensor) -> torch.Tensor:
     return (0.5 * (mean.pow(2) + (2 * logstd).exp() - 1.0) - logstd).sum(-1).mean()
 
 
-_MIN_BONE_M = 1e-3  # hands with a bone shorter than 1 mm have no defined frame
-
-
 def plausible_hands(keypoints: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: finite keypoints, every bone >= 1 mm and non-parallel index/middle root bones.
+    """(B,) bool: hands HALO can canonicalize (:func:`halo.core.skeleton.plausible_skeletons`).
 
-    HALO's canonicalization is undefined for the others (it raises on them); losses through
-    HALO skip them instead, so an early, still degenerate decoder output cannot stop training.
+    Losses through HALO skip the others, so an early, still degenerate decoder output cannot
+    stop training.
     """
-    kp = keypoints.detach()
-    finite = torch.isfinite(kp).flatten(1).all(-1)
-    kp = torch.nan_to_num(kp)
-    bones_ok = (_bone_vectors(kp).norm(dim=-1) >= _MIN_BONE_M).all(-1)
-    middle, index = kp[:, 9] - kp[:, 0], kp[:, 5] - kp[:, 0]
-    sin = torch.linalg.cross(middle, index, dim=-1).norm(dim=-1) / (
-        middle.norm(dim=-1) * index.norm(dim=-1)
-    ).clamp_min(1e-30)
-    return finite & bones_ok & (sin > 1e-3)
+    return plausible_skeletons(keypoints)
 
 
 def halo_occupancy(halo_model: HaloModel, points: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
