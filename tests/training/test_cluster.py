@@ -404,7 +404,10 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path, tiny_
     assert slurm_cluster.job_field(job_id, "Restarts") == "2"
     logs = _job_logs(sweep_dir)
     assert logs.count(resumed_hpc) == 1
-    assert logs.count(f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}") == 1
+    if logs.count(f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}") != 1:
+        # The requeue's SIGTERM can land while last.ckpt is being rewritten: auto-resume then skips
+        # the damaged file (with a warning) for the newest readable checkpoint, as it should.
+        assert "auto_resume: skipping" in logs and logs.count("resuming from ") == 2, logs[-3000:]
     # One result, from the last attempt (the stopped ones left none for the sweep to read).
     assert len(re.findall(r"^submitit INFO \(.*\) - Job completed successfully$", logs, re.M)) == 1
 
