@@ -48,7 +48,6 @@ see the README of callbacks / the report; roughly 0.5 s extraction + 0.1 s metri
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import time
 from pathlib import Path
@@ -73,6 +72,7 @@ from halo.eval.mesh_evaluation import (
 )
 from halo.eval.surface_metrics import summarize_metrics
 from halo.meshing.hand_mesh import extract_hand_meshes
+from halo.utils.tables import write_csv
 
 __all__ = ["MeshValidation"]
 
@@ -293,11 +293,10 @@ class MeshValidation(ValidationRounds):
         if not self.history:
             return None
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "val_iou_curve.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["train_wall_s", "wall_s", "step", "val_iou"])
-            writer.writeheader()
-            for h in self.history:
-                writer.writerow({k: h.get(k, "") for k in writer.fieldnames})
+        columns = ["train_wall_s", "wall_s", "step", "val_iou"]
+        write_csv(
+            [{k: h.get(k, "") for k in columns} for h in self.history], out / "val_iou_curve.csv", columns
+        )
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 

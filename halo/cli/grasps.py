@@ -21,7 +21,6 @@ grasp could be scored.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import math
@@ -46,6 +45,7 @@ from halo.cli.options import (
     note,
 )
 from halo.grasp.folder import discover_grasps, find_object_mesh, load_grasp_keypoints
+from halo.utils.tables import write_csv
 
 CSV_COLUMNS = ("object", "grasp", "volume_cm3", "depth_cm", "min_distance_cm", "contact")
 
@@ -284,11 +284,11 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     columns = [*CSV_COLUMNS, *([SIM_COLUMN] if args.simulate else [])]
     csv_path = out / "grasp_metrics.csv"
-    with open(csv_path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: (f"{row[c]:.6g}" if isinstance(row[c], float) else row[c]) for c in columns})
+    write_csv(
+        [{c: (f"{row[c]:.6g}" if isinstance(row[c], float) else row[c]) for c in columns} for row in rows],
+        csv_path,
+        columns,
+    )
     summary = _summary_rows(rows, args.simulate)
     header = [
         "# Grasp evaluation",

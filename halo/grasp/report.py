@@ -7,17 +7,16 @@ a markdown report (:func:`report_markdown`), CSV rows, and hand + object renders
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import trimesh
 
 from halo.grasp.diversity import Diversity, grasp_diversity
 from halo.grasp.pipeline import GraspResult
+from halo.utils.tables import markdown_table, write_csv
 
 __all__ = [
     "GRASP_TABLE_COLUMNS",
@@ -112,32 +111,9 @@ def report_markdown(title: str, summary: GraspSummary) -> str:
 # ----------------------------------------------------------------------------- tables
 
 
-def _fmt(value: object) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return "nan" if not math.isfinite(value) else f"{value:.3f}"
-    return str(value)
-
-
 def format_markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    """A GitHub markdown table of ``rows`` (floats to 3 decimals)."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] | None = None) -> Path:
-    """Rows -> CSV (columns: ``columns`` or the first row's keys)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cols = list(columns or (rows[0].keys() if rows else []))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(r)
-    return path
+    """A GitHub markdown table of ``rows`` (floats to 3 decimals): :func:`halo.utils.tables.markdown_table`."""
+    return markdown_table(rows, columns)
 
 
 # ----------------------------------------------------------------------------- renders
