@@ -43,16 +43,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_vae import SMALL_VAE as _HALO_VAE_SMALL  # noqa: E402 (the network of experiment=halo_vae_small)
+
 from halo.grasp.kinematics import bone_lengths  # noqa: E402
 
-SMALL_VAE = {
-    "object_hidden_dim": 64,
-    "object_dim": 64,
-    "encoder_dim": 128,
-    "decoder_dim": 128,
-    "refine_dim": 64,
-    "decoder": "kinematic",
-}
+SMALL_VAE = {**_HALO_VAE_SMALL, "decoder": "kinematic"}
 INTER = {
     "inter_mode": "soft",
     "inter_near_hand_points": 64,
