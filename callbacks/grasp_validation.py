@@ -52,6 +52,7 @@ from halo.grasp.report import (
     summarize_grasps,
     write_csv,
 )
+from halo.utils.atomic import atomic_write_text
 
 __all__ = ["GraspValidation"]
 
@@ -179,7 +180,7 @@ class GraspValidation(ValidationRounds):
         root = self.root(trainer)
         out = root / "grasps" / tag
         write_csv(per_object, out / "per_object.csv", OBJECT_TABLE_COLUMNS)
-        (out / "per_object.md").write_text(report_markdown(f"Generated grasps, {tag}", summary))
+        atomic_write_text(out / "per_object.md", report_markdown(f"Generated grasps, {tag}", summary))
         write_csv([r.row() for r in results], out / "grasps.csv", GRASP_TABLE_COLUMNS)
         np.savez(
             out / "keypoints.npz",

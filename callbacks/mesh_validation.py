@@ -71,6 +71,7 @@ from halo.eval.mesh_evaluation import (
     write_rows_csv,
 )
 from halo.eval.surface_metrics import summarize_metrics
+from halo.geometry.mesh_io import save_mesh
 from halo.meshing.hand_mesh import extract_hand_meshes
 from halo.utils.tables import write_csv
 
@@ -257,10 +258,10 @@ class MeshValidation(ValidationRounds):
                 hand=hand,
             )
             rows.append(row)
-            hand.mesh.export(mesh_dir / f"{sample.name}.ply")
+            save_mesh(hand.mesh, mesh_dir / f"{sample.name}.ply")
             if want_glb and len(hand.mesh.faces):
                 glbs.append(mesh_dir / f"{sample.name}.glb")
-                hand.mesh.export(glbs[-1])
+                save_mesh(hand.mesh, glbs[-1])
             if self.render:
                 pairs.append(
                     render_comparison(hand.mesh, sample.gt_mesh(), sample.keypoints, size=self.render_size)

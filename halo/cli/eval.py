@@ -33,6 +33,7 @@ from halo.core.checkpoint import (
     DM_VAL_SPLIT,
     LIGHTNING_DATAMODULE_HPARAMS,
 )
+from halo.utils.atomic import atomic_write_text
 
 # ----------------------------------------------------------------------------- shared
 
@@ -146,7 +147,7 @@ def cmd_eval_meshes(args: argparse.Namespace) -> int:
         "",
     ]
     summary_path = out / "eval_meshes_summary.md"
-    summary_path.write_text("\n".join(header) + table)
+    atomic_write_text(summary_path, "\n".join(header) + table)
     print(table, end="")
     print(f"wrote {csv_path} and {summary_path}")
     return 0

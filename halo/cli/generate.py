@@ -36,6 +36,8 @@ from halo.cli.options import (
     add_trust_checkpoint_arg,
     check_extraction_args,
 )
+from halo.geometry.mesh_io import save_mesh
+from halo.utils.atomic import atomic_write_npy, atomic_write_text
 
 DEFAULT_OUT = Path("outputs") / "generate"
 
@@ -155,7 +157,7 @@ def _generate_grasps(args: argparse.Namespace) -> int:
         scored = mesh if mesh.is_watertight else mesh.convex_hull
         targets.append(GraspObject(name, scored, points, center))
         meshes[name] = mesh
-        mesh.export(object_mesh_file(out, name))
+        save_mesh(mesh, object_mesh_file(out, name))
         objects_info.append(
             {
                 "name": name,
@@ -192,9 +194,9 @@ def _generate_grasps(args: argparse.Namespace) -> int:
     )
     for r in results:
         keypoints_file, hand_file = grasp_files(out, r.object_name, r.index)
-        np.save(keypoints_file, r.keypoints.astype(np.float32))
+        atomic_write_npy(keypoints_file, r.keypoints.astype(np.float32))
         if r.hand is not None and len(r.hand.faces):
-            r.hand.export(hand_file)
+            save_mesh(r.hand, hand_file)
         if r.error:
             print(
                 f"halo generate grasps: warning: {r.object_name} grasp {r.index}: {r.error}", file=sys.stderr
@@ -211,8 +213,9 @@ def _generate_grasps(args: argparse.Namespace) -> int:
     summary = summarize_grasps(results, k=args.cluster_k, seed=args.seed)
     write_csv([r.row() for r in results], out / "summary.csv", GRASP_TABLE_COLUMNS)
     report = report_markdown(f"Generated grasps ({args.checkpoint})", summary)
-    (out / "summary.md").write_text(report)
-    (out / "generation.json").write_text(
+    atomic_write_text(out / "summary.md", report)
+    atomic_write_text(
+        out / "generation.json",
         json.dumps(
             {
                 "checkpoint": str(args.checkpoint),
@@ -230,7 +233,7 @@ def _generate_grasps(args: argparse.Namespace) -> int:
                 "units": "metres",
             },
             indent=2,
-        )
+        ),
     )
     print(report[report.index("| object") :], end="")
     print(f"wrote {len(results)} grasp(s) of {len(files)} object(s) to {out}")

@@ -44,7 +44,9 @@ from halo.cli.options import (
     mesh_user_errors,
     note,
 )
+from halo.geometry.mesh_io import save_mesh
 from halo.grasp.folder import discover_grasps, find_object_mesh, load_grasp_keypoints
+from halo.utils.atomic import atomic_write_text
 from halo.utils.tables import write_csv
 
 CSV_COLUMNS = ("object", "grasp", "volume_cm3", "depth_cm", "min_distance_cm", "contact")
@@ -233,7 +235,7 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
                     raise CliError(f"{g.keypoints}: HALO produced an empty hand mesh")
                 dst = out / "hands" / f"{g.grasp}_hand.ply"
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                hand.export(dst)
+                save_mesh(hand, dst)
                 n_halo += 1
             metrics = grasp_metrics(
                 hand,
@@ -307,7 +309,7 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
     ]
     md_path = out / "grasp_summary.md"
     table = _markdown(summary, k_info, header, args.simulate)
-    md_path.write_text(table)
+    atomic_write_text(md_path, table)
     record = {
         "grasps_dir": str(grasps_dir),
         "objects_dir": str(objects_dir) if objects_dir else None,
@@ -326,7 +328,7 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
         "cluster": k_info,
     }
     json_path = out / "summary.json"
-    json_path.write_text(json.dumps(json_safe(record), indent=2, allow_nan=False))
+    atomic_write_text(json_path, json.dumps(json_safe(record), indent=2, allow_nan=False))
     print(table[table.index("| object") :], end="")
     print(f"scored {len(rows)} grasp(s), skipped {len(skipped)}; wrote {csv_path}, {md_path} and {json_path}")
     return 0

@@ -11,6 +11,7 @@ import numpy as np
 
 from halo.cli.common import default_checkpoint, load_halo_model
 from halo.cli.options import add_extraction_args, add_trust_checkpoint_arg, check_extraction_args
+from halo.geometry.mesh_io import save_mesh
 from halo.utils.progress import progress_bar
 
 
@@ -58,7 +59,7 @@ def cmd_mesh(args: argparse.Namespace) -> int:
     seconds_per_hand = (time.perf_counter() - t0) / n
     for i, hand in enumerate(hands):
         stem = out / f"hand_{i:03d}"
-        hand.mesh.export(stem.with_suffix(f".{args.format}"))
+        save_mesh(hand.mesh, stem.with_suffix(f".{args.format}"))
         if not args.no_render:
             if len(hand.mesh.faces) == 0:
                 print(f"warning: hand {i} produced an empty mesh; skipping its render", file=sys.stderr)
