@@ -38,6 +38,7 @@ bench: setup  ## speed / fidelity figures (see bench/)
 	$(PY) bench/bench_mesh.py
 	$(PY) bench/bench_inside.py
 	$(PY) bench/bench_build.py
+	$(PY) bench/bench_speed.py
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache
