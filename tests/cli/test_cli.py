@@ -238,7 +238,14 @@ def test_every_command_that_reads_a_checkpoint_offers_the_explicit_trust_opt_in(
         if "--checkpoint" in options or path == ("convert-checkpoint",):
             readers.add(path)
             assert "--trust-checkpoint" in options, path
-    assert {("mesh",), ("demo",), ("fit",), ("eval", "grasps"), ("generate", "grasps"), ("refine", "grasps")} <= readers
+    assert {
+        ("mesh",),
+        ("demo",),
+        ("fit",),
+        ("eval", "grasps"),
+        ("generate", "grasps"),
+        ("refine", "grasps"),
+    } <= readers
 
 
 def test_mise_options_have_one_default_per_use():
