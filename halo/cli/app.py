@@ -42,18 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Library exceptions that mean "your input is wrong": one line, exit code 2."""
+    """Library exceptions that mean "your input is wrong": one line, exit code 2 (every command)."""
+    from halo.cli.options import mesh_user_errors
     from halo.core.canonicalization import CanonicalizationError
     from halo.core.checkpoint import CheckpointError
-    from halo.data.keypoint_files import KeypointFileError
     from halo.data.layout import DatasetFormatError
+    from halo.grasp.refine import RefineError
 
     return (
         CliError,
         DatasetFormatError,
-        KeypointFileError,
         CheckpointError,
         CanonicalizationError,
+        RefineError,
+        *mesh_user_errors(),  # mesh / keypoint files, watertightness, grids, optional pybullet
         FileNotFoundError,
     )
 

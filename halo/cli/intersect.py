@@ -11,14 +11,12 @@ import argparse
 import json
 from pathlib import Path
 
-from halo.cli.common import CliError
 from halo.cli.options import (
     SIM_COLUMN,
     add_grasp_metric_args,
     check_grasp_metric_args,
     gravity,
     load_mesh_arg,
-    mesh_user_errors,
 )
 
 
@@ -27,23 +25,21 @@ def cmd_intersect(args: argparse.Namespace) -> int:
     from halo.grasp.metrics import grasp_metrics, simulation_displacement_m
 
     check_grasp_metric_args(args)
-    try:
-        hand = load_mesh_arg(Path(args.hand), args)
-        obj = load_mesh_arg(Path(args.object), args, require_watertight=not args.convex_hull)
-        metrics = grasp_metrics(
-            hand,
-            obj,
-            pitch_m=args.pitch_mm / 1000,
-            contact_tol_m=args.contact_tol_mm / 1000,
-            object_convex_hull=args.convex_hull,
-            hand_name=args.hand,
-            object_name=args.object,
-        )
-        displacement = None
-        if args.simulate:
-            displacement = simulation_displacement_m(hand, obj, gravity_m_s2=gravity(args))
-    except mesh_user_errors() as exc:
-        raise CliError(str(exc)) from exc
+    # Bad files raise the library's errors; `halo` main() prints them as one line (exit 2).
+    hand = load_mesh_arg(Path(args.hand), args)
+    obj = load_mesh_arg(Path(args.object), args, require_watertight=not args.convex_hull)
+    metrics = grasp_metrics(
+        hand,
+        obj,
+        pitch_m=args.pitch_mm / 1000,
+        contact_tol_m=args.contact_tol_mm / 1000,
+        object_convex_hull=args.convex_hull,
+        hand_name=args.hand,
+        object_name=args.object,
+    )
+    displacement = None
+    if args.simulate:
+        displacement = simulation_displacement_m(hand, obj, gravity_m_s2=gravity(args))
     if args.json:
         record = {  # the three documented keys first, in this order
             "volume_cm3": metrics.volume_cm3,

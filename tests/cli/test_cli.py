@@ -17,9 +17,10 @@ import trimesh
 from halo.cli.app import build_parser, main
 from halo.cli.common import CliError
 from halo.core.checkpoint import save_checkpoint
-from halo.core.model import HaloModel
+from halo.core.model import HaloModel, NetworkConfig
 from halo.data.keypoint_files import KeypointFileError, load_keypoints
 from halo.hands.sequences import builtin_sequence, random_skeletons, synthetic_hand_sequence
+from tests.helpers import random_hands
 
 # ----------------------------------------------------------------------------- keypoint files
 
@@ -302,9 +303,16 @@ def test_command_modules_share_one_error_class_and_import_no_sibling():
         (["intersect", "{tmp}/h.ply", "{tmp}/o.ply", "--pitch-mm", "0"], "halo intersect: error: --pitch-mm must be > 0"),
         (["mesh", "--keypoints", "k.npy", "--out", "{tmp}/o", "--upsampling-steps", "-1"],
          "halo mesh: error: --resolution-0 must be >= 2 and --upsampling-steps >= 0"),
+        (["refine", "grasps", "--grasps", "{tmp}/broken", "--checkpoint", "{tmp}/base.pt", "--out", "{tmp}/o"],
+         "halo refine grasps: error: object ball: cannot be read"),
     ],
 )  # fmt: skip
 def test_every_command_group_reports_a_cli_error_as_one_line(tmp_path, capsys, argv, message):
+    # refine: one grasp beside an unreadable object mesh (a library MeshFileError, not a CliError)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "ball_obj.ply").write_text("ply\nformat ascii 1.0\nelement vertex 1\n")
+    np.save(tmp_path / "broken" / "ball_0.npy", random_hands(1, seed=0, dtype=torch.float32)[0].numpy())
+    save_checkpoint(HaloModel(NetworkConfig(hidden_dims=(8, 8, 8, 8))), tmp_path / "base.pt")
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(message.format(tmp=tmp_path)), err
