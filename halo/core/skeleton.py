@@ -139,6 +139,16 @@ def bone_lengths_from_keypoints(keypoints: torch.Tensor) -> torch.Tensor:
     return (child - parent).norm(dim=-1)
 
 
+_BONE_PARENTS = [p for p, _ in BONES]
+_BONE_CHILDREN = [c for _, c in BONES]
+
+
+def bone_vectors(keypoints):
+    """(..., 20, 3) child - parent of the 20 bones in :data:`BONES` order (finger-major, root bone
+    first) for keypoints (..., 21, 3); numpy arrays and torch tensors alike."""
+    return keypoints[..., _BONE_CHILDREN, :] - keypoints[..., _BONE_PARENTS, :]
+
+
 #: A hand with a bone shorter than this (metres) has no defined canonical frame.
 MIN_BONE_LENGTH_M = 1e-3
 
@@ -153,9 +163,7 @@ def plausible_skeletons(keypoints: torch.Tensor) -> torch.Tensor:
     kp = keypoints.detach()
     finite = torch.isfinite(kp).flatten(1).all(-1)
     kp = torch.nan_to_num(kp)
-    parents = [p for p, _ in BONES]
-    children = [c for _, c in BONES]
-    bones_ok = ((kp[:, children] - kp[:, parents]).norm(dim=-1) >= MIN_BONE_LENGTH_M).all(-1)
+    bones_ok = (bone_vectors(kp).norm(dim=-1) >= MIN_BONE_LENGTH_M).all(-1)
     middle, index = kp[:, 9] - kp[:, 0], kp[:, 5] - kp[:, 0]
     sin = torch.linalg.cross(middle, index, dim=-1).norm(dim=-1) / (
         middle.norm(dim=-1) * index.norm(dim=-1)

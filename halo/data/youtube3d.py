@@ -80,7 +80,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from halo.core.skeleton import BONES
+from halo.core.skeleton import bone_vectors
 from halo.data.youtube3d_file import (
     YouTube3DAnnotation,
     YouTube3DAnnotations,
@@ -126,10 +126,7 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def _bone_length_sum(keypoints: np.ndarray) -> np.ndarray:
-    kp = np.asarray(keypoints, dtype=np.float64)
-    parents = kp[..., [p for p, _ in BONES], :]
-    children = kp[..., [c for _, c in BONES], :]
-    return np.linalg.norm(children - parents, axis=-1).sum(-1)
+    return np.linalg.norm(bone_vectors(np.asarray(keypoints, dtype=np.float64)), axis=-1).sum(-1)
 
 
 def estimate_metric_scale(keypoints: np.ndarray, template_keypoints: np.ndarray) -> float:

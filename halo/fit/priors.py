@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from halo.core.skeleton import BONES, FINGER_JOINTS, NUM_JOINTS, mano_to_halo
+from halo.core.skeleton import BONES, FINGER_JOINTS, NUM_JOINTS, bone_vectors, mano_to_halo
 from halo.hands.synthetic_hand import POSE_LIMITS_DEG, joint_frames
 
 #: Rest keypoints of the synthetic hand (zero pose, metres, MANO order): fingers along -x,
@@ -195,5 +195,4 @@ class KinematicHand(torch.nn.Module):
 
 def bone_lengths_ok(keypoints: np.ndarray, min_length_m: float = 0.004) -> bool:
     """True when every one of the 20 bones is at least ``min_length_m`` long."""
-    kp = np.asarray(keypoints)
-    return bool(all(np.linalg.norm(kp[c] - kp[p]) >= min_length_m for p, c in BONES))
+    return bool((np.linalg.norm(bone_vectors(np.asarray(keypoints)), axis=-1) >= min_length_m).all())

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from halo.core.skeleton import FINGER_JOINTS, NUM_JOINTS
+from halo.core.skeleton import FINGER_JOINTS, NUM_JOINTS, bone_vectors
 
 __all__ = [
     "PALM_JOINTS",
@@ -86,9 +86,7 @@ def axis_angle_to_matrix(v: torch.Tensor) -> torch.Tensor:
 
 def bone_lengths(keypoints: torch.Tensor) -> torch.Tensor:
     """(B,21,3) -> (B,20) bone lengths (metres), finger-major, root bone first (skeleton.BONES order)."""
-    joints = keypoints[:, torch.tensor(FINGER_JOINTS, device=keypoints.device)]  # (B,5,4,3)
-    parents = torch.cat([keypoints[:, None, None, 0].expand(-1, 5, 1, 3), joints[:, :, :3]], dim=2)
-    return (joints - parents).norm(dim=-1).flatten(1)
+    return bone_vectors(keypoints).norm(dim=-1)
 
 
 def palm_frame(keypoints: torch.Tensor) -> torch.Tensor:

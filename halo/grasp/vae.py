@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from halo.core.canonicalization import canonicalize, signed_angle
 from halo.core.model import HaloModel
-from halo.core.skeleton import BONES, FINGER_JOINTS, NUM_JOINTS, plausible_skeletons
+from halo.core.skeleton import BONES, FINGER_JOINTS, NUM_JOINTS, bone_vectors, plausible_skeletons
 from halo.grasp.kinematics import (
     IDENTITY_6D,
     SkeletonTemplate,
@@ -481,17 +481,10 @@ def keypoint_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred * CM_PER_M, target * CM_PER_M)
 
 
-def _bone_vectors(keypoints: torch.Tensor) -> torch.Tensor:
-    """(B,20,3) child - parent of the 20 bones (finger-major, root bone first)."""
-    parents = [p for p, _ in BONES]
-    children = [c for _, c in BONES]
-    return keypoints[:, children] - keypoints[:, parents]
-
-
 def bone_length_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MSE of the 20 bone lengths in cm^2 (inputs (B,21,3) metres)."""
     return F.mse_loss(
-        _bone_vectors(pred).norm(dim=-1) * CM_PER_M, _bone_vectors(target).norm(dim=-1) * CM_PER_M
+        bone_vectors(pred).norm(dim=-1) * CM_PER_M, bone_vectors(target).norm(dim=-1) * CM_PER_M
     )
 
 
@@ -608,7 +601,7 @@ def points_near_hand(keypoints: torch.Tensor, points: torch.Tensor, k: int) -> t
     if k >= points.shape[1]:
         return points
     kp = keypoints.detach().to(points)
-    bones = _bone_vectors(kp)  # (B,20,3)
+    bones = bone_vectors(kp)  # (B,20,3)
     parents = kp[:, [p for p, _ in BONES]]
     t = torch.tensor([0.25, 0.5, 0.75], dtype=kp.dtype, device=kp.device)
     along = (parents[:, :, None] + t[None, None, :, None] * bones[:, :, None]).flatten(1, 2)  # (B,60,3)
