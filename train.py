@@ -215,27 +215,13 @@ def _input_error_types() -> tuple[type[BaseException], ...]:
     file/key and the fix), as opposed to bugs, which keep their traceback."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from halo.core.checkpoint import CheckpointError
-    from halo.data.keypoint_files import KeypointFileError
-    from halo.data.layout import DatasetFormatError
-    from halo.data.youtube3d import YouTube3DError
-    from halo.geometry.mesh_io import MeshFileError
-    from halo.grasp.grab import GrabFileError
     from halo.grasp.records import RecordsWriteError
-    from halo.grasp.vae import GraspVaeError
-    from halo.hands.mano import ManoModelError
+    from halo.utils.errors import InputError
 
     return (
         ConfigOverrideError,
-        CheckpointError,
-        DatasetFormatError,
-        KeypointFileError,
-        YouTube3DError,
-        MeshFileError,
-        GrabFileError,
+        InputError,
         RecordsWriteError,
-        GraspVaeError,
-        ManoModelError,
         FileNotFoundError,
         NotADirectoryError,
         OmegaConfBaseException,

@@ -42,22 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Library exceptions that mean "your input is wrong": one line, exit code 2 (every command)."""
-    from halo.cli.options import mesh_user_errors
-    from halo.core.canonicalization import CanonicalizationError
-    from halo.core.checkpoint import CheckpointError
-    from halo.data.layout import DatasetFormatError
-    from halo.grasp.refine import RefineError
+    """Exceptions that mean "your input is wrong": one line, exit code 2 (every command)."""
+    from halo.grasp.records import RecordsWriteError
+    from halo.grasp.simulation import OptionalDependencyError
+    from halo.utils.errors import InputError
 
-    return (
-        CliError,
-        DatasetFormatError,
-        CheckpointError,
-        CanonicalizationError,
-        RefineError,
-        *mesh_user_errors(),  # mesh / keypoint files, watertightness, grids, optional pybullet
-        FileNotFoundError,
-    )
+    return (CliError, InputError, OptionalDependencyError, RecordsWriteError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,18 +91,10 @@ G_M_S2 = 9.8  # m/s^2
 
 def mesh_user_errors() -> tuple[type[Exception], ...]:
     """Exceptions caused by the user's files or environment (reported, never a traceback)."""
-    from halo.data.keypoint_files import KeypointFileError
-    from halo.geometry.inside import MeshNotWatertightError
-    from halo.geometry.mesh_io import MeshFileError
-    from halo.grasp.metrics import GridTooLargeError, OptionalDependencyError
+    from halo.grasp.simulation import OptionalDependencyError
+    from halo.utils.errors import InputError
 
-    return (
-        MeshFileError,
-        MeshNotWatertightError,
-        KeypointFileError,
-        OptionalDependencyError,
-        GridTooLargeError,
-    )
+    return (InputError, OptionalDependencyError)
 
 
 def load_mesh_arg(path: Path, args: argparse.Namespace, *, require_watertight: bool = False):

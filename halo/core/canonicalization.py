@@ -42,6 +42,7 @@ from halo.core.skeleton import (
     NUM_JOINTS,
     bone_lengths_from_keypoints,
 )
+from halo.utils.errors import InputError
 
 # Target angles of the canonical pose, radians (fixed by the released model).
 ROOT_PLANE_ANGLES = (0.8, 0.2, 0.2)  # thumb|index, middle|ring, ring|pinky plane dihedrals
@@ -60,7 +61,7 @@ _MIN_BONE_LENGTH_M = 1e-4  # 0.1 mm: shorter bones have no usable direction
 _MIN_SIN = 1e-4  # below this two directions are treated as parallel
 
 
-class CanonicalizationError(ValueError):
+class CanonicalizationError(InputError):
     """Degenerate keypoints: names the sample and the offending bone or plane."""
 
 

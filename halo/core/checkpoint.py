@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from halo.core.model import HaloModel, NetworkConfig
+from halo.utils.errors import InputError
 
 FORMAT = "halo-base"
 FORMAT_VERSION = 1
@@ -76,7 +77,7 @@ TRUST_OPT_IN = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file that cannot be read as a HALO base model (names file and problem)."""
 
 

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from halo.utils.errors import InputError
 from halo.utils.safe_pickle import ArrayUnpickler
 
 _UNIT_SCALE = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 
 
-class KeypointFileError(ValueError):
+class KeypointFileError(InputError):
     """A keypoint file that cannot be used; the message names the file and the problem."""
 
 

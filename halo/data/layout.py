@@ -56,6 +56,7 @@ import trimesh
 from halo.core.skeleton import NUM_PARTS, metres_to_model_units, model_units_to_metres
 from halo.geometry.mesh_io import save_mesh
 from halo.utils.atomic import atomic_write_npz, atomic_write_text
+from halo.utils.errors import InputError
 
 __all__ = [
     "DATALIST",
@@ -86,7 +87,7 @@ MESH_DIR = "mesh_scaled"
 DATALIST = "datalist.txt"
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(InputError):
     """A dataset file is missing, truncated, or lacks a key / has a wrong shape (names file and key)."""
 
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from halo.utils.errors import InputError
+
 __all__ = [
     "YouTube3DAnnotation",
     "YouTube3DAnnotations",
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 
-class YouTube3DError(ValueError):
+class YouTube3DError(InputError):
     """An unusable YouTube3D annotation file or MANO model; the message names the file and the problem."""
 
 

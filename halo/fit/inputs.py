@@ -28,6 +28,7 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from halo.geometry.mesh_io import MESH_SUFFIXES, guess_mesh_unit
+from halo.utils.errors import InputError
 
 UNITS = {"m": 1.0, "cm": 0.01, "mm": 0.001}
 #: Bounding-box diagonal of a hand surface, metres: a child's fist (~7 cm) to a large open hand
@@ -38,7 +39,7 @@ POINT_SUFFIXES = (".npy", ".npz", ".ply")
 MIN_POINTS = 50
 
 
-class FitInputError(ValueError):
+class FitInputError(InputError):
     """An unusable fit input; the message is one line naming the file and the problem."""
 
 

@@ -32,10 +32,12 @@ from typing import Any
 import numpy as np
 import trimesh
 
+from halo.utils.errors import InputError
+
 __all__ = ["MeshNotWatertightError", "inside_backend", "o3d_points", "points_inside_mesh", "raycasting_scene"]
 
 
-class MeshNotWatertightError(ValueError):
+class MeshNotWatertightError(InputError):
     """The mesh has holes or non-manifold edges, so inside/outside is undefined."""
 
 

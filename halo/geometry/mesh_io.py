@@ -25,6 +25,7 @@ import trimesh
 
 from halo.geometry.inside import MeshNotWatertightError
 from halo.utils.atomic import atomic_write_bytes
+from halo.utils.errors import InputError
 
 __all__ = [
     "save_mesh",
@@ -47,7 +48,7 @@ CM_MM_BOUNDARY = 60.0
 _RESCALE_MODES = ("warn", "auto", "never")
 
 
-class MeshFileError(ValueError):
+class MeshFileError(InputError):
     """A mesh file that cannot be used; the message names the file and the problem."""
 
 

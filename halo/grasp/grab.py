@@ -57,6 +57,7 @@ import trimesh
 from scipy.spatial.transform import Rotation
 
 from halo.hands.mano import ManoLayer, ManoModel, ManoModelError, right_hand_model
+from halo.utils.errors import InputError
 from halo.utils.safe_pickle import load_npz_with_objects
 
 __all__ = [
@@ -103,7 +104,7 @@ SYNTHETIC_MANO_PATH = Path("tools/mano/SYNTHETIC_RIGHT.npz")
 MANO_HINT = "MANO_RIGHT.pkl from mano_v1_2 (https://mano.is.tue.mpg.de; not redistributable)"
 
 
-class GrabFileError(ValueError):
+class GrabFileError(InputError):
     """A GRAB file or folder is missing, unreadable or not in the expected layout."""
 
 

@@ -26,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from halo.core.skeleton import FINGER_JOINTS, NUM_JOINTS, bone_vectors
+from halo.utils.errors import InputError
 
 __all__ = [
     "PALM_JOINTS",
@@ -46,7 +47,7 @@ PALM_JOINTS: tuple[int, ...] = (0,) + tuple(f[0] for f in FINGER_JOINTS)
 IDENTITY_6D: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
-class KinematicsError(ValueError):
+class KinematicsError(InputError):
     """Bad template or pose shapes (names the argument and the shape)."""
 
 

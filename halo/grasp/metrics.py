@@ -49,6 +49,7 @@ from halo.geometry.inside import MeshNotWatertightError, o3d_points, points_insi
 from halo.geometry.sealing import seal_mesh
 from halo.grasp.diversity import ClusterStats, cluster_analysis  # defined there; public here as before
 from halo.grasp.simulation import OptionalDependencyError, require_pybullet, simulation_displacement_m
+from halo.utils.errors import InputError
 
 __all__ = [
     "ClusterStats",
@@ -75,7 +76,7 @@ _GRID_CHUNK = 2_000_000
 MAX_GRID_POINTS = 100_000_000
 
 
-class GridTooLargeError(ValueError):
+class GridTooLargeError(InputError):
     """The interpenetration grid would be huge: the meshes are probably not in metres."""
 
 

@@ -38,6 +38,7 @@ from halo.core.model import HaloModel
 from halo.core.skeleton import FINGER_JOINTS, NUM_JOINTS
 from halo.grasp.kinematics import PALM_JOINTS, axis_angle_to_matrix
 from halo.grasp.vae import halo_occupancy_logit, plausible_hands, points_near_hand
+from halo.utils.errors import InputError
 
 __all__ = [
     "ABDUCTION_RANGE",
@@ -58,7 +59,7 @@ FLEXION_RANGE = (-0.35, 1.9)
 ABDUCTION_RANGE = ((-1.2, 1.6), (-0.45, 0.45), (-0.45, 0.45), (-0.45, 0.45), (-0.5, 0.5))
 
 
-class RefineError(ValueError):
+class RefineError(InputError):
     """Bad grasp keypoints, object mesh or settings (names the argument, shape or value)."""
 
 

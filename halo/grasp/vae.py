@@ -46,6 +46,7 @@ from halo.grasp.kinematics import (
     forward_kinematics,
     rotation_6d_to_matrix,
 )
+from halo.utils.errors import InputError
 
 __all__ = [
     "DECODERS",
@@ -85,7 +86,7 @@ DECODERS = ("keypoints", "kinematic")
 CM_PER_M = 100.0  # loss distances are centimetres so the original's loss weights keep their meaning
 
 
-class GraspVaeError(ValueError):
+class GraspVaeError(InputError):
     """Bad configuration, input shapes or checkpoint (names the key / shape / file)."""
 
 

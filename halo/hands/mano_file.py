@@ -33,6 +33,7 @@ import numpy as np
 
 from halo.core.skeleton import halo_to_mano
 from halo.utils.atomic import atomic_write, atomic_write_npz
+from halo.utils.errors import InputError
 from halo.utils.safe_pickle import ArrayUnpickler
 
 __all__ = [
@@ -75,7 +76,7 @@ _REQUIRED_KEYS = (
 )
 
 
-class ManoModelError(ValueError):
+class ManoModelError(InputError):
     """A MANO model file or array set is unusable; the message names the file and key."""
 
 
