@@ -319,33 +319,6 @@ def _halo_losses(
     return s_loss, f_loss, s_logit
 
 
-class _Adam:
-    """Adam with per-group step sizes and a global schedule factor.
-
-    Hand-written (a dozen lines) because ``torch.optim`` imports ``torch._dynamo`` on first
-    use, which costs ~5 s per process: half of the per-hand time budget of a one-hand CLI run.
-    """
-
-    def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.groups = groups
-        self.betas, self.eps, self.step_count = betas, eps, 0
-        self.state = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for g in groups for p in g["params"]}
-
-    @torch.no_grad()
-    def step(self, factor: float = 1.0) -> None:
-        self.step_count += 1
-        b1, b2 = self.betas
-        c1, c2 = 1 - b1**self.step_count, 1 - b2**self.step_count
-        for g in self.groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                m, v = self.state[id(p)]
-                m.mul_(b1).add_(p.grad, alpha=1 - b1)
-                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                p.sub_(g["lr"] * factor * (m / c1) / ((v / c2).sqrt() + self.eps))
-
-
 def _optimise(params: HandParameters, iterations: int, lr: float, loss_fn, rigid_only_for: int = 0):
     tensors = params.tensors()
     for t in tensors:
@@ -359,11 +332,14 @@ def _optimise(params: HandParameters, iterations: int, lr: float, loss_fn, rigid
         {"params": [params.bone_log_lengths], "lr": lr},
         {"params": [params.angles], "lr": 5 * lr},
     ]
-    opt = _Adam(groups)
+    opt = torch.optim.Adam(groups)
+    # Cosine decay of every group's step size to a tenth.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda it: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / max(iterations - 1, 1)))
+    )
     history = []
     for it in range(iterations):
         frac = it / max(iterations - 1, 1)
-        factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
         for t in tensors:
             t.grad = None
         loss, _ = loss_fn(params, frac)
@@ -371,7 +347,8 @@ def _optimise(params: HandParameters, iterations: int, lr: float, loss_fn, rigid
         if it < rigid_only_for:
             for t in tensors[3:]:
                 t.grad = None
-        opt.step(factor)
+        opt.step()
+        schedule.step()
         history.append(loss.detach())
     for t in tensors:
         t.requires_grad_(False)
