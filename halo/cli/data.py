@@ -129,9 +129,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     names = source.names()
     failed = 0
-    from tqdm import tqdm
+    from halo.utils.progress import progress_bar
 
-    for name in tqdm(names, desc="preparing", unit="hand", file=sys.stderr, disable=len(names) < 2):
+    for name in progress_bar(names, desc="preparing", unit="hand"):
         try:
             save_prepared(source.prepare(name), out / f"{name}.npz")
         except Exception as exc:  # one bad hand is reported and skipped

@@ -24,7 +24,6 @@ import argparse
 import datetime
 import json
 import math
-import sys
 import textwrap
 from pathlib import Path
 
@@ -42,11 +41,11 @@ from halo.cli.options import (
     gravity,
     load_mesh_arg,
     mesh_user_errors,
-    note,
 )
 from halo.geometry.mesh_io import save_mesh
 from halo.grasp.folder import discover_grasps, find_object_mesh, load_grasp_keypoints
 from halo.utils.atomic import atomic_write_text
+from halo.utils.progress import note, progress_bar
 from halo.utils.tables import write_csv
 
 CSV_COLUMNS = ("object", "grasp", "volume_cm3", "depth_cm", "min_distance_cm", "contact")
@@ -151,8 +150,6 @@ class _HaloMesher:
 
 def cmd_eval_grasps(args: argparse.Namespace) -> int:
     """Score every grasp of a folder; see the module docstring for the layout and outputs."""
-    from tqdm import tqdm
-
     from halo.grasp.diversity import grasp_diversity
     from halo.grasp.metrics import grasp_metrics, prepare_object_mesh, simulation_displacement_m
 
@@ -189,10 +186,7 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
         skipped.append({"file": str(file), "reason": reason})
         note(f"skipped {file}: {reason}")
 
-    bar = tqdm(
-        discovery.grasps, desc="grasps", unit="grasp", file=sys.stderr,
-        disable=args.no_progress or len(discovery.grasps) < 2,
-    )  # fmt: skip
+    bar = progress_bar(discovery.grasps, desc="grasps", unit="grasp", enabled=not args.no_progress)
     for g in bar:
         obj_path = find_object_mesh(g.object, g.folder, grasps_dir, objects_dir)
         if obj_path is None:

@@ -4,11 +4,11 @@ metric settings (``halo intersect``, ``halo eval grasps``), with their checks.""
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from pathlib import Path
 
 from halo.cli.common import CliError
+from halo.utils.progress import note
 
 __all__ = [
     "DEFAULT_RESOLUTION_0",
@@ -23,7 +23,6 @@ __all__ = [
     "gravity",
     "load_mesh_arg",
     "mesh_user_errors",
-    "note",
 ]
 
 #: MISE defaults of every command that meshes hands (the original's generation config: 32 / 2,
@@ -109,13 +108,6 @@ def load_mesh_arg(path: Path, args: argparse.Namespace, *, require_watertight: b
     for w in caught:
         note(f"warning: {w.message}")
     return mesh
-
-
-def note(message: str) -> None:
-    """A line on stderr that does not break a running progress bar."""
-    from tqdm import tqdm
-
-    tqdm.write(message, file=sys.stderr)
 
 
 def gravity(args: argparse.Namespace) -> tuple[float, float, float]:

@@ -14,9 +14,8 @@ empty surface) is kept with ``error`` set and NaN metrics and counts as "no cont
 from __future__ import annotations
 
 import math
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +25,7 @@ import trimesh
 from halo.core.model import HaloModel
 from halo.grasp.metrics import GraspMetrics, grasp_metrics
 from halo.meshing.hand_mesh import extract_hand_mesh
+from halo.utils.progress import progress_bar
 
 __all__ = [
     "GraspObject",
@@ -33,7 +33,6 @@ __all__ = [
     "Sampler",
     "evaluate_grasp",
     "generate_grasps",
-    "progress",
     "sample_surface_points",
 ]
 
@@ -180,7 +179,9 @@ def generate_grasps(
         keypoints = keypoints.detach().cpu().numpy().astype(np.float64) + np.asarray(obj.center, np.float64)
         if refine is not None:
             keypoints = np.asarray(refine(keypoints, obj), dtype=np.float64)
-        for i, kp in progress(enumerate(keypoints), len(keypoints), obj.name, enabled=show_progress):
+        for i, kp in progress_bar(
+            enumerate(keypoints), total=len(keypoints), desc=obj.name, unit="grasp", enabled=show_progress
+        ):
             results.append(
                 evaluate_grasp(
                     halo_model,
@@ -196,12 +197,3 @@ def generate_grasps(
                 )
             )
     return results
-
-
-def progress(iterable: Iterable, total: int, desc: str, enabled: bool = True) -> Iterable:
-    """tqdm progress on stderr when enabled and more than one item."""
-    from tqdm import tqdm
-
-    return tqdm(
-        iterable, total=total, desc=desc, unit="grasp", disable=not enabled or total < 2, file=sys.stderr
-    )
