@@ -34,7 +34,14 @@ import trimesh
 
 from halo.utils.errors import InputError
 
-__all__ = ["MeshNotWatertightError", "inside_backend", "o3d_points", "points_inside_mesh", "raycasting_scene"]
+__all__ = [
+    "MeshNotWatertightError",
+    "inside_backend",
+    "o3d_points",
+    "points_inside_mesh",
+    "raycasting_scene",
+    "sample_inside_points",
+]
 
 
 class MeshNotWatertightError(InputError):
@@ -148,3 +155,21 @@ def points_inside_mesh(
     inside_backend()  # raises with a clear message when embree is missing too
     _warn_fallback(reason or "not installed")
     return trimesh.Trimesh(vertices, faces, process=False).contains(points)
+
+
+def sample_inside_points(mesh: trimesh.Trimesh, n: int, rng: np.random.Generator, name: str) -> np.ndarray:
+    """``n`` points uniform inside a closed mesh (rejection sampling in its bounding box)."""
+    lo, hi = mesh.bounds
+    fill = max(float(mesh.volume) / float(np.prod(hi - lo)), 1e-3) if mesh.is_volume else 0.1
+    out: list[np.ndarray] = []
+    have = 0
+    for _ in range(200):
+        batch = rng.uniform(lo, hi, size=(int(1.5 * (n - have) / fill) + 64, 3))
+        keep = batch[points_inside_mesh(mesh.vertices, mesh.faces, batch, name=name)]
+        out.append(keep)
+        have += len(keep)
+        if have >= n:
+            return np.concatenate(out)[:n]
+    raise MeshNotWatertightError(
+        f"{name}: could not sample {n} points inside the mesh (is it flat or inside out?)"
+    )

@@ -44,7 +44,7 @@ import numpy as np
 import trimesh
 
 from halo.data.layout import atomic_write_npz, atomic_write_text
-from halo.geometry.inside import points_inside_mesh
+from halo.geometry.inside import sample_inside_points
 from halo.grasp.grab import (
     GRAB_TEST_OBJECTS,
     GRAB_VAL_OBJECTS,
@@ -72,7 +72,6 @@ __all__ = [
     "records_key",
     "records_finished",
     "load_objects",
-    "sample_inside_points",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -177,22 +176,6 @@ def records_key(root: str | Path, config: RecordsConfig, mano_source: str = "") 
 
 def records_finished(out_dir: str | Path) -> bool:
     return (Path(out_dir) / META).is_file()
-
-
-def sample_inside_points(mesh: trimesh.Trimesh, n: int, rng: np.random.Generator, name: str) -> np.ndarray:
-    """``n`` points uniform inside a closed mesh (rejection sampling in its bounding box)."""
-    lo, hi = mesh.bounds
-    fill = max(float(mesh.volume) / float(np.prod(hi - lo)), 1e-3) if mesh.is_volume else 0.1
-    out: list[np.ndarray] = []
-    have = 0
-    for _ in range(200):
-        batch = rng.uniform(lo, hi, size=(int(1.5 * (n - have) / fill) + 64, 3))
-        keep = batch[points_inside_mesh(mesh.vertices, mesh.faces, batch, name=name)]
-        out.append(keep)
-        have += len(keep)
-        if have >= n:
-            return np.concatenate(out)[:n]
-    raise ValueError(f"{name}: could not sample {n} points inside the mesh (is it flat or inside out?)")
 
 
 def _closed_object(mesh: trimesh.Trimesh, name: str) -> trimesh.Trimesh:

@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from halo.core.canonicalization import canonicalize
 from halo.core.model import HaloModel
 from halo.core.skeleton import FINGER_JOINTS, NUM_JOINTS
+from halo.geometry.inside import sample_inside_points
 from halo.grasp.kinematics import PALM_JOINTS, axis_angle_to_matrix
 from halo.grasp.vae import halo_occupancy_logit, plausible_hands, points_near_hand
 from halo.utils.errors import InputError
@@ -155,20 +156,12 @@ def object_interior(
     solid, note = (
         (mesh, "watertight") if mesh.is_watertight else (mesh.convex_hull, "convex hull (not watertight)")
     )
-    rng = np.random.default_rng(seed)
-    lo, hi = solid.bounds
-    fill = max(0.05, min(1.0, float(solid.volume) / float(np.prod(hi - lo)) if np.prod(hi - lo) > 0 else 1.0))
-    found: list[np.ndarray] = []
-    total, tries = 0, 0
-    while total < n and tries < 20:
-        cand = rng.uniform(lo, hi, size=(int(1.3 * (n - total) / fill) + 64, 3))
-        keep = cand[solid.contains(cand)]
-        found.append(keep)
-        total += len(keep)
-        tries += 1
-    inside = np.concatenate(found)[:n] if total else np.zeros((0, 3))
-    if len(inside) == 0:
-        raise RefineError(f"object mesh ({note}) has no interior (volume {solid.volume:.3g} m^3)")
+    try:
+        inside = sample_inside_points(solid, int(n), np.random.default_rng(seed), name=f"object ({note})")
+    except ValueError as exc:  # flat or inside-out: no interior to push the hand out of
+        raise RefineError(
+            f"object mesh ({note}) has no interior (volume {solid.volume:.3g} m^3): {exc}"
+        ) from exc
     surface, _ = trimesh.sample.sample_surface(solid, int(surface_n), seed=seed)
     return inside.astype(np.float32), np.asarray(surface, dtype=np.float32), note
 
