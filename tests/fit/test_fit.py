@@ -74,10 +74,6 @@ def test_a_non_hand_shape_is_reported_as_not_converged():
 
 @pytest.mark.reference
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="known gap: bench/bench_fit.py measured mean 3.4 mm but one joint (pinky tip) 35 mm on frame 0",
-    strict=False,
-)
 def test_reference_mesh_frame0_is_fitted_within_5mm(halo_reference):
     from halo.core.checkpoint import load_model
     from halo.fit import load_hand_surface
