@@ -220,12 +220,12 @@ def mean_se(values) -> tuple[float, float]:
 
 
 def summarize(rows: list[dict], keypoints: np.ndarray, seconds: float) -> dict:
-    from halo.grasp.pipeline import diversity
+    from halo.grasp.diversity import grasp_diversity
 
     vol, vol_se = mean_se([r["volume_cm3"] for r in rows])
     depth, _ = mean_se([r["depth_cm"] for r in rows])
     sims = [r.get("sim_cm", math.nan) for r in rows]
-    div = diversity(keypoints, k=20, seed=0)
+    div = grasp_diversity(keypoints, k=20, seed=0)
     bl = bone_lengths(torch.as_tensor(keypoints, dtype=torch.float64))
     return {
         "n": len(rows),
@@ -234,8 +234,8 @@ def summarize(rows: list[dict], keypoints: np.ndarray, seconds: float) -> dict:
         "depth_cm": depth,
         "contact_ratio": sum(bool(r["contact"]) for r in rows) / max(1, len(rows)),
         "sim_median_cm": float(np.nanmedian(sims)) if np.isfinite(sims).any() else math.nan,
-        "entropy": div["entropy"],
-        "cluster_size_cm": div["cluster_size_cm"],
+        "entropy": div.entropy,
+        "cluster_size_cm": div.cluster_size_cm,
         "s_per_grasp": seconds,
         "bone_std_cm": float(bl.std(0).mean() * 100),
         "failed": sum(1 for r in rows if r["error"]),
@@ -406,7 +406,7 @@ def print_table(results: dict, ablation: dict, flush: bool = False) -> None:
 def save_render(halo, mesh, before, after, name, path: Path) -> None:
     from PIL import Image
 
-    from halo.grasp.pipeline import render_grasp
+    from halo.grasp.report import render_grasp
     from halo.meshing.hand_mesh import extract_hand_mesh
 
     tiles = []
