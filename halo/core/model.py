@@ -547,10 +547,32 @@ class HaloModel(nn.Module):
     def canonicalize(self, keypoints: torch.Tensor, is_left: torch.Tensor | None = None) -> CanonicalPose:
         return canonicalize(keypoints, is_left)
 
+    def culling_radii(self, keypoints_m: torch.Tensor, is_left: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-hand part radii (B,P), calibrated as ``cull="radius"`` does, to pass as ``cull=`` later.
+
+        For callers that evaluate the same hands many times (test-time grasp refinement): the
+        calibration (a 33^3 grid per hand) is paid once instead of at every call.  A part's radius is
+        a distance from its own bone, so it stays valid while the bones keep their lengths.  Models
+        trained with ``part_radii`` return those.
+        """
+        with torch.no_grad(), torch.autocast(device_type=keypoints_m.device.type, enabled=False):
+            pose = canonicalize(keypoints_m, is_left)
+            radii = self._culling_radii(pose, None, "radius")
+        if radii is None:  # smooth max: every part everywhere
+            raise ValueError("culling_radii: a smooth-max model mixes all parts; it cannot be culled")
+        return radii.expand(keypoints_m.shape[0], -1).clone()
+
     def _culling_radii(self, pose: CanonicalPose, posed: PosedParts | None, cull) -> torch.Tensor | None:
         """Per-hand part radii (B,P) for ``cull``, or None for the full evaluation."""
+        if torch.is_tensor(cull):
+            if cull.shape != (pose.bone_lengths.shape[0], self.config.num_parts):
+                raise ValueError(
+                    f"cull radii must have shape (B, {self.config.num_parts}) = "
+                    f"({pose.bone_lengths.shape[0]}, {self.config.num_parts}), got {tuple(cull.shape)}"
+                )
+            return cull.to(pose.bone_lengths)
         if cull not in (None, False, True, "radius"):
-            raise ValueError(f"cull must be None, False, True or 'radius', got {cull!r}")
+            raise ValueError(f"cull must be None, False, True, 'radius' or (B,P) radii, got {cull!r}")
         trained = self.config.part_radii
         if trained is not None:  # culling is part of this model's definition: always applied
             return torch.tensor(trained, dtype=pose.bone_lengths.dtype, device=pose.bone_lengths.device)[None]
@@ -639,7 +661,8 @@ class HaloModel(nn.Module):
         ``cull`` (models without trained ``part_radii``): ``"radius"``/``True`` evaluates a part
         only near its bone, with radii calibrated per hand exactly as the mesh path does
         (:class:`halo.meshing.hand_field.HandOccupancyField`; a 33^3 calibration grid per hand,
-        worth it from ~100k points per hand); None/False evaluates all 16 parts.  Models
+        worth it from ~100k points per hand); a (B,P) tensor uses those radii (from
+        :meth:`culling_radii`, calibrated once); None/False evaluates all 16 parts.  Models
         trained with ``part_radii`` always cull with them (that is their definition).
         """
         if self._needs_autograd(points_m, keypoints_m) or self.config.smooth_max:

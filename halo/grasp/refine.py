@@ -78,6 +78,9 @@ class RefineConfig:
     contact_threshold_m: float = 0.02
     contact_distance_m: float = 0.013
     penetration_sharpness: float = 4.0  # softplus(beta * logit) / beta: ~0 outside the hand's surface
+    cull: bool = True  # evaluate each HALO part only near its bone (radii calibrated once)
+    cull_margin: float = 0.1  # relative margin on the calibrated radii
+    reselect_every: int = 1  # steps between re-choosing the interior points near the hand (speed vs quality)
     w_penetration: float = 10.0
     w_contact: float = 3.0
     w_pose: float = 0.1
@@ -89,7 +92,7 @@ class RefineConfig:
             raise RefineError(f"steps must be >= 0, got {self.steps}")
         if not 0.0 <= self.global_fraction <= 1.0:
             raise RefineError(f"global_fraction must be in [0, 1], got {self.global_fraction}")
-        for name in ("inside_points", "interior_samples", "surface_samples"):
+        for name in ("inside_points", "interior_samples", "surface_samples", "reselect_every"):
             if int(getattr(self, name)) < 1:
                 raise RefineError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -251,12 +254,24 @@ def refine_grasps(
     # enable_grad: callers may sit in a no_grad scope (``halo generate grasps`` samples under one).
     with torch.enable_grad():
         if bool(ok.any()):
+            inside_ok = inside[ok]
+            c = contact[ok]
+            # Part culling with radii calibrated once on the input hands (bones keep their lengths,
+            # so the radii hold; + margin for the finger joints' rotation): ~5x fewer part
+            # evaluations per step than all 16 parts (bench/bench_grasps.py --refine-speed).
+            radii = None
+            if cfg.cull and not halo_model.config.smooth_max:
+                radii = halo_model.culling_radii(kp0[ok]) * (1.0 + cfg.cull_margin)
             for step in range(int(cfg.steps)):
                 kp = current()
-                pen = penetration(kp[ok])
+                if step % int(cfg.reselect_every) == 0:
+                    # The interior points nearest to the hand.  Re-choosing them only every few steps
+                    # saves a cdist over the dense sample but moved hands further (measured at 5).
+                    pts = points_near_hand(kp[ok], inside_ok, cfg.inside_points)
+                logit = halo_occupancy_logit(halo_model, pts, kp[ok], cull=radii)
+                pen = F.softplus(logit, beta=cfg.penetration_sharpness).mean(-1)
                 d = torch.cdist(kp[ok], surface[None].expand(int(ok.sum()), -1, -1)).amin(-1)
                 gap = F.relu(d - cfg.contact_distance_m) * CM_PER_M
-                c = contact[ok]
                 contact_term = (gap.pow(2) * c).sum(-1) / c.sum(-1).clamp_min(1.0)
                 pose_term = ((kp[ok] - kp0[ok]) * CM_PER_M).pow(2).sum(-1).mean(-1)
                 anatomy = anatomy_penalty(kp[ok])

@@ -576,16 +576,21 @@ INTER_MODES = ("threshold", "soft")
 
 
 def halo_occupancy_logit(
-    halo_model: HaloModel, points: torch.Tensor, keypoints: torch.Tensor
+    halo_model: HaloModel,
+    points: torch.Tensor,
+    keypoints: torch.Tensor,
+    cull: torch.Tensor | str | None = None,
 ) -> torch.Tensor:
     """HALO's occupancy as a logit (B,N): the largest part logit (occupancy = its sigmoid).
 
     The same forward pass as :func:`halo_occupancy` (``return_parts=True``).  A logit does not
     saturate where the occupancy does: deep inside the hand the sigmoid is flat (occupancy 1.0 in
     float32, zero gradient), which is exactly where a sunk hand sits.  With the smooth-max
-    combination the logit of the (clamped) occupancy is returned instead.
+    combination the logit of the (clamped) occupancy is returned instead.  ``cull``: as in
+    :meth:`HaloModel.forward` (e.g. radii from :meth:`HaloModel.culling_radii`); culled parts read
+    ``culled_logit``, so far from the hand the logit is that floor instead of the full value.
     """
-    out = halo_model(points.to(keypoints.dtype), keypoints, return_parts=True, validate=False)
+    out = halo_model(points.to(keypoints.dtype), keypoints, return_parts=True, validate=False, cull=cull)
     if halo_model.config.smooth_max or out.part_logits is None:
         return torch.logit(out.occupancy.clamp(1e-6, 1.0 - 1e-6))
     return out.part_logits.amax(dim=-1)

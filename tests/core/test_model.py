@@ -273,6 +273,25 @@ def test_culled_inference_keeps_every_label_where_the_hand_is_occupied(random_mo
         random_model.occupancy(pts, kp, cull="ibp")
 
 
+def test_radii_calibrated_once_give_the_same_values_and_gradients_as_calibrating_per_call(random_model):
+    # culling_radii: what grasp refinement calibrates once and passes as cull= at every step.
+    kp = random_hands(3, seed=13, dtype=torch.float32)
+    pts = _points_near(kp, 2000, seed=5)
+    radii = random_model.culling_radii(kp)
+    assert radii.shape == (3, random_model.config.num_parts) and (radii > 0).all()
+    moved = kp.clone().requires_grad_(True)
+    per_call = random_model(pts, moved, return_parts=True, cull="radius").part_logits.amax(-1)
+    once = random_model(pts, moved, return_parts=True, cull=radii).part_logits.amax(-1)
+    torch.testing.assert_close(once, per_call, atol=1e-6, rtol=0)
+    (g_once,) = torch.autograd.grad(once.clamp_min(-5).sum(), moved)
+    full = random_model(pts, moved, return_parts=True).part_logits.amax(-1)
+    (g_full,) = torch.autograd.grad(full.clamp_min(-5).sum(), moved)
+    # culled pairs sit below -5 anyway; float32 sums in another order differ by ~1e-4
+    torch.testing.assert_close(g_once, g_full, atol=1e-3, rtol=2e-3)
+    with pytest.raises(ValueError, match=r"\(B, 16\)"):
+        random_model(pts, kp, cull=radii[:2])
+
+
 def test_packed_hands_equal_hands_one_by_one(random_model):
     kp = random_hands(3, seed=13, dtype=torch.float32)
     net = random_model.network
