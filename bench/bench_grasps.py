@@ -43,21 +43,31 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_vae import SMALL_VAE as _HALO_VAE_SMALL  # noqa: E402 (the network of experiment=halo_vae_small)
-
 from halo.grasp.kinematics import bone_lengths  # noqa: E402
 
-SMALL_VAE = {**_HALO_VAE_SMALL, "decoder": "kinematic"}
-INTER = {
-    "inter_mode": "soft",
-    "inter_near_hand_points": 64,
-    "inter_warmup_steps": 100,
-    "use_prior_inter_loss": True,
-    "loss_weights": {"inter": 1.0, "prior_inter": 1.0},
-}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recipe_model_settings() -> tuple[dict, dict]:
+    """HaloVaeModule keyword arguments and the data settings of ``experiment=halo_vae_small``, read
+    from the Hydra configs themselves (conf/model/halo_vae.yaml + the experiment's overrides), so
+    the bench trains exactly what the README's recipe trains."""
+    from omegaconf import OmegaConf
+
+    model = OmegaConf.load(ROOT / "conf/model/halo_vae.yaml")
+    experiment = OmegaConf.load(ROOT / "conf/experiment/halo_vae_small.yaml")
+    merged = OmegaConf.to_container(OmegaConf.merge(model, experiment.model), resolve=False)
+    for key in ("_target_", "_convert_", "halo_checkpoint", "object_points"):
+        merged.pop(key, None)
+    data = OmegaConf.to_container(experiment.data, resolve=False)
+    return merged, data
+
+
+RECIPE, RECIPE_DATA = recipe_model_settings()
+#: The recipe, and the recipe without the HALO term (the ablation at equal steps).
 CONFIGS = {
-    "nointer": {"use_inter_loss": False},
-    "inter": INTER,
+    "nointer": {**RECIPE, "use_inter_loss": False, "use_prior_inter_loss": False},
+    "inter": RECIPE,
 }
 
 
@@ -72,13 +82,12 @@ def train_one(args, config: str, seed: int) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
+    n_obj, n_in = RECIPE_DATA["n_object_points"], RECIPE_DATA["n_inside_points"]
     ds = GraspRecordsDataset(
-        args.records, "train", n_object_points=300, n_inside_points=300, augment_rotation=True, seed=seed
+        args.records, "train", n_object_points=n_obj, n_inside_points=n_in, augment_rotation=True, seed=seed
     )
-    loader = DataLoader(ds, batch_size=32, shuffle=True, drop_last=True, num_workers=0)
-    module = HaloVaeModule(
-        vae=SMALL_VAE, halo_checkpoint=args.halo_checkpoint, lr=1e-3, object_points=300, **CONFIGS[config]
-    )
+    loader = DataLoader(ds, batch_size=RECIPE_DATA["batch_size"], shuffle=True, drop_last=True, num_workers=0)
+    module = HaloVaeModule(halo_checkpoint=args.halo_checkpoint, object_points=n_obj, **CONFIGS[config])
     module.fit_skeleton_template(ds.keypoints)
     optimizer = module.configure_optimizers()
     module.train()
@@ -425,9 +434,11 @@ def main() -> None:
     p.add_argument("--records", required=True, help="synthetic grasp records folder (data=synthetic_grasps)")
     p.add_argument("--out", default="outputs/bench_grasps")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=1500, help="training steps per run (the recipe: 1500)")
     p.add_argument("--grasps", type=int, default=10, help="grasps per object per seed")
-    p.add_argument("--refine-steps", type=int, default=60)
+    p.add_argument(
+        "--refine-steps", type=int, default=80, help="test-time refinement steps (the CLI default)"
+    )
     p.add_argument("--simulate", action="store_true", help="pybullet simulation displacement")
     p.add_argument("--render", default="docs/images/refine_before_after.png")
     p.add_argument("--real", nargs="+", default=list(REAL_OBJECTS), choices=list(REAL_OBJECTS))

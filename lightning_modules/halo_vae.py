@@ -67,7 +67,7 @@ from halo.core.checkpoint import (
     load_model,
 )
 from halo.core.model import HaloModel
-from halo.grasp.kinematics import fit_template
+from halo.grasp.kinematics import fit_template, rigid_gradient_only
 from halo.grasp.vae import (
     INTER_MODES,
     REFINE_NOISE,
@@ -102,6 +102,10 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "refine": 1.0,  # new: weight of the whole refinement objective
 }
 
+#: What the interpenetration term's gradient may change: every keypoint (the original), or only the
+#: hand's rigid pose (:func:`halo.grasp.kinematics.rigid_gradient_only`).
+INTER_GRADIENTS = ("all", "rigid")
+
 #: The switches ``original_config=True`` forces (what the released trainer effectively ran).
 ORIGINAL_SWITCHES: dict[str, Any] = {
     "use_contact_loss": False,
@@ -112,6 +116,7 @@ ORIGINAL_SWITCHES: dict[str, Any] = {
     "inter_near_hand_points": None,
     "inter_warmup_steps": 0,
     "inter_start_steps": 0,
+    "inter_gradient": "all",
 }
 #: The architecture ``original_config=True`` forces (63 free coordinates out of the decoder).
 ORIGINAL_VAE: dict[str, Any] = {"decoder": "keypoints"}
@@ -193,6 +198,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         inter_near_hand_points: int | None = None,
         inter_warmup_steps: int = 0,
         inter_start_steps: int = 0,
+        inter_gradient: str = "all",
         encoder_freeze_after_epochs: int | None = None,
         original_config: bool = False,
         object_points: int = 600,
@@ -214,6 +220,10 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             )
         if int(inter_warmup_steps) < 0:
             raise ValueError(f"model.inter_warmup_steps must be >= 0, got {inter_warmup_steps}")
+        if inter_gradient not in INTER_GRADIENTS:
+            raise ValueError(
+                f"model.inter_gradient must be one of {', '.join(INTER_GRADIENTS)}, got {inter_gradient!r}"
+            )
         if int(inter_start_steps) < 0:
             raise ValueError(f"model.inter_start_steps must be >= 0, got {inter_start_steps}")
         weights = dict(DEFAULT_LOSS_WEIGHTS)
@@ -246,6 +256,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             "inter_near_hand_points": None if inter_near_hand_points is None else int(inter_near_hand_points),
             "inter_warmup_steps": int(inter_warmup_steps),
             "inter_start_steps": int(inter_start_steps),
+            "inter_gradient": str(inter_gradient),
         }
         if original_config:
             changed = {k: v for k, v in ORIGINAL_SWITCHES.items() if switches[k] != v}
@@ -372,6 +383,8 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
 
     def _inter(self, keypoints: torch.Tensor, batch: dict) -> torch.Tensor:
         hp = self.hparams
+        if hp.get("inter_gradient", "all") == "rigid":  # the term moves hands, it does not reshape them
+            keypoints = rigid_gradient_only(keypoints)
         return interpenetration_loss(
             self.halo_model,
             keypoints,

@@ -16,6 +16,7 @@ so ``halo eval grasps --grasps OUT --checkpoint HALO_BASE`` scores the result.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from halo.cli.common import CliError, default_checkpoint, load_halo_model
@@ -39,6 +40,8 @@ def cmd_refine_grasps(args: argparse.Namespace) -> int:
         raise CliError(f"--grasps {grasps_dir}: no such folder")
     if args.steps < 0:
         raise CliError(f"--steps must be >= 0, got {args.steps}")
+    if not math.isfinite(args.penetration_margin) or args.penetration_margin < 0:
+        raise CliError(f"--penetration-margin must be a finite number >= 0, got {args.penetration_margin}")
     found = discover_grasps(grasps_dir)
     by_object: dict[str, list] = {}
     for g in found.grasps:
@@ -50,8 +53,14 @@ def cmd_refine_grasps(args: argparse.Namespace) -> int:
     model = model.to(torch.device(args.device)).eval()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = RefineConfig(steps=args.steps)
-    report: dict = {"checkpoint": str(args.checkpoint), "steps": args.steps, "objects": {}, "skipped": []}
+    config = RefineConfig(steps=args.steps, penetration_margin=args.penetration_margin)
+    report: dict = {
+        "checkpoint": str(args.checkpoint),
+        "steps": args.steps,
+        "penetration_margin": args.penetration_margin,
+        "objects": {},
+        "skipped": [],
+    }
     report["skipped"] += found.skipped
     for obj, grasps in sorted(by_object.items()):
         mesh_path = find_object_mesh(obj, grasps[0].folder, grasps_dir, None)
@@ -123,5 +132,13 @@ def add_parser(subparsers) -> None:
     add_trust_checkpoint_arg(p)
     p.add_argument("--out", required=True, help="output folder (same layout)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"Adam steps (default {DEFAULT_STEPS})")
+    p.add_argument(
+        "--penetration-margin",
+        type=float,
+        default=0.0,
+        help="HALO logit tolerated at the object's interior points (default 0: pushed fully out; "
+        "3-8 leave a skin-deep overlap: more volume, hands that hold the object in simulation; "
+        "README, HALO-VAE)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.set_defaults(func=cmd_refine_grasps)

@@ -37,6 +37,7 @@ __all__ = [
     "fit_template",
     "forward_kinematics",
     "palm_frame",
+    "rigid_gradient_only",
     "rotation_6d_to_matrix",
     "IDENTITY_6D",
 ]
@@ -98,6 +99,23 @@ def palm_frame(keypoints: torch.Tensor) -> torch.Tensor:
     z = F.normalize(torch.linalg.cross(index, x, dim=-1), dim=-1, eps=1e-9)
     y = torch.linalg.cross(z, x, dim=-1)
     return torch.stack([x, y, z], dim=-1)
+
+
+def rigid_gradient_only(keypoints: torch.Tensor) -> torch.Tensor:
+    """(B,21,3) -> the same keypoints, through which gradients reach only the hand's rigid pose.
+
+    The hand is re-expressed as its palm frame (:func:`palm_frame`) and wrist, which keep their
+    gradient, times its shape in that frame, which is detached.  With the kinematic decoder (rigid
+    palm, fixed bones) a loss on the result can move and turn the hand but cannot bend, open or
+    shrink it (with free coordinates it moves the wrist, index and middle roots).  The HALO-VAE's interpenetration term uses it
+    (``model.inter_gradient=rigid``) so that it moves hands out of objects instead of flattening
+    every grasp into the one pose that penetrates least (measured: the term on all keypoints
+    collapsed the generated grasps' diversity, cluster size 0.24 cm against 2.5 without it).
+    """
+    frame = palm_frame(keypoints)  # (B,3,3) columns = axes
+    wrist = keypoints[:, :1]
+    local = ((keypoints - wrist) @ frame).detach()  # coordinates along the axes
+    return wrist + local @ frame.transpose(-1, -2)
 
 
 @dataclass

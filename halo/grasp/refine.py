@@ -7,7 +7,9 @@ only), then per-bone rotations down every finger chain (stage 2: all), optimised
 against
 
 * penetration: a sharp ``softplus`` (``penetration_sharpness``; about zero just outside the
-  hand's surface, so a touching hand is not pushed away) of HALO's occupancy logit (:func:`halo.grasp.vae.halo_occupancy_logit`,
+  hand's surface, so a touching hand is not pushed away) of HALO's occupancy logit minus
+  ``penetration_margin`` (0: out of the object; a few logits: a skin-deep overlap is tolerated,
+  which is what lets a static hand hold an object in a physics simulation, measured in the README) (:func:`halo.grasp.vae.halo_occupancy_logit`,
   the one HALO forward pass) at the ``inside_points`` interior points of the object nearest to the
   current hand (a dense interior sample of the object is drawn once per object);
 * contact: the joints that touched the object in the input (within ``contact_threshold_m``, or
@@ -25,6 +27,7 @@ torch device (the HALO model's).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -81,6 +84,7 @@ class RefineConfig:
     cull: bool = True  # evaluate each HALO part only near its bone (radii calibrated once)
     cull_margin: float = 0.1  # relative margin on the calibrated radii
     reselect_every: int = 1  # steps between re-choosing the interior points near the hand (speed vs quality)
+    penetration_margin: float = 0.0  # HALO logit tolerated at interior points (> 0: a skin-deep overlap)
     w_penetration: float = 10.0
     w_contact: float = 3.0
     w_pose: float = 0.1
@@ -90,6 +94,10 @@ class RefineConfig:
     def __post_init__(self) -> None:
         if int(self.steps) < 0:
             raise RefineError(f"steps must be >= 0, got {self.steps}")
+        if not (math.isfinite(self.penetration_margin) and self.penetration_margin >= 0.0):
+            raise RefineError(
+                f"penetration_margin must be a finite logit >= 0, got {self.penetration_margin}"
+            )
         if not 0.0 <= self.global_fraction <= 1.0:
             raise RefineError(f"global_fraction must be in [0, 1], got {self.global_fraction}")
         for name in ("inside_points", "interior_samples", "surface_samples", "reselect_every"):
@@ -269,7 +277,7 @@ def refine_grasps(
                     # saves a cdist over the dense sample but moved hands further (measured at 5).
                     pts = points_near_hand(kp[ok], inside_ok, cfg.inside_points)
                 logit = halo_occupancy_logit(halo_model, pts, kp[ok], cull=radii)
-                pen = F.softplus(logit, beta=cfg.penetration_sharpness).mean(-1)
+                pen = F.softplus(logit - cfg.penetration_margin, beta=cfg.penetration_sharpness).mean(-1)
                 d = torch.cdist(kp[ok], surface[None].expand(int(ok.sum()), -1, -1)).amin(-1)
                 gap = F.relu(d - cfg.contact_distance_m) * CM_PER_M
                 contact_term = (gap.pow(2) * c).sum(-1) / c.sum(-1).clamp_min(1.0)

@@ -13,6 +13,7 @@ from halo.grasp.kinematics import (
     fit_template,
     forward_kinematics,
     palm_frame,
+    rigid_gradient_only,
     rotation_6d_to_matrix,
 )
 from halo.grasp.vae import GraspVAE
@@ -105,3 +106,29 @@ def test_decoder_switch_keeps_old_configs_and_checkpoint_state():
     assert {"decoder.template_palm", "decoder.template_lengths"} <= set(new.state_dict())
     with pytest.raises(GraspVaeError, match="decoder must be one of"):
         GraspVaeConfig(decoder="mano")
+
+
+def test_rigid_gradient_only_keeps_values_and_lets_a_loss_move_the_hand_but_not_reshape_it():
+    rot, wrist, joints, scale = _random_pose(4, seed=5)
+    rot6 = rot[..., :2].transpose(-1, -2).reshape(4, 6).clone().requires_grad_(True)
+    wrist = wrist.clone().requires_grad_(True)
+    joints6 = joints[..., :2].transpose(-1, -2).reshape(4, 5, 3, 6).clone().requires_grad_(True)
+    scale = scale.clone().requires_grad_(True)
+    kp = forward_kinematics(
+        default_template(), rotation_6d_to_matrix(rot6), wrist, rotation_6d_to_matrix(joints6), scale
+    )
+    rigid = rigid_gradient_only(kp)
+    torch.testing.assert_close(rigid, kp, atol=1e-6, rtol=0)
+    # any loss on the keypoints (here: pull every fingertip towards a point)
+    loss = (rigid[:, [4, 8, 12, 16, 20]] - torch.tensor([0.1, 0.0, 0.0])).pow(2).sum()
+    g_rot, g_wrist, g_joints, g_scale = torch.autograd.grad(
+        loss, [rot6, wrist, joints6, scale], retain_graph=True, allow_unused=True
+    )
+    g_joints = torch.zeros(1) if g_joints is None else g_joints
+    assert g_rot.abs().max() > 1e-4 and g_wrist.abs().max() > 1e-4  # it can move and turn the hand
+    assert g_joints.abs().max() == 0 and g_scale.abs().max() < 1e-6  # not bend or resize it
+    # without it the same loss bends the fingers
+    (g_plain,) = torch.autograd.grad(
+        (kp[:, [4, 8, 12, 16, 20]] - torch.tensor([0.1, 0.0, 0.0])).pow(2).sum(), [joints6]
+    )
+    assert g_plain.abs().max() > 1e-4

@@ -141,3 +141,31 @@ def test_cli_names_a_missing_folder_in_one_line(random_base, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0] and "no such folder" in err[0]
+
+
+def test_a_penetration_margin_leaves_a_skin_deep_overlap_and_moves_the_hand_less(halo_reference):
+    halo, _ = load_model(halo_reference / "model_best.pt")
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=SPHERE_R)
+    sunk = _sunk_hands(2, depth_m=0.012)[1:]  # (the first of these gets stuck at any margin in 30 steps)
+    out = {
+        m: refine_grasps(halo.eval(), sunk, sphere, config=RefineConfig(steps=30, penetration_margin=m))
+        for m in (0.0, 8.0)
+    }
+    # penetration_after is HALO's overlap itself (no margin): larger when some is tolerated
+    assert out[8.0].penetration_after[0] > out[0.0].penetration_after[0]
+    assert out[8.0].displacement_m[0] < out[0.0].displacement_m[0]
+    with pytest.raises(RefineError, match="penetration_margin"):
+        RefineConfig(penetration_margin=-1.0)
+
+
+def test_cli_rejects_a_negative_penetration_margin_in_one_line(random_base, tmp_path, capsys):
+    from halo.cli.app import main
+
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=SPHERE_R)
+    _grasp_folder(tmp_path / "in", sphere, _sunk_hands(1, depth_m=0.01))
+    rc = main(["refine", "grasps", "--grasps", str(tmp_path / "in"), "--checkpoint", str(random_base),
+               "--out", str(tmp_path / "out"), "--penetration-margin", "-2"])  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--penetration-margin" in err[0]
+    assert not (tmp_path / "out").exists()

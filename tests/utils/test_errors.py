@@ -43,4 +43,6 @@ def test_the_cli_reports_any_input_error_as_one_line(monkeypatch, capsys):
 
     monkeypatch.setattr(mesh, "cmd_convert", broken)
     assert main(["convert-checkpoint", "a", "b"]) == 2
-    assert capsys.readouterr().err == "halo convert-checkpoint: error: MANO_RIGHT.pkl: missing key 'weights'\n"
+    assert (
+        capsys.readouterr().err == "halo convert-checkpoint: error: MANO_RIGHT.pkl: missing key 'weights'\n"
+    )
