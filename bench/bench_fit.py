@@ -1,12 +1,21 @@
 """Benchmark of ``halo fit``: keypoint accuracy, wrong-finger rate, refit Chamfer, time per hand.
 
-Inputs are meshes made by a HALO checkpoint from known keypoints (the original release by
-default): ``mesh_frame000_cm.ply`` (= ``dev_reference.npz`` keypoints[0], centimetres), the other
-dev_reference frames and poses of the synthetic hand's sampler, meshed here (cached in
-``--cache``).  The same meshes seen from one camera give the single-view (``--partial``) case.
+Two input modes, fitted and reported the same way (closed meshes, then the same meshes seen
+from one camera: the single-view ``--partial`` case):
+
+* default: meshes made by a HALO checkpoint from known keypoints (the original release by
+  default): ``mesh_frame000_cm.ply`` (= ``dev_reference.npz`` keypoints[0], centimetres), the
+  other dev_reference frames and poses of the synthetic hand's sampler, meshed here (cached in
+  ``--cache``).
+* ``--dataset SPLIT_DIR``: the first ``--hands`` samples of a built-in dataset split (the
+  layout of :mod:`halo.data.layout`): the ground-truth meshes (``mesh_scaled/``) against their
+  ground-truth keypoints (``points/`` ``hand_joints``), e.g. with the checkpoint of a default
+  training run.
 
     python bench/bench_fit.py                       # 16 hands: full meshes + single views
     python bench/bench_fit.py --hands 4 --no-partial   # quicker
+    python bench/bench_fit.py --dataset data/synthetic_hands/<id>/val \
+        --checkpoint outputs/train/runs/<run>/checkpoints/halo_base_best.pt --hands 16 --chamfer 2
 
 Prints one table per case and the figures the issue asks for.  CPU cost on the shared 2-core
 machine: a few minutes (meshing the inputs once, then two batched fits).
@@ -24,6 +33,7 @@ import trimesh
 
 from halo.core.checkpoint import load_model
 from halo.core.skeleton import FINGER_JOINTS
+from halo.data.layout import read_datalist, read_mesh, read_points, sample_paths
 from halo.eval.surface_metrics import chamfer_l1_mm
 from halo.fit import FitConfig, fit_hands, hand_surface_from_mesh, load_hand_surface, single_view_cloud
 from halo.meshing.hand_mesh import extract_hand_mesh
@@ -83,31 +93,14 @@ def summarize(name: str, fits, gts, elapsed: float, meshes=None, model=None, cha
         )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default=str(REF / "model_best.pt"))
-    ap.add_argument(
-        "--hands", type=int, default=16, help="batch size (frame 0 file + 9 dev frames + synthetic)"
-    )
-    ap.add_argument("--cache", default="/tmp/halo_fit_bench", help="folder for the generated input meshes")
-    ap.add_argument("--no-partial", action="store_true")
-    ap.add_argument(
-        "--chamfer", type=int, default=4, help="hands whose refit mesh is compared (costs meshing)"
-    )
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    model, _ = load_model(args.checkpoint)
+def reference_inputs(model, hands: int, cache: Path):
+    """Default mode: (keypoints, meshes, surfaces) of meshes ``model`` makes from known keypoints."""
     ref = np.load(REF / "dev_reference.npz")
-    cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-
-    gts = [ref["keypoints"][i].astype(np.float64) for i in range(min(10, args.hands))]
-    if args.hands > 10:
-        gts += list(synthetic_keypoints(args.hands - 10, seed=7))
+    gts = [ref["keypoints"][i].astype(np.float64) for i in range(min(10, hands))]
+    if hands > 10:
+        gts += list(synthetic_keypoints(hands - 10, seed=7))
     surfaces, meshes = [], []
-    t_mesh = time.perf_counter()
     for i, kp in enumerate(gts):
         if i == 0:
             path = REF / "mesh_frame000_cm.ply"
@@ -120,33 +113,87 @@ def main() -> None:
         mesh = trimesh.load(path, process=False)
         meshes.append(mesh)
         surfaces.append(hand_surface_from_mesh(mesh, seed=i, name=path.name))
-    print(f"inputs: {len(surfaces)} meshes ready in {time.perf_counter() - t_mesh:.1f} s")
+    return gts, meshes, surfaces
+
+
+def dataset_inputs(split_dir: Path, hands: int):
+    """``--dataset`` mode: the first ``hands`` samples of a split, ground-truth meshes and keypoints (metres)."""
+    names = read_datalist(split_dir)[:hands]
+    gts, meshes, surfaces = [], [], []
+    for i, name in enumerate(names):
+        paths = sample_paths(split_dir, name)
+        gts.append(read_points(paths["points"], with_surface=False).keypoints.astype(np.float64))
+        mesh = read_mesh(paths["mesh"])
+        meshes.append(mesh)
+        surfaces.append(hand_surface_from_mesh(mesh, seed=i, name=name))
+    return gts, meshes, surfaces
+
+
+def single_views(gts, meshes) -> list:
+    """Each mesh seen from one camera 45 cm away on the palm side or the back of the hand, jittered."""
+    rng = np.random.default_rng(3)
+    views = []
+    for kp, mesh in zip(gts, meshes, strict=True):
+        normal = np.cross(kp[9] - kp[0], kp[5] - kp[0])
+        normal /= np.linalg.norm(normal)
+        side = rng.choice([-1.0, 1.0])
+        direction = side * normal + rng.normal(0, 0.3, 3)
+        direction /= np.linalg.norm(direction)
+        views.append(single_view_cloud(mesh, mesh.centroid + 0.45 * direction, seed=len(views)))
+    return views
+
+
+def timed_fit(model, surfaces, config: FitConfig, device: str):
+    """``fit_hands`` on the batch; returns (fits, wall seconds) after printing its CPU time."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fits = fit_hands(model, surfaces, config=config, device=device)
+    cpu = time.process_time() - c0
+    print(f"CPU time of the batched fit: {cpu:.1f} s = {cpu / len(fits):.2f} s per hand")
+    return fits, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=str(REF / "model_best.pt"))
+    ap.add_argument(
+        "--dataset",
+        default=None,
+        help="a dataset split folder (datalist.txt, mesh_scaled/, points/): fit its first --hands "
+        "ground-truth meshes instead of meshes made by the checkpoint",
+    )
+    ap.add_argument(
+        "--hands",
+        type=int,
+        default=16,
+        help="batch size (frame 0 file + 9 dev frames + synthetic; with --dataset: its first samples)",
+    )
+    ap.add_argument("--cache", default="/tmp/halo_fit_bench", help="folder for the generated input meshes")
+    ap.add_argument("--no-partial", action="store_true")
+    ap.add_argument(
+        "--chamfer", type=int, default=4, help="hands whose refit mesh is compared (costs meshing)"
+    )
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model, _ = load_model(args.checkpoint)
+
+    t_mesh = time.perf_counter()
+    if args.dataset:
+        gts, meshes, surfaces = dataset_inputs(Path(args.dataset), args.hands)
+        source = f"dataset {args.dataset}"
+    else:
+        gts, meshes, surfaces = reference_inputs(model, args.hands, Path(args.cache))
+        source = "meshes made by the checkpoint"
+    print(f"inputs: {len(surfaces)} meshes ({source}) ready in {time.perf_counter() - t_mesh:.1f} s")
 
     config = FitConfig()
-    t0, c0 = time.perf_counter(), time.process_time()
-    fits = fit_hands(model, surfaces, config=config, device=args.device)
-    print(
-        f"CPU time of the batched fit: {time.process_time() - c0:.1f} s = {(time.process_time() - c0) / len(fits):.2f} s per hand"
-    )
-    summarize("closed meshes", fits, gts, time.perf_counter() - t0, meshes, model, args.chamfer)
+    fits, elapsed = timed_fit(model, surfaces, config, args.device)
+    summarize("closed meshes", fits, gts, elapsed, meshes, model, args.chamfer)
 
     if not args.no_partial:
-        rng = np.random.default_rng(3)
-        views = []
-        for kp, mesh in zip(gts, meshes, strict=True):
-            # A camera 45 cm away on the palm side or the back of the hand, jittered.
-            normal = np.cross(kp[9] - kp[0], kp[5] - kp[0])
-            normal /= np.linalg.norm(normal)
-            side = rng.choice([-1.0, 1.0])
-            direction = side * normal + rng.normal(0, 0.3, 3)
-            direction /= np.linalg.norm(direction)
-            views.append(single_view_cloud(mesh, mesh.centroid + 0.45 * direction, seed=len(views)))
-        t0, c0 = time.perf_counter(), time.process_time()
-        fits = fit_hands(model, views, config=config, device=args.device)
-        print(
-            f"CPU time of the batched fit: {time.process_time() - c0:.1f} s = {(time.process_time() - c0) / len(fits):.2f} s per hand"
-        )
-        summarize("single-view clouds (--partial)", fits, gts, time.perf_counter() - t0)
+        fits, elapsed = timed_fit(model, single_views(gts, meshes), config, args.device)
+        summarize("single-view clouds (--partial)", fits, gts, elapsed)
 
 
 if __name__ == "__main__":
