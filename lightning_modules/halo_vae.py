@@ -81,6 +81,7 @@ from halo.grasp.vae import (
     kl_divergence,
     perturb_for_refinement,
     plausible_hands,
+    prior_contact_loss,
     root_bone_angle_loss,
     root_plane_angle_loss,
 )
@@ -99,6 +100,7 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "contact": 1.0,  # new: cm^2 like the keypoint term
     "prior_inter": 4.0,  # new: the interpenetration term on prior samples (same scale as inter)
     "prior_anatomy": 1.0,  # new: keeps prior samples hand-shaped (already weighted bone/root-angle terms)
+    "prior_contact": 0.0,  # new: prior samples touch their object (halo.grasp.vae.prior_contact_loss), cm^2
     "refine": 1.0,  # new: weight of the whole refinement objective
 }
 
@@ -454,9 +456,13 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         z = torch.randn(object_code.shape[0], self.vae.config.z_dim, generator=generator).to(object_code)
         keypoints = self.vae.decode(z, object_code)
         gt = batch["keypoints"]
-        w = self.hparams.loss_weights
+        hp = self.hparams
+        w = hp.loss_weights
+        # Placement terms move the hand (rigid, with inter_gradient=rigid); the anatomy terms shape it.
+        placed = rigid_gradient_only(keypoints) if hp.get("inter_gradient", "all") == "rigid" else keypoints
         return {
             "prior_inter": self._inter(keypoints, batch),
+            "prior_contact": prior_contact_loss(placed, batch["object_points"]),
             "prior_anatomy": w["bone_length"] * bone_length_loss(keypoints, gt)
             + w["root_bone_angle"] * root_bone_angle_loss(keypoints, gt)
             + w["root_plane_angle"] * root_plane_angle_loss(keypoints, gt),

@@ -74,6 +74,7 @@ __all__ = [
     "kl_divergence",
     "perturb_for_refinement",
     "plausible_hands",
+    "prior_contact_loss",
     "root_bone_angle_loss",
     "root_bone_angles",
     "root_plane_angle_loss",
@@ -719,6 +720,26 @@ def contact_loss(
         touching = (d_gt < contact_threshold_m).to(pred.dtype)
     gap = F.relu(d_pred - d_gt) * CM_PER_M
     return (gap.pow(2) * touching).sum() / touching.sum().clamp_min(1.0)
+
+
+def prior_contact_loss(
+    keypoints: torch.Tensor, object_points: torch.Tensor, reach_m: float = 0.015, k: int = 3
+) -> torch.Tensor:
+    """Sampled hands must touch their object: the mean distance of each hand's ``k`` joints nearest
+    to the object surface, beyond ``reach_m``, squared in cm^2, mean over the batch.
+
+    For grasps decoded from the prior, which have no ground truth to match (:func:`contact_loss`
+    needs one).  Without it the interpenetration term on prior samples is escaped by hands that
+    float next to the object (measured: contact ratio 0.70 of sampled grasps).  ``reach_m``: a
+    touching finger's joint sits about a finger radius (~1 cm) under the skin.
+
+    Args:
+        keypoints: (B,21,3) metres; object_points: (B,P,3) metres, same frame.
+    """
+    _check_keypoints(keypoints)
+    _check_points(object_points, "object_points")
+    nearest = joint_object_distances(keypoints, object_points).topk(int(k), dim=-1, largest=False).values
+    return (F.relu(nearest.mean(-1) - reach_m) * CM_PER_M).pow(2).mean()
 
 
 REFINE_NOISE = ("isotropic", "original")

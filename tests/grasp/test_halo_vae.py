@@ -33,6 +33,7 @@ from halo.grasp.vae import (
     kl_divergence,
     perturb_for_refinement,
     plausible_hands,
+    prior_contact_loss,
     root_bone_angle_loss,
     root_bone_angles,
     root_plane_angle_loss,
@@ -646,3 +647,35 @@ def test_inter_warmup_ramps_the_term_linearly(halo_base):
     m.eval()
     m.schedule_step = 0
     assert m.inter_schedule() == 1.0  # validation measures the full term
+
+
+def test_inter_start_keeps_the_halo_terms_off_and_uncomputed_until_then(halo_base):
+    m = _module(halo_base, inter_start_steps=5, inter_warmup_steps=10, use_prior_inter_loss=True)
+    m.train()
+    m.schedule_step = 4
+    assert m.inter_schedule() == 0.0
+    batch = next(iter(_data().train_dataloader()))
+    _, terms, _ = m.losses(batch)
+    assert "inter" not in terms and "prior_inter" not in terms  # HALO not run before the start
+    m.schedule_step = 9
+    assert m.inter_schedule() == pytest.approx(0.5)
+    _, terms, _ = m.losses(batch)
+    assert {"inter", "prior_inter", "prior_contact"} <= set(terms)
+    with pytest.raises(ValueError, match="inter_gradient"):
+        _module(halo_base, inter_gradient="fingers")
+
+
+def test_prior_contact_is_zero_for_touching_hands_and_pulls_floating_ones_back():
+    hands = random_hands(2, seed=6, dtype=torch.float64)
+    obj = hands[:, 6:9].clone() + 0.005  # an "object" 8.7 mm from the index finger's last 3 joints
+    assert prior_contact_loss(hands, obj).item() == 0.0  # its 3 nearest joints are within 1.5 cm
+    floating = (hands + torch.tensor([0.05, 0.0, 0.0], dtype=hands.dtype)).requires_grad_(True)
+    loss = prior_contact_loss(floating, obj)
+    assert loss.item() > 1.0  # cm^2
+    (grad,) = torch.autograd.grad(loss, floating)
+    moved = (floating - 1e-3 * grad).detach()  # gradient steps bring the hands back to the object
+    for _ in range(200):
+        moved.requires_grad_(True)
+        (g,) = torch.autograd.grad(prior_contact_loss(moved, obj), moved)
+        moved = (moved - 1e-3 * g).detach()
+    assert prior_contact_loss(moved, obj).item() < 0.1 * loss.item()
