@@ -730,8 +730,8 @@ def prior_contact_loss(
 
     For grasps decoded from the prior, which have no ground truth to match (:func:`contact_loss`
     needs one).  Without it the interpenetration term on prior samples is escaped by hands that
-    float next to the object (measured: contact ratio 0.70 of sampled grasps).  ``reach_m``: a
-    touching finger's joint sits about a finger radius (~1 cm) under the skin.
+    float next to the object (measured: contact ratio 0.70 of sampled grasps).  ``reach_m``: in the
+    synthetic training grasps this mean is 0.65 cm (median), 1.02 cm (95th percentile).
 
     Args:
         keypoints: (B,21,3) metres; object_points: (B,P,3) metres, same frame.

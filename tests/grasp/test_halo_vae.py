@@ -668,7 +668,7 @@ def test_inter_start_keeps_the_halo_terms_off_and_uncomputed_until_then(halo_bas
 def test_prior_contact_is_zero_for_touching_hands_and_pulls_floating_ones_back():
     hands = random_hands(2, seed=6, dtype=torch.float64)
     obj = hands[:, 6:9].clone() + 0.005  # an "object" 8.7 mm from the index finger's last 3 joints
-    assert prior_contact_loss(hands, obj).item() == 0.0  # its 3 nearest joints are within 1.5 cm
+    assert prior_contact_loss(hands, obj).item() == 0.0  # its 3 nearest joints are within 1 cm
     floating = (hands + torch.tensor([0.05, 0.0, 0.0], dtype=hands.dtype)).requires_grad_(True)
     loss = prior_contact_loss(floating, obj)
     assert loss.item() > 1.0  # cm^2
