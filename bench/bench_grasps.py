@@ -2,12 +2,12 @@
 
 Stages (each caches its outputs under ``--out``, so a rerun only does what is missing):
 
-``train``: the CPU-sized ablation.  For every seed, two HALO-VAEs with the kinematic decoder and
-the experiment=halo_vae_small networks, trained for ``--steps`` steps on the synthetic grasp
-records (batch 32, 300 object + 300 inside points, Adam 1e-3, one thread, a plain loop over
-``HaloVaeModule.losses``: no Lightning Trainer, no validation), identical except for the HALO
-term: ``nointer`` (use_inter_loss=false) and ``inter`` (soft logit term on the 64 interior points
-nearest the hand, on reconstructions and on prior samples, linear warm-up).
+``train``: the CPU-sized ablation.  For every seed, two HALO-VAEs with exactly the settings of
+``experiment=halo_vae_small`` (read from conf/model/halo_vae.yaml + the experiment's overrides:
+kinematic decoder, rigid soft HALO term on reconstructions and prior samples, prior contact),
+trained for ``--steps`` steps (the recipe's 1500) on the synthetic grasp records (one thread, a
+plain loop over ``HaloVaeModule.losses``: no Lightning Trainer, no validation), identical except
+for the HALO term: ``nointer`` (no interpenetration terms) and ``inter`` (the recipe).
 
 ``pushed``: the `halo refine grasps` target: held-out ground-truth grasps pushed palm-first
 into their objects until they overlap by 4-12 cm³, refined; volume before / after, contact,
@@ -15,9 +15,9 @@ displacement.
 
 ``table``: for each object set (the 5 held-out synthetic objects; real meshes shipped inside
 installed pip packages, rescaled to a graspable size) and each method (VAE without the HALO
-term / with it / + its refinement net / + test-time refinement through HALO
-(:func:`halo.grasp.refine.refine_grasps`) / the training grasps), ``--grasps`` sampled grasps per
-object per seed are meshed with HALO and scored (:func:`halo.grasp.pipeline.evaluate_grasp`):
+term / with it / + test-time refinement through HALO (:func:`halo.grasp.refine.refine_grasps`),
+one row per ``--margins`` value / the training grasps), ``--grasps`` sampled grasps per object
+per seed are meshed with HALO and scored (:func:`halo.grasp.pipeline.evaluate_grasp`):
 interpenetration volume (1 mm voxels; mean +- s.e. over grasps), depth, contact ratio (5 mm),
 pybullet simulation displacement (``--simulate``), k-means entropy and cluster size, seconds per
 grasp (sampling + refinement, batched, meshing excluded), and the skeleton's bone-length
