@@ -8,7 +8,8 @@ Loss (spec 6.3; distances in cm inside the terms, so the original's weights keep
     L = w_keypoints * MSE(keypoints) + w_bone_length * MSE(20 bone lengths)
       + w_root_bone_angle * L_rootbone + w_root_plane_angle * L_rootplane + w_all_bone_angle * L_allbone
       + w_kl * KL + [use_inter_loss] w_inter * L_inter + [use_contact_loss] w_contact * L_contact
-      + [use_prior_inter_loss] (w_prior_inter * L_inter + w_prior_anatomy * L_anatomy)(decode(z ~ N(0, I)))
+      + [use_prior_inter_loss] (w_prior_inter * L_inter + w_prior_anatomy * L_anatomy
+                                + w_prior_contact * L_prior_contact)(decode(z ~ N(0, I)))
       + [train_refine_net] w_refine * (the same terms on the refinement of noisy ground truth)
 
 ``L_inter`` runs the FROZEN HALO base (``halo_checkpoint``, any file
@@ -31,6 +32,12 @@ neither trained nor applied at generation):
   term needs no ground truth; a pose-independent anatomy term (bone lengths, root-bone and
   root-plane angles of the batch's hand) keeps those samples hand-shaped, or the decoder escapes
   the term by emitting hands the frozen base reads as empty;
+* ``inter_gradient``: ``all`` (the original) or ``rigid``: the interpenetration terms (and the prior
+  contact term) may only move and turn the hand (:func:`halo.grasp.kinematics.rigid_gradient_only`);
+  on every keypoint they flattened all grasps into one least-penetrating pose (measured: diversity
+  cluster size 0.24 cm against 2.5 cm without the term);
+* ``inter_start_steps`` / ``inter_warmup_steps``: the HALO terms are off (not computed) before the
+  start step, then ramp in linearly;
 * ``use_contact_loss``: this project's contact term (:func:`halo.grasp.vae.contact_loss`;
   the original had none active);
 * ``train_refine_net``: train the refinement net on noisy ground truth (the original's config
