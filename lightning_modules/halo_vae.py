@@ -77,6 +77,7 @@ from halo.core.model import HaloModel
 from halo.grasp.kinematics import fit_template, rigid_gradient_only
 from halo.grasp.vae import (
     INTER_MODES,
+    REFERENCE_SKIN_SLOPE,
     REFINE_NOISE,
     GraspVAE,
     GraspVaeConfig,
@@ -91,6 +92,7 @@ from halo.grasp.vae import (
     prior_contact_loss,
     root_bone_angle_loss,
     root_plane_angle_loss,
+    skin_logit_slope,
 )
 from halo.grasp.vae_checkpoint import halo_fingerprint
 from lightning_modules.train_logging import TrainStepLogging
@@ -307,6 +309,13 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             # object.__setattr__: NOT a registered submodule (no parameters(), state_dict(), optimizer).
             object.__setattr__(self, "_halo", halo)
             self._halo_meta = meta
+        #: The soft HALO terms in the release's logit units whatever the base (see skin_logit_slope).
+        self.inter_logit_scale = 1.0
+        if self._halo is not None and self.hparams.inter_mode == "soft":
+            self.inter_logit_scale = REFERENCE_SKIN_SLOPE / skin_logit_slope(self._halo)
+            rank_zero_info(
+                f"HALO-VAE: soft HALO terms scaled by {self.inter_logit_scale:.3g} (this base's logit slope)"
+            )
         self._encoder_frozen = False
         #: Step for :meth:`inter_schedule` when no Trainer drives the module (a hand-written loop).
         self.schedule_step: int | None = None
@@ -402,6 +411,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             plausible_hands(keypoints),
             mode=hp.get("inter_mode", "threshold"),
             near_hand_points=hp.get("inter_near_hand_points"),
+            logit_scale=self.inter_logit_scale,
         )
 
     def inter_schedule(self) -> float:

@@ -41,7 +41,13 @@ from halo.core.model import HaloModel
 from halo.core.skeleton import FINGER_JOINTS, NUM_JOINTS
 from halo.geometry.inside import sample_inside_points
 from halo.grasp.kinematics import PALM_JOINTS, axis_angle_to_matrix
-from halo.grasp.vae import halo_occupancy_logit, plausible_hands, points_near_hand
+from halo.grasp.vae import (
+    REFERENCE_SKIN_SLOPE,
+    halo_occupancy_logit,
+    plausible_hands,
+    points_near_hand,
+    skin_logit_slope,
+)
 from halo.utils.errors import InputError
 
 __all__ = [
@@ -110,6 +116,7 @@ class RefineResult:
     keypoints: torch.Tensor  # (B,21,3) refined, metres, the input's frame, on the CPU
     displacement_m: torch.Tensor  # (B,) mean joint displacement from the input
     penetration_before: torch.Tensor  # (B,) mean softplus(logit) over the interior points near the hand
+    # (logits in the release's units: x REFERENCE_SKIN_SLOPE / skin_logit_slope(base))
     penetration_after: torch.Tensor  # (B,)
     object_note: str  # "watertight" or "convex hull (not watertight)"
     seconds: float
@@ -249,10 +256,13 @@ def refine_grasps(
     def current() -> torch.Tensor:
         return pose_keypoints(kp0, rotation, translation_cm / CM_PER_M, fingers)
 
+    # The release's logit units whatever the base (halo.grasp.vae.skin_logit_slope).
+    scale = REFERENCE_SKIN_SLOPE / skin_logit_slope(halo_model)
+
     def penetration(kp: torch.Tensor) -> torch.Tensor:
         pts = points_near_hand(kp, inside, cfg.inside_points)
         logit = halo_occupancy_logit(halo_model, pts, kp)
-        return F.softplus(logit, beta=cfg.penetration_sharpness).mean(-1)
+        return F.softplus(scale * logit, beta=cfg.penetration_sharpness).mean(-1)
 
     with torch.no_grad():
         pen_before = torch.zeros(bsz, device=device)
@@ -277,7 +287,9 @@ def refine_grasps(
                     # saves a cdist over the dense sample but moved hands further (measured at 5).
                     pts = points_near_hand(kp[ok], inside_ok, cfg.inside_points)
                 logit = halo_occupancy_logit(halo_model, pts, kp[ok], cull=radii)
-                pen = F.softplus(logit - cfg.penetration_margin, beta=cfg.penetration_sharpness).mean(-1)
+                pen = F.softplus(scale * logit - cfg.penetration_margin, beta=cfg.penetration_sharpness).mean(
+                    -1
+                )
                 d = torch.cdist(kp[ok], surface[None].expand(int(ok.sum()), -1, -1)).amin(-1)
                 gap = F.relu(d - cfg.contact_distance_m) * CM_PER_M
                 contact_term = (gap.pow(2) * c).sum(-1) / c.sum(-1).clamp_min(1.0)

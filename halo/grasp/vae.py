@@ -80,6 +80,8 @@ __all__ = [
     "root_plane_angle_loss",
     "root_plane_angles",
     "signed_joint_object_distances",
+    "REFERENCE_SKIN_SLOPE",
+    "skin_logit_slope",
 ]
 
 OBJECT_ENCODERS = ("pointnet", "bps")
@@ -597,6 +599,58 @@ def halo_occupancy_logit(
     return out.part_logits.amax(dim=-1)
 
 
+#: How fast the original release's logit grows across its skin (median |d logit / d x| within ~2 mm
+#: of its 0.5 level around a flat template hand, 1/m; :func:`skin_logit_slope` of model_best.pt,
+#: checked by tests/grasp/test_halo_vae.py when the release is present).  The soft HALO terms are
+#: written in the release's logit units; other bases are rescaled to them.
+REFERENCE_SKIN_SLOPE = 6300.0
+
+
+def skin_logit_slope(halo_model: HaloModel, n: int = 4000, seed: int = 0) -> float:
+    """Median |d logit / d x| (1/m) of ``halo_model`` across its skin (points within ~2 mm of its 0.5
+    level), measured on ``n`` points scattered (1 cm) around the bones of a flat template hand.
+
+    Why: a logit is not a distance, and its scale is a property of the base.  The release (MSE on
+    probabilities) reaches logits of +-100 within a centimetre; a base trained with BCE on the
+    logit stays within about +-10 (measured: GT grasps pushed 1 cm into their objects score 3.1
+    with the release and 0.23 with the default run's base under the same soft term), so the same
+    loss weight would mean a 10x weaker term.  Dividing by this slope makes the term a depth.
+    """
+    dtype = next(halo_model.parameters()).dtype
+    device = next(halo_model.parameters()).device
+    eye = torch.eye(3, dtype=dtype, device=device)
+    hand = forward_kinematics(
+        default_template(),
+        eye[None],
+        torch.zeros(1, 3, dtype=dtype, device=device),
+        eye.expand(1, 5, 3, 3, 3),
+    )
+    g = torch.Generator().manual_seed(seed)
+    bones = bone_vectors(hand)[0]
+    parents = hand[0, [p for p, _ in BONES]]
+    t = torch.rand(n, generator=g, dtype=dtype).to(device)
+    which = torch.randint(0, len(BONES), (n,), generator=g).to(device)
+    pts = (
+        parents[which]
+        + t[:, None] * bones[which]
+        + 0.01 * torch.randn(n, 3, generator=g, dtype=dtype).to(device)
+    )
+    pts = pts[None].requires_grad_(True)
+    with torch.enable_grad():
+        logit = halo_occupancy_logit(halo_model, pts, hand)
+        (grad,) = torch.autograd.grad(logit.sum(), pts)
+    slope = grad[0].norm(dim=-1)
+    # Points within ~2 mm of the skin by the first-order distance |logit| / |grad logit|, which does
+    # not change when a base's logits are scaled (a band in logit units would).
+    skin = (logit[0].detach().abs() / slope.clamp_min(1e-12) < 0.002) & (slope > 0)
+    if int(skin.sum()) < 10:
+        raise GraspVaeError(
+            f"the HALO base has no skin around a template hand ({int(skin.sum())} of {n} points within "
+            "2 mm of its 0.5 level): is it trained?"
+        )
+    return float(slope[skin].median())
+
+
 def points_near_hand(keypoints: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
     """(B,k,3) the ``k`` points of ``points`` (B,M,3) nearest to any joint of ``keypoints`` (B,21,3).
 
@@ -626,6 +680,7 @@ def interpenetration_loss(
     valid: torch.Tensor | None = None,
     mode: str = "threshold",
     near_hand_points: int | None = None,
+    logit_scale: float = 1.0,
 ) -> torch.Tensor:
     """HALO's occupancy of the object's interior points under the hand (spec 6.3).
 
@@ -642,6 +697,8 @@ def interpenetration_loss(
             the penalty grows linearly with how deep a point is inside the hand.
         near_hand_points: evaluate only the this many interior points nearest to the hand
             (:func:`points_near_hand`); None: all of them.
+        logit_scale: ``mode="soft"``: the logit is multiplied by it first (``REFERENCE_SKIN_SLOPE /
+            skin_logit_slope(base)`` puts any base in the release's units).
 
     Returns:
         () mean over points and over the batch (invalid hands contribute 0); gradient flows to
@@ -658,7 +715,7 @@ def interpenetration_loss(
     if near_hand_points:
         points = points_near_hand(keypoints[valid], points, near_hand_points)
     if mode == "soft":
-        per_point = F.softplus(halo_occupancy_logit(halo_model, points, keypoints[valid]))
+        per_point = F.softplus(logit_scale * halo_occupancy_logit(halo_model, points, keypoints[valid]))
     else:
         occ = halo_occupancy(halo_model, points, keypoints[valid])  # (b,M)
         per_point = torch.where(occ > threshold, occ, torch.zeros_like(occ))

@@ -679,3 +679,32 @@ def test_prior_contact_is_zero_for_touching_hands_and_pulls_floating_ones_back()
         (g,) = torch.autograd.grad(prior_contact_loss(moved, obj), moved)
         moved = (moved - 1e-3 * g).detach()
     assert prior_contact_loss(moved, obj).item() < 0.1 * loss.item()
+
+
+def test_soft_halo_terms_read_the_same_for_a_base_whose_logits_are_scaled(halo_reference):
+    # A base's logit scale is arbitrary (the release: +-100 within a centimetre; a BCE-trained base:
+    # about +-10).  skin_logit_slope puts the soft terms in the release's units: the release reads
+    # as itself, and a copy whose logits are 3x smaller reads the same.
+    import copy
+
+    from halo.grasp.vae import REFERENCE_SKIN_SLOPE, skin_logit_slope
+
+    release, _ = load_model(halo_reference / "model_best.pt")
+    release.requires_grad_(False).eval()
+    slope = skin_logit_slope(release)
+    assert slope == pytest.approx(REFERENCE_SKIN_SLOPE, rel=0.05)
+    flat = copy.deepcopy(release)
+    with torch.no_grad():
+        flat.network.weights[4].mul_(1 / 3)
+        flat.network.biases[4].mul_(1 / 3)
+    assert skin_logit_slope(flat) == pytest.approx(slope / 3, rel=1e-3)
+    hands = random_hands(2, seed=8).float()
+    inside = hands[:, 9:10] + 0.02 * torch.randn(2, 200, 3, generator=torch.Generator().manual_seed(0))
+    terms = [
+        interpenetration_loss(
+            base, hands, inside, mode="soft", logit_scale=REFERENCE_SKIN_SLOPE / skin_logit_slope(base)
+        )
+        for base in (release, flat)
+    ]
+    assert terms[0].item() > 0.5
+    assert terms[1].item() == pytest.approx(terms[0].item(), rel=0.03)
