@@ -259,7 +259,11 @@ def cmd_table(args) -> None:
 
     torch.set_num_threads(1)
     halo, _ = load_frozen_halo(args.halo_checkpoint)
-    sets = {"synthetic": synthetic_objects(args.records), "real": real_objects(args.real)}
+    sets = {}
+    if "synthetic" in args.sets:
+        sets["synthetic"] = synthetic_objects(args.records)
+    if "real" in args.sets:
+        sets["real"] = real_objects(args.real)
     gt = training_grasps(args.records, args.grasps * len(args.seeds), seed=0)
     results: dict[str, dict] = {}
     per_seed: dict[str, dict] = {}
@@ -326,9 +330,8 @@ def cmd_table(args) -> None:
         for key, seeds in per_seed.items()
     }
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "table.json").write_text(
-        json.dumps({"results": results, "ablation": ablation}, indent=1)
-    )
+    name = "table.json" if len(args.sets) == 2 else f"table-{args.sets[0]}.json"  # parallel runs per set
+    (Path(args.out) / name).write_text(json.dumps({"results": results, "ablation": ablation}, indent=1))
     print_table(results, ablation)
     if render_pair is not None:
         save_render(halo, *render_pair, Path(args.render))
@@ -438,6 +441,13 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=1500, help="training steps per run (the recipe: 1500)")
     p.add_argument("--grasps", type=int, default=10, help="grasps per object per seed")
+    p.add_argument(
+        "--sets",
+        nargs="+",
+        default=["synthetic", "real"],
+        choices=["synthetic", "real"],
+        help="object sets of the table (one per process runs them in parallel)",
+    )
     p.add_argument(
         "--margins",
         type=float,
