@@ -168,6 +168,7 @@ def _generate_grasps(args: argparse.Namespace) -> int:
         )
 
     halo_refine = None
+    refine_seconds: dict[str, float] = {}
     if args.halo_refine:
         from halo.grasp.refine import RefineConfig, refine_grasps
 
@@ -175,8 +176,12 @@ def _generate_grasps(args: argparse.Namespace) -> int:
 
         def halo_refine(keypoints, obj):
             result = refine_grasps(halo, keypoints.astype(np.float32), obj.mesh, config=refine_config)
-            if result.object_note != "watertight":
-                print(f"halo generate grasps: {obj.name}: refined against its {result.object_note}")
+            refine_seconds[obj.name] = result.seconds
+            note = "" if result.object_note == "watertight" else f" against its {result.object_note}"
+            print(
+                f"halo generate grasps: {obj.name}: {len(keypoints)} grasps refined through HALO{note} in "
+                f"{result.seconds:.1f} s ({result.seconds / max(1, len(keypoints)):.2f} s per grasp)"
+            )
             return result.keypoints.numpy()
 
     results = generate_grasps(
@@ -225,6 +230,7 @@ def _generate_grasps(args: argparse.Namespace) -> int:
                 "seed": args.seed,
                 "refine_steps": steps,
                 "halo_refine_steps": args.halo_refine_steps if args.halo_refine else 0,
+                "halo_refine_seconds": refine_seconds,
                 "object_points": n_points,
                 "resolution": [args.resolution_0, args.upsampling_steps],
                 "contact_tol_m": args.contact_tol,
