@@ -77,13 +77,13 @@ from halo.core.model import HaloModel
 from halo.grasp.kinematics import fit_template, rigid_gradient_only
 from halo.grasp.vae import (
     INTER_MODES,
-    REFERENCE_SKIN_SLOPE,
     REFINE_NOISE,
     GraspVAE,
     GraspVaeConfig,
     all_bone_angle_loss,
     bone_length_loss,
     contact_loss,
+    halo_logit_scale,
     interpenetration_loss,
     keypoint_loss,
     kl_divergence,
@@ -92,7 +92,6 @@ from halo.grasp.vae import (
     prior_contact_loss,
     root_bone_angle_loss,
     root_plane_angle_loss,
-    skin_logit_slope,
 )
 from halo.grasp.vae_checkpoint import halo_fingerprint
 from lightning_modules.train_logging import TrainStepLogging
@@ -312,7 +311,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         #: The soft HALO terms in the release's logit units whatever the base (see skin_logit_slope).
         self.inter_logit_scale = 1.0
         if self._halo is not None and self.hparams.inter_mode == "soft":
-            self.inter_logit_scale = REFERENCE_SKIN_SLOPE / skin_logit_slope(self._halo)
+            self.inter_logit_scale = halo_logit_scale(self._halo)
             rank_zero_info(
                 f"HALO-VAE: soft HALO terms scaled by {self.inter_logit_scale:.3g} (this base's logit slope)"
             )

@@ -42,11 +42,10 @@ from halo.core.skeleton import FINGER_JOINTS, NUM_JOINTS
 from halo.geometry.inside import sample_inside_points
 from halo.grasp.kinematics import PALM_JOINTS, axis_angle_to_matrix
 from halo.grasp.vae import (
-    REFERENCE_SKIN_SLOPE,
+    halo_logit_scale,
     halo_occupancy_logit,
     plausible_hands,
     points_near_hand,
-    skin_logit_slope,
 )
 from halo.utils.errors import InputError
 
@@ -257,7 +256,7 @@ def refine_grasps(
         return pose_keypoints(kp0, rotation, translation_cm / CM_PER_M, fingers)
 
     # The release's logit units whatever the base (halo.grasp.vae.skin_logit_slope).
-    scale = REFERENCE_SKIN_SLOPE / skin_logit_slope(halo_model)
+    scale = halo_logit_scale(halo_model)
 
     def penetration(kp: torch.Tensor) -> torch.Tensor:
         pts = points_near_hand(kp, inside, cfg.inside_points)

@@ -28,6 +28,7 @@ without importing Lightning or Hydra.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -82,6 +83,7 @@ __all__ = [
     "signed_joint_object_distances",
     "REFERENCE_SKIN_SLOPE",
     "skin_logit_slope",
+    "halo_logit_scale",
 ]
 
 OBJECT_ENCODERS = ("pointnet", "bps")
@@ -649,6 +651,16 @@ def skin_logit_slope(halo_model: HaloModel, n: int = 4000, seed: int = 0) -> flo
             "2 mm of its 0.5 level): is it trained?"
         )
     return float(slope[skin].median())
+
+
+def halo_logit_scale(halo_model: HaloModel) -> float:
+    """``REFERENCE_SKIN_SLOPE / skin_logit_slope(halo_model)``: the factor that puts this base's
+    logits in the release's units; 1.0 with a warning for a base without a skin (an untrained one)."""
+    try:
+        return REFERENCE_SKIN_SLOPE / skin_logit_slope(halo_model)
+    except GraspVaeError as exc:
+        warnings.warn(f"{exc}; HALO logits are used unscaled", stacklevel=2)
+        return 1.0
 
 
 def points_near_hand(keypoints: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
