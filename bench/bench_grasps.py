@@ -99,7 +99,7 @@ def train_one(args, config: str, seed: int) -> Path:
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
-            last = {k: float(v) for k, v in terms.items()}
+            last = {k: float(v.detach()) for k, v in terms.items()}
             step += 1
             if step >= args.steps:
                 break

@@ -200,8 +200,14 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
             continue
         if obj_path not in objects:
             try:
-                raw = load_mesh_arg(obj_path, args, require_watertight=not args.convex_hull)
-                objects[obj_path] = prepare_object_mesh(raw, convex_hull=args.convex_hull, name=str(obj_path))
+                hull_if_open = getattr(args, "hull_if_open", False)
+                raw = load_mesh_arg(obj_path, args, require_watertight=not (args.convex_hull or hull_if_open))
+                use_hull = args.convex_hull or (hull_if_open and not raw.is_watertight)
+                if use_hull and not args.convex_hull:
+                    print(
+                        f"halo eval grasps: {obj_path.name}: not watertight, evaluated against its convex hull"
+                    )
+                objects[obj_path] = prepare_object_mesh(raw, convex_hull=use_hull, name=str(obj_path))
             except user_errors as exc:
                 objects[obj_path] = str(exc)
         if isinstance(objects[obj_path], str):
@@ -296,7 +302,14 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
         if objects_dir
         else "- objects: the grasp folders",
         f"- interpenetration grid pitch {args.pitch_mm:g} mm; contact = a hand vertex inside or within "
-        f"{args.contact_tol_mm:g} mm of the object; object convex hull: {'yes' if args.convex_hull else 'no'}",
+        f"{args.contact_tol_mm:g} mm of the object; object convex hull: "
+        + (
+            "yes"
+            if args.convex_hull
+            else "if not watertight"
+            if getattr(args, "hull_if_open", False)
+            else "no"
+        ),
         "- units: volume cm^3, depth cm (max penetration of hand vertices), simulation displacement m",
         f"- written: {datetime.datetime.now().isoformat(timespec='seconds')}",
         "",
@@ -314,6 +327,7 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
             "pitch_mm": args.pitch_mm,
             "contact_tol_mm": args.contact_tol_mm,
             "object_convex_hull": args.convex_hull,
+            "object_convex_hull_if_open": bool(getattr(args, "hull_if_open", False)),
             "scale": args.scale,
             "simulate": args.simulate,
         },
@@ -383,4 +397,10 @@ def add_parser(commands) -> None:
     p.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_grasp_metric_args(p)
+    p.add_argument(
+        "--hull-if-open",
+        action="store_true",
+        help="evaluate only the objects that are not watertight against their convex hull, the others as "
+        "they are (what `halo generate grasps` and `halo refine grasps` do); --convex-hull: every object",
+    )
     p.set_defaults(func=cmd_eval_grasps)

@@ -271,6 +271,36 @@ def test_eval_grasps_scores_the_folder_and_skips_bad_files(grasp_dir, tmp_path, 
     }
 
 
+def test_hull_if_open_scores_open_objects_through_their_hull_and_the_others_as_they_are(
+    grasp_dir, tmp_path, capsys
+):
+    # A concave watertight object (a torus) keeps its hole; the open cube (plum) is scored against its
+    # hull instead of being skipped.
+    (grasp_dir / "fig").mkdir()
+    trimesh.creation.torus(major_radius=0.02, minor_radius=0.008).export(grasp_dir / "fig" / "fig.ply")
+    _box([-0.005, -0.005, -0.003], [0.005, 0.005, 0.003]).export(
+        grasp_dir / "fig" / "0_hand.ply"
+    )  # in the hole
+    out = tmp_path / "eval"
+    assert (
+        main(["eval", "grasps", "--grasps", str(grasp_dir), "--out", str(out), "--k", "2", "--hull-if-open"])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "plum_obj.ply: not watertight, evaluated against its convex hull" in captured.out
+    by_id = {r["grasp"]: r for r in csv.DictReader(open(out / "grasp_metrics.csv"))}
+    assert float(by_id["plum_0"]["volume_cm3"]) == pytest.approx(4.0, abs=0.05)  # the cube's hull is the cube
+    assert float(by_id["fig/0"]["volume_cm3"]) == pytest.approx(0.0, abs=0.05)  # the hole stays empty
+    assert float(by_id["apple_0"]["volume_cm3"]) == pytest.approx(4.0, abs=0.05)
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert settings["object_convex_hull"] is False and settings["object_convex_hull_if_open"] is True
+    # against every object's hull (--convex-hull) the box in the hole overlaps the torus' hull
+    assert main(["eval", "grasps", "--grasps", str(grasp_dir), "--out", str(tmp_path / "all"), "--k", "2",
+                 "--convex-hull"]) == 0  # fmt: skip
+    by_id = {r["grasp"]: r for r in csv.DictReader(open(tmp_path / "all" / "grasp_metrics.csv"))}
+    assert float(by_id["fig/0"]["volume_cm3"]) > 0.3
+
+
 def test_eval_grasps_cluster_skip_reason_and_objects_folder(grasp_dir, tmp_path, capsys):
     (grasp_dir / "apple_1.npy").unlink()  # one hand with keypoints left: too few to cluster
     objects = tmp_path / "objects"
