@@ -200,9 +200,10 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
             continue
         if obj_path not in objects:
             try:
-                hull_if_open = getattr(args, "hull_if_open", False)
-                raw = load_mesh_arg(obj_path, args, require_watertight=not (args.convex_hull or hull_if_open))
-                use_hull = args.convex_hull or (hull_if_open and not raw.is_watertight)
+                raw = load_mesh_arg(
+                    obj_path, args, require_watertight=not (args.convex_hull or args.hull_if_open)
+                )
+                use_hull = args.convex_hull or (args.hull_if_open and not raw.is_watertight)
                 if use_hull and not args.convex_hull:
                     print(
                         f"halo eval grasps: {obj_path.name}: not watertight, evaluated against its convex hull"
@@ -303,13 +304,7 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
         else "- objects: the grasp folders",
         f"- interpenetration grid pitch {args.pitch_mm:g} mm; contact = a hand vertex inside or within "
         f"{args.contact_tol_mm:g} mm of the object; object convex hull: "
-        + (
-            "yes"
-            if args.convex_hull
-            else "if not watertight"
-            if getattr(args, "hull_if_open", False)
-            else "no"
-        ),
+        + ("yes" if args.convex_hull else "if not watertight" if args.hull_if_open else "no"),
         "- units: volume cm^3, depth cm (max penetration of hand vertices), simulation displacement m",
         f"- written: {datetime.datetime.now().isoformat(timespec='seconds')}",
         "",
@@ -327,7 +322,7 @@ def cmd_eval_grasps(args: argparse.Namespace) -> int:
             "pitch_mm": args.pitch_mm,
             "contact_tol_mm": args.contact_tol_mm,
             "object_convex_hull": args.convex_hull,
-            "object_convex_hull_if_open": bool(getattr(args, "hull_if_open", False)),
+            "object_convex_hull_if_open": args.hull_if_open,
             "scale": args.scale,
             "simulate": args.simulate,
         },
