@@ -138,6 +138,11 @@ class HaloBaseMissingError(FileNotFoundError):
     """The HALO base checkpoint the VAE needs is not there (names the config key and the fix)."""
 
 
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"model.{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 def _plain(value: Any) -> Any:
     """DictConfig/ListConfig (Hydra) -> plain containers, so hparams survive ``weights_only`` loading."""
     try:
@@ -222,20 +227,20 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             rank_zero_info(f"original_config: setting vae {ORIGINAL_VAE} (the original's decoder)")
             vae.update(ORIGINAL_VAE)
         config = GraspVaeConfig.from_dict(vae)
-        if inter_mode not in INTER_MODES:
-            raise ValueError(f"model.inter_mode must be one of {', '.join(INTER_MODES)}, got {inter_mode!r}")
+        _check_choice("inter_mode", inter_mode, INTER_MODES)
+        _check_choice("inter_gradient", inter_gradient, INTER_GRADIENTS)
+        _check_choice("refine_noise", refine_noise, REFINE_NOISE)
         if inter_near_hand_points is not None and int(inter_near_hand_points) < 1:
             raise ValueError(
                 f"model.inter_near_hand_points must be >= 1 or null, got {inter_near_hand_points}"
             )
-        if int(inter_warmup_steps) < 0:
-            raise ValueError(f"model.inter_warmup_steps must be >= 0, got {inter_warmup_steps}")
-        if inter_gradient not in INTER_GRADIENTS:
-            raise ValueError(
-                f"model.inter_gradient must be one of {', '.join(INTER_GRADIENTS)}, got {inter_gradient!r}"
-            )
-        if int(inter_start_steps) < 0:
-            raise ValueError(f"model.inter_start_steps must be >= 0, got {inter_start_steps}")
+        for name, value in (
+            ("inter_warmup_steps", inter_warmup_steps),
+            ("inter_start_steps", inter_start_steps),
+            ("refine_steps", refine_steps),
+        ):
+            if int(value) < 0:
+                raise ValueError(f"model.{name} must be >= 0, got {value}")
         weights = dict(DEFAULT_LOSS_WEIGHTS)
         unknown = set(_plain(loss_weights) or {}) - set(weights)
         if unknown:
@@ -250,12 +255,6 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             weights["inter"] = DEFAULT_LOSS_WEIGHTS["inter"]
         if any(v < 0 for v in weights.values()):
             raise ValueError(f"model.loss_weights must be >= 0, got {weights}")
-        if refine_noise not in REFINE_NOISE:
-            raise ValueError(
-                f"model.refine_noise must be one of {', '.join(REFINE_NOISE)}, got {refine_noise!r}"
-            )
-        if int(refine_steps) < 0:
-            raise ValueError(f"model.refine_steps must be >= 0, got {refine_steps}")
         switches = {
             "use_inter_loss": bool(use_inter_loss),
             "use_contact_loss": bool(use_contact_loss),
@@ -398,10 +397,17 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             )
         return terms
 
+    def _placed(self, keypoints: torch.Tensor) -> torch.Tensor:
+        """The keypoints the placement terms (interpenetration, prior contact) see: with
+        ``inter_gradient=rigid`` their gradient only moves and turns the hand; the reconstruction and
+        anatomy terms shape it."""
+        if self.hparams.get("inter_gradient", "all") == "rigid":
+            return rigid_gradient_only(keypoints)
+        return keypoints
+
     def _inter(self, keypoints: torch.Tensor, batch: dict) -> torch.Tensor:
         hp = self.hparams
-        if hp.get("inter_gradient", "all") == "rigid":  # the term moves hands, it does not reshape them
-            keypoints = rigid_gradient_only(keypoints)
+        keypoints = self._placed(keypoints)
         return interpenetration_loss(
             self.halo_model,
             keypoints,
@@ -472,13 +478,10 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         z = torch.randn(object_code.shape[0], self.vae.config.z_dim, generator=generator).to(object_code)
         keypoints = self.vae.decode(z, object_code)
         gt = batch["keypoints"]
-        hp = self.hparams
-        w = hp.loss_weights
-        # Placement terms move the hand (rigid, with inter_gradient=rigid); the anatomy terms shape it.
-        placed = rigid_gradient_only(keypoints) if hp.get("inter_gradient", "all") == "rigid" else keypoints
+        w = self.hparams.loss_weights
         return {
             "prior_inter": self._inter(keypoints, batch),
-            "prior_contact": prior_contact_loss(placed, batch["object_points"]),
+            "prior_contact": prior_contact_loss(self._placed(keypoints), batch["object_points"]),
             "prior_anatomy": w["bone_length"] * bone_length_loss(keypoints, gt)
             + w["root_bone_angle"] * root_bone_angle_loss(keypoints, gt)
             + w["root_plane_angle"] * root_plane_angle_loss(keypoints, gt),
