@@ -303,6 +303,21 @@ def test_synthetic_datamodule_builds_once_and_batches(tmp_path):
     with pytest.raises(DatasetFormatError, match="missing split file"):
         HandOccupancyDataModule(tmp_path / "nothing").setup("fit")
 
+    # The in-memory cache returns exactly what the files give, and reads each file once.
+    cached = HandOccupancyDataModule(dm.root, val_batch_size=2, points_per_sample=256, cache_in_memory=True)
+    cached.setup("fit")
+    train_ds = cached.split_dataset("train")
+    for _ in range(2):  # first epoch fills the cache, the second reads from it
+        torch.manual_seed(7)
+        from_cache = [train_ds[i] for i in range(len(train_ds))]
+    torch.manual_seed(7)
+    from_files = [dm2.split_dataset("train")[i] for i in range(len(train_ds))]
+    assert len(train_ds._cache) == len(train_ds)
+    for a, b in zip(from_cache, from_files):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    val_cached = next(iter(cached.val_dataloader()))
+    assert all(torch.equal(val_cached[k], val[k]) for k in val)
+
 
 # ----------------------------------------------------------------------------- CLI
 
