@@ -72,6 +72,15 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
             cosine decay to 0 over the trainer's total steps) or ``"onecycle"`` (torch OneCycleLR
             over the trainer's total steps; cannot be extended when resuming with more steps).
         warmup_steps: linear warm-up length for ``"cosine"``.
+        coordinate_scale: train the part MLPs' first-layer weights on the canonical point
+            coordinates as ``k * V`` (k = this value) instead of directly: they start k times
+            larger and Adam, which is invariant to a gradient's scale, moves them k times faster.
+            The network and its checkpoints stay the original's (the exported weights are
+            ``k * V``); only the optimisation changes. Why: canonical coordinates are a few
+            hundredths of a model unit across a finger, so the surface needs weights far above
+            their initial ~0.1, and Adam at lr 1e-3 takes tens of thousands of steps to grow
+            them. Measured (4,000-step proxy runs on the synthetic hands): val IoU 0.835 at k=1,
+            0.868 at k=4, 0.867 at k=10; after 1,000 steps 0.717 against 0.82. 1 = the original.
         init_from: checkpoint to start from (the original ``model_best.pt``, a ``halo-base`` file or
             a HaloBaseModule ``.ckpt``, read by :func:`halo.core.checkpoint.load_model`); copied in when ``fit``
             starts (a resumed fit then restores its own checkpoint's weights over it).
@@ -90,6 +99,7 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
         weight_decay: float = 0.0,
         scheduler: str | None = None,
         warmup_steps: int = 0,
+        coordinate_scale: float = 1.0,
         init_from: str | None = None,
         iou_threshold: float = 0.5,
         trust_checkpoint: bool = False,
@@ -103,6 +113,8 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
             raise ValueError(f"unknown scheduler {scheduler!r}; allowed: {', '.join(SCHEDULERS)} or null")
         if skinning_weight < 0:
             raise ValueError(f"skinning_weight must be >= 0, got {skinning_weight}")
+        if not (math.isfinite(coordinate_scale) and coordinate_scale > 0):
+            raise ValueError(f"coordinate_scale must be a finite number > 0, got {coordinate_scale}")
         # Every network field, resolved (e.g. part_radii "default" -> its 16 numbers): a checkpoint
         # keeps meaning the same network when a default changes.  Plain types only, so
         # load_from_checkpoint works with weights_only=True.
@@ -116,12 +128,16 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
                 "weight_decay": float(weight_decay),
                 "scheduler": scheduler,
                 "warmup_steps": int(warmup_steps),
+                "coordinate_scale": float(coordinate_scale),
                 "init_from": None if init_from is None else str(init_from),
                 "iou_threshold": float(iou_threshold),
             },
             logger=False,  # train.py logs the whole resolved config instead
         )
         self.model = HaloModel(net_config)
+        if coordinate_scale != 1.0:
+            with torch.no_grad():
+                self._coordinate_weights().mul_(coordinate_scale)
 
         self.val_loss = MeanMetric()
         self.val_iou = MeanMetric()
@@ -244,6 +260,20 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
         self.log("test/iou", self.test_iou, on_step=False, on_epoch=True)
 
     # ------------------------------------------------------------------ optimization
+    def _coordinate_weights(self) -> torch.Tensor:
+        """(P,H,3) view of the part MLPs' first-layer weights on the canonical coordinates."""
+        return self.model.network.weights[0][:, :, :3]
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        k = self.hparams.get("coordinate_scale", 1.0)
+        if k == 1.0:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        before = self._coordinate_weights().detach().clone()
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        with torch.no_grad():  # the step of V = W / k, seen on W: k times Adam's step on W
+            weights = self._coordinate_weights()
+            weights.add_((k - 1.0) * (weights - before))
+
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)

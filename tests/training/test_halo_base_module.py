@@ -154,3 +154,44 @@ def test_schedulers_step_every_batch_over_max_steps(scheduler, tmp_path):
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     assert lr < 1e-2 * 0.2  # decayed towards the end of the 6 steps
     assert trainer.lr_scheduler_configs[0].interval == "step"
+
+
+def test_coordinate_scale_is_adam_on_scaled_coordinate_weights(tmp_path):
+    """k: coordinate weights start k x larger and move k x Adam's step; the rest is unchanged."""
+    k = 4.0
+    torch.manual_seed(3)
+    plain = HaloBaseModule(net=SMALL_NET, lr=1e-3)
+    torch.manual_seed(3)
+    scaled = HaloBaseModule(net=SMALL_NET, lr=1e-3, coordinate_scale=k)
+    w_plain, w_scaled = plain.model.network.weights[0], scaled.model.network.weights[0]
+    assert torch.allclose(w_scaled[:, :, :3], k * w_plain[:, :, :3])
+    assert torch.equal(w_scaled[:, :, 3:], w_plain[:, :, 3:])
+
+    # From identical weights, one Adam step: k x the coordinate step, the same step elsewhere.
+    scaled.load_state_dict(plain.state_dict())
+    batch = _batch()
+    steps = []
+    for module in (plain, scaled):
+        optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+        before = {n: p.detach().clone() for n, p in module.named_parameters()}
+
+        def closure(module=module, optimizer=optimizer):
+            optimizer.zero_grad()
+            loss = module._losses(batch)[0]
+            loss.backward()
+            return loss
+
+        module.optimizer_step(0, 0, optimizer, closure)
+        steps.append({n: p.detach() - before[n] for n, p in module.named_parameters()})
+    first = "model.network.weights.0"
+    assert steps[0][first][:, :, :3].abs().max() > 0
+    assert torch.allclose(steps[1][first][:, :, :3], k * steps[0][first][:, :, :3], atol=1e-7)
+    assert torch.allclose(steps[1][first][:, :, 3:], steps[0][first][:, :, 3:], atol=1e-7)
+    assert all(torch.allclose(steps[1][n], steps[0][n], atol=1e-7) for n in steps[0] if n != first)
+
+    with pytest.raises(ValueError, match="coordinate_scale must be a finite number > 0, got 0"):
+        HaloBaseModule(coordinate_scale=0)
+    # The trained network is the original architecture: a checkpoint of it loads without the option.
+    path = scaled.export_halo_checkpoint(tmp_path / "scaled.pt")
+    loaded, _ = load_model(path)
+    assert torch.equal(loaded.network.weights[0], w_scaled)
