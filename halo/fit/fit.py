@@ -37,6 +37,7 @@ from torch.nn import functional as F
 from halo.core.canonicalization import CanonicalizationError
 from halo.core.model import DEFAULT_PART_RADII, HaloModel
 from halo.core.skeleton import BONES, NUM_JOINTS
+from halo.fit.exact import exact_part_logits
 from halo.fit.inputs import HandSurface, free_space_samples
 from halo.fit.priors import HandParameters, KinematicHand, bone_lengths_ok
 
@@ -73,6 +74,14 @@ class FitConfig:
     coarse_rigid_iterations: int = 40
     coarse_keep: int = 12
     coarse_iterations: int = 120
+    #: Weight of the free-space samples inside the capsules in the coarse stage (0: off).
+    coarse_free_weight: float = 1.0
+    #: Single views: the starts sit this far (metres) behind the visible points' centroid.
+    partial_depth_offset: float = 0.008
+    #: Single views: turns (degrees, about the viewing axis) of the starts' long axis.
+    view_angles: tuple[int, ...] = (0, 30, -30, 180, 150, 210)
+    #: Surface / free points per start in the rigid part of the coarse stage (many starts).
+    rigid_points: int = 300
     fine_iterations: int = 200
     keep_starts: int = 2
     lr: float = 0.01
@@ -84,6 +93,8 @@ class FitConfig:
     angle_limit_weight: float = 10.0
     proportion_weight: float = 0.02
     free_weight: float = 1.0
+    #: Logit beyond which a free (inside) sample counts as satisfied in the fine stage (0: never).
+    free_margin: float = 4.0
     coverage_weight: float = 0.0
     #: A fit is converged when the estimated mean distance of the input points to the fitted
     #: HALO surface is below this (mm; single-view clouds get 1.5x) and the loss has settled.
@@ -180,9 +191,20 @@ def point_segment_distance(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) ->
 
 
 def capsule_loss(
-    kp: torch.Tensor, scale: torch.Tensor, points: torch.Tensor, radii: torch.Tensor, partial: torch.Tensor
+    kp: torch.Tensor,
+    scale: torch.Tensor,
+    points: torch.Tensor,
+    radii: torch.Tensor,
+    partial: torch.Tensor,
+    free: torch.Tensor | None = None,
+    free_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B,) surrogate surface loss of a skeleton as capsules: both ways, metres^2 (Huber)."""
+    """(B,) surrogate surface loss of a skeleton as capsules: both ways, metres^2 (Huber).
+
+    ``free`` (B,M,3) samples known to be outside the hand (``free_weight`` (B,M), 0 drops one)
+    add the depth of each inside the capsules: for single views this is what keeps the
+    skeleton behind the visible points and inside their silhouette.
+    """
     a, b = capsule_axes(kp, scale)
     r = radii[None] * scale[:, None]  # (B,S)
     d = point_segment_distance(points, a, b) - r[:, None]  # (B,N,S)
@@ -197,7 +219,13 @@ def capsule_loss(
     # Single views see about half of each bone's circumference: only penalise gaps beyond it.
     gap = torch.where(partial[:, None, None], torch.relu(nn - 1.6 * r[..., None]), gap)
     cover = F.huber_loss(gap, torch.zeros_like(gap), delta=0.01, reduction="none")
-    return to_skeleton.mean(1) + 0.5 * cover.mean(dim=(1, 2))
+    loss = to_skeleton.mean(1) + 0.5 * cover.mean(dim=(1, 2))
+    if free is not None:
+        depth = torch.relu(-(point_segment_distance(free, a, b) - r[:, None]).min(dim=-1).values)
+        inside = F.huber_loss(depth, torch.zeros_like(depth), delta=0.01, reduction="none")
+        w = torch.ones_like(inside) if free_weight is None else free_weight
+        loss = loss + (w * inside).sum(1) / w.sum(1).clamp_min(1.0)
+    return loss
 
 
 # ----------------------------------------------------------------------------- the fit
@@ -237,6 +265,32 @@ def _hand_samples(kp: np.ndarray, rng: np.random.Generator, n: int = 3000) -> np
 
 def _flips() -> list[np.ndarray]:
     return [np.diag(s) for s in ([1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1])]
+
+
+def _view_starts(points: np.ndarray, view: np.ndarray, hand_samples: np.ndarray, kp: np.ndarray, config):
+    """Rigid starts for a single view: the mean hand's palm facing the camera or turned away, its
+    long axis along the visible points' long axis in the image (and turned by ``view_angles``).
+
+    Yields (rotation, scale, label); the scale matches the spreads in the image plane.
+    """
+    v = view / max(np.linalg.norm(view), 1e-9)
+    flat = np.eye(3) - np.outer(v, v)
+    _, e, sd = _pca(points @ flat)  # the two largest axes lie in the image plane
+    normal = np.cross(kp[9] - kp[0], kp[5] - kp[0])  # the back of the hand
+    normal /= np.linalg.norm(normal)
+    hflat = np.eye(3) - np.outer(normal, normal)
+    _, h, hsd = _pca(hand_samples @ hflat)
+    h1 = h[:, 0]
+    hand_frame = np.stack([h1, np.cross(normal, h1), normal], axis=1)
+    sc = float(np.clip((sd[0] + sd[1]) / (hsd[0] + hsd[1]), 0.7, 1.4))
+    for side, m in (("back", -v), ("palm", v)):
+        for deg in config.view_angles:
+            a = np.deg2rad(deg)
+            u = np.cos(a) * e[:, 0] + np.sin(a) * np.cross(m, e[:, 0])
+            u -= (u @ m) * m
+            u /= np.linalg.norm(u)
+            frame = np.stack([u, np.cross(m, u), m], axis=1)
+            yield frame @ hand_frame.T, sc, f"{side}{deg:+d}"
 
 
 class _Batch:
@@ -300,8 +354,12 @@ def _halo_losses(
     free: torch.Tensor,
     labels: torch.Tensor,
     temperature: float = 1.0,
+    margin: float = 0.0,
 ):
     """(B,) surface BCE (target 0.5), (B,) free/inside BCE, (B,Ns) surface max-part logits.
+
+    ``margin`` > 0: a free (inside) sample whose logit is already below -margin (above +margin)
+    adds nothing more, so samples far from the hand do not keep pushing it away.
 
     ``temperature`` > 1 divides the logits: HALO's occupancy goes from 0 to 1 within a
     millimetre or two, so at T=1 the loss only counts points inside vs outside; a high
@@ -309,10 +367,12 @@ def _halo_losses(
     """
     pts = torch.cat([surface, free], dim=1)
     kp = _guard_palm(kp)
-    out = model.forward(pts, kp, return_parts=True, validate=False)
-    logit = out.part_logits.max(dim=-1).values / temperature
+    logit = exact_part_logits(model, pts, kp).max(dim=-1).values
     ns = surface.shape[1]
-    s_logit, f_logit = logit[:, :ns], logit[:, ns:]
+    s_logit, f_logit = logit[:, :ns] / temperature, logit[:, ns:]
+    if margin > 0:
+        f_logit = torch.where(labels > 0.5, f_logit.clamp(max=margin), f_logit.clamp(min=-margin))
+    f_logit = f_logit / temperature
     s_loss = F.binary_cross_entropy_with_logits(s_logit, torch.full_like(s_logit, 0.5), reduction="none")
     s_loss = s_loss.mean(1) - math.log(2.0)  # 0 when every surface point sits on the 0.5 level
     f_loss = F.binary_cross_entropy_with_logits(f_logit, labels, reduction="none").mean(1)
@@ -412,6 +472,9 @@ def fit_hands(
     rots, trans, scales, angles, owner, labels = [], [], [], [], [], []
     for i, s in enumerate(work):
         c, e, sd = _pca(s.points - batch.centres[i])
+        if s.partial:  # the visible side is the near half of the hand: its middle lies behind it
+            view = batch.centres[i] - s.camera
+            c = c + config.partial_depth_offset * view / max(np.linalg.norm(view), 1e-9)
         for pose in config.poses:
             ang = start_angles(pose)
             with torch.no_grad():
@@ -425,6 +488,15 @@ def fit_hands(
             hs = _hand_samples(kp0, rng)
             hc, h, hsd = _pca(hs)
             sc = float(np.clip((sd[0] + sd[1]) / (hsd[0] + hsd[1]), 0.7, 1.4))
+            if s.partial:
+                for r, sc_v, lab in _view_starts(s.points - batch.centres[i], view, hs, kp0, config):
+                    rots.append(r)
+                    trans.append(c - sc_v * r @ hc)
+                    scales.append(sc_v)
+                    angles.append(ang)
+                    owner.append(i)
+                    labels.append(f"{pose}/{lab}")
+                continue
             for k, flip in enumerate(_flips()):
                 r = e @ flip @ h.T
                 if np.linalg.det(r) < 0:
@@ -448,13 +520,16 @@ def fit_hands(
 
     # --- 2. coarse capsule fit: rigid placement of every start, then the best few in full ------
     coarse_pts = batch.surface[:, : config.coarse_points]
+    coarse_free = batch.free[:, : config.coarse_points]
+    coarse_free_w = config.coarse_free_weight * (1.0 - batch.labels[:, : config.coarse_points])
 
-    def coarse_loss_for(rows: torch.Tensor):
-        pts, part = coarse_pts[rows], batch.partial[rows]
+    def coarse_loss_for(rows: torch.Tensor, count: int | None = None):
+        pts, part = coarse_pts[rows, :count], batch.partial[rows]
+        free, free_w = coarse_free[rows, :count], coarse_free_w[rows, :count]
 
         def coarse_loss(p: HandParameters, frac: float = 1.0):
             kp = hand(p)
-            cl = capsule_loss(kp, torch.exp(p.log_scale), pts, radii, part) / 1e-4  # ~ (1 cm)^2 units
+            cl = capsule_loss(kp, torch.exp(p.log_scale), pts, radii, part, free, free_w) / 1e-4  # ~ (1 cm)^2
             return cl + 0.1 * prior(p), kp
 
         return coarse_loss
@@ -466,7 +541,7 @@ def fit_hands(
             keep.extend(rows[np.argsort(score[rows], kind="stable")[:count]].tolist())
         return keep
 
-    rigid_loss = coarse_loss_for(owner_t)
+    rigid_loss = coarse_loss_for(owner_t, config.rigid_points)
     _optimise(params, config.coarse_rigid_iterations, config.lr, rigid_loss, config.coarse_rigid_iterations)
     with torch.no_grad():
         score = rigid_loss(params)[0].cpu().numpy()
@@ -498,7 +573,7 @@ def fit_hands(
     def fine_loss(p: HandParameters, frac: float = 1.0):
         kp = hand(p)
         temperature = config.start_temperature ** max(0.0, 1.0 - frac / 0.7)  # reaches 1 at 70%
-        sl, fl, _ = _halo_losses(net, kp, surf_k, free_k, lab_k, temperature)
+        sl, fl, _ = _halo_losses(net, kp, surf_k, free_k, lab_k, temperature, config.free_margin)
         loss = sl + config.free_weight * fl + prior(p)
         if config.coverage_weight:
             loss = (
