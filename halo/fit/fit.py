@@ -8,14 +8,21 @@ priors of :mod:`halo.fit.priors`.  The unknowns are the kinematic parameters of
 
 Initialisation and schedule (fingers can fit the wrong finger, so several starts):
 
-1. PCA of the cloud against PCA of the mean hand in a few poses (open, relaxed,
+1. Starts: PCA of the cloud against PCA of the mean hand in a few poses (open, relaxed,
    fist); the 4 proper sign combinations of the axes (the "flips") give
-   ``4 x len(poses)`` rigid starts, scaled by the clouds' spread.
-2. Coarse: every start is fitted to a capsule model of the skeleton (point-to-bone
-   distances minus a bone radius, both ways), which has useful gradients far from
-   the surface where HALO's occupancy is flat; first the rigid placement, then all.
-3. The ``keep_starts`` best starts per input by HALO's loss go to the fine stage
-   (HALO occupancy loss + priors); the best final loss wins.
+   ``4 x len(poses)`` rigid starts, scaled by the clouds' spread.  Single views instead
+   place the mean hand from the camera: palm towards or away from it, the hand's long axis
+   along the visible points' long axis in the image turned by ``view_angles``, 8 mm behind
+   the visible centroid (``2 x len(view_angles) x len(poses)`` starts).
+2. Coarse: every start is fitted rigidly to a capsule model of the skeleton (point-to-bone
+   distances minus a bone radius, both ways, and the depth of free-space samples inside the
+   capsules), which has useful gradients far from the surface where HALO's occupancy is
+   flat; the ``coarse_keep`` best per input (half by the capsule loss, half by HALO's loss,
+   which also sees a single view's silhouette) then get every parameter free.
+3. Fine: the ``keep_starts`` best starts per input by HALO's loss (of different
+   orientations while there are) are refined through HALO's occupancy with the exact
+   keypoint gradient (:mod:`halo.fit.exact`) and an annealed logit temperature; an input
+   whose best fit misses its surface gets ``retry_starts`` more.  The best final loss wins.
 
 Every stage runs batched over inputs x starts on the model's device.
 
@@ -68,22 +75,28 @@ class FitConfig:
     num_free: int = 800
     poses: tuple[str, ...] = START_POSES
     #: Surface points the coarse (capsule) stage uses.
-    coarse_points: int = 800
+    coarse_points: int = 500
     #: Rigid-only iterations for every start; then the ``coarse_keep`` best starts per input
     #: get ``coarse_iterations`` more with every parameter free.
     coarse_rigid_iterations: int = 40
-    coarse_keep: int = 12
+    coarse_keep: int = 8
     coarse_iterations: int = 120
     #: Weight of the free-space samples inside the capsules in the coarse stage (0: off).
     coarse_free_weight: float = 1.0
     #: Single views: the starts sit this far (metres) behind the visible points' centroid.
     partial_depth_offset: float = 0.008
+    #: Single views: weight of the squared joint angles' distance from the relaxed pose
+    #: (what a hidden finger does is otherwise free behind the visible side).
+    partial_pose_weight: float = 0.002
     #: Single views: turns (degrees, about the viewing axis) of the starts' long axis.
     view_angles: tuple[int, ...] = (0, 30, -30, 180, 150, 210)
     #: Surface / free points per start in the rigid part of the coarse stage (many starts).
     rigid_points: int = 300
     fine_iterations: int = 200
     keep_starts: int = 2
+    #: Inputs whose best fine fit misses the surface (the convergence tolerance) get this many
+    #: more coarse starts refined (next by HALO's loss); the best final loss wins.
+    retry_starts: int = 2
     lr: float = 0.01
     fine_lr: float = 0.004
     #: Part culling radius (x the calibrated radii) while fitting; 0 evaluates every part everywhere.
@@ -265,6 +278,12 @@ def _hand_samples(kp: np.ndarray, rng: np.random.Generator, n: int = 3000) -> np
 
 def _flips() -> list[np.ndarray]:
     return [np.diag(s) for s in ([1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1])]
+
+
+def _orientation(label: str) -> str:
+    """The orientation family of a start label: ``flipK`` (PCA starts) or the side of a view start."""
+    tail = label.split("/")[-1]
+    return tail if tail.startswith("flip") else tail[:4]
 
 
 def _view_starts(points: np.ndarray, view: np.ndarray, hand_samples: np.ndarray, kp: np.ndarray, config):
@@ -518,6 +537,12 @@ def fit_hands(
             + hand.degenerate_penalty(p)
         )
 
+    relaxed = torch.tensor(start_angles("relaxed"), dtype=dtype, device=device)
+
+    def hidden_pose_prior(p: HandParameters, partial: torch.Tensor) -> torch.Tensor:
+        """(B,) single views only: squared radians from the relaxed hand (a hidden finger stays typical)."""
+        return config.partial_pose_weight * partial.to(dtype) * (p.angles - relaxed).pow(2).sum(dim=(1, 2, 3))
+
     # --- 2. coarse capsule fit: rigid placement of every start, then the best few in full ------
     coarse_pts = batch.surface[:, : config.coarse_points]
     coarse_free = batch.free[:, : config.coarse_points]
@@ -530,7 +555,7 @@ def fit_hands(
         def coarse_loss(p: HandParameters, frac: float = 1.0):
             kp = hand(p)
             cl = capsule_loss(kp, torch.exp(p.log_scale), pts, radii, part, free, free_w) / 1e-4  # ~ (1 cm)^2
-            return cl + 0.1 * prior(p), kp
+            return cl + 0.1 * prior(p) + hidden_pose_prior(p, part), kp
 
         return coarse_loss
 
@@ -541,10 +566,41 @@ def fit_hands(
             keep.extend(rows[np.argsort(score[rows], kind="stable")[:count]].tolist())
         return keep
 
+    def diverse_rows(score: np.ndarray, rows_owner: np.ndarray, groups: list[str], count: int) -> list[int]:
+        """The ``count`` best rows per input, the first ones from different groups while there are."""
+        keep = []
+        for i in range(len(work)):
+            rows = np.flatnonzero(rows_owner == i)
+            ordered = rows[np.argsort(score[rows], kind="stable")].tolist()
+            chosen, seen = [], set()
+            for r in ordered:
+                if len(chosen) < count and groups[r] not in seen:
+                    chosen.append(r)
+                    seen.add(groups[r])
+            chosen += [r for r in ordered if r not in chosen][: count - len(chosen)]
+            keep.extend(chosen)
+        return keep
+
     rigid_loss = coarse_loss_for(owner_t, config.rigid_points)
     _optimise(params, config.coarse_rigid_iterations, config.lr, rigid_loss, config.coarse_rigid_iterations)
     with torch.no_grad():
         score = rigid_loss(params)[0].cpu().numpy()
+        kp = hand(params)
+        s_loss, f_loss = [], []
+        for rows in torch.split(torch.arange(len(owner), device=device), 256):  # bounded memory
+            sl, fl, _ = _halo_losses(
+                net,
+                kp[rows],
+                batch.surface[owner_t[rows]],
+                batch.free[owner_t[rows]],
+                batch.labels[owner_t[rows]],
+            )
+            s_loss.append(sl)
+            f_loss.append(fl)
+        halo_score = (torch.cat(s_loss) + config.free_weight * torch.cat(f_loss)).cpu().numpy()
+    # Half by each score: the capsules judge the placement, HALO also the free space (silhouette).
+    by_halo = best_rows(halo_score, np.asarray(owner), config.coarse_keep // 2)
+    score = np.where(np.isin(np.arange(len(owner)), by_halo), -np.inf, score)
     keep = best_rows(score, np.asarray(owner), config.coarse_keep)
     params = params.select(torch.tensor(keep, device=device))
     owner_c = owner_t[torch.tensor(keep, device=device)]
@@ -558,41 +614,83 @@ def fit_hands(
             net, kp, batch.surface[owner_c], batch.free[owner_c], batch.labels[owner_c]
         )
         score = (s_loss + config.free_weight * f_loss).cpu().numpy()
-    keep = best_rows(score, owner_c.cpu().numpy(), config.keep_starts)
-    keep_t = torch.tensor(keep, device=device)
-    params = params.select(keep_t)
-    owner_k = owner_c[keep_t]
-    labels = [labels[k] for k in keep]
-    surf_k, free_k, lab_k, part_k = (
-        batch.surface[owner_k],
-        batch.free[owner_k],
-        batch.labels[owner_k],
-        batch.partial[owner_k],
+    coarse_params, coarse_labels = params, labels
+    keep = diverse_rows(
+        score, owner_c.cpu().numpy(), [_orientation(lab) for lab in labels], config.keep_starts
     )
 
-    def fine_loss(p: HandParameters, frac: float = 1.0):
-        kp = hand(p)
-        temperature = config.start_temperature ** max(0.0, 1.0 - frac / 0.7)  # reaches 1 at 70%
-        sl, fl, _ = _halo_losses(net, kp, surf_k, free_k, lab_k, temperature, config.free_margin)
-        loss = sl + config.free_weight * fl + prior(p)
-        if config.coverage_weight:
-            loss = (
-                loss
-                + config.coverage_weight
-                * capsule_loss(kp, torch.exp(p.log_scale), surf_k, radii, part_k)
-                / 1e-4
-            )
-        return loss, kp
+    def refine(keep: list[int]) -> dict:
+        """The fine stage on coarse rows ``keep``; returns their final state (one entry per row)."""
+        keep_t = torch.tensor(keep, device=device)
+        params = coarse_params.select(keep_t)
+        owner_k = owner_c[keep_t]
+        surf_k, free_k, lab_k, part_k = (
+            batch.surface[owner_k],
+            batch.free[owner_k],
+            batch.labels[owner_k],
+            batch.partial[owner_k],
+        )
 
-    history = _optimise(params, config.fine_iterations, config.fine_lr, fine_loss)
+        def fine_loss(p: HandParameters, frac: float = 1.0):
+            kp = hand(p)
+            temperature = config.start_temperature ** max(0.0, 1.0 - frac / 0.7)  # reaches 1 at 70%
+            sl, fl, _ = _halo_losses(net, kp, surf_k, free_k, lab_k, temperature, config.free_margin)
+            loss = sl + config.free_weight * fl + prior(p) + hidden_pose_prior(p, part_k)
+            if config.coverage_weight:
+                loss = (
+                    loss
+                    + config.coverage_weight
+                    * capsule_loss(kp, torch.exp(p.log_scale), surf_k, radii, part_k)
+                    / 1e-4
+                )
+            return loss, kp
 
-    # --- 4. pick the best start per input and report -----------------------------------------
-    with torch.no_grad():
-        kp = hand(params)
-        s_loss, f_loss, _ = _halo_losses(net, kp, surf_k, free_k, lab_k)
-        pr = prior(params)
-        final = (s_loss + config.free_weight * f_loss + pr).cpu().numpy()
-    err = _surface_error_mm(net, kp, surf_k).cpu().numpy()
+        history = _optimise(params, config.fine_iterations, config.fine_lr, fine_loss)
+        with torch.no_grad():
+            kp = hand(params)
+            s_loss, f_loss, _ = _halo_losses(net, kp, surf_k, free_k, lab_k)
+            pr = prior(params)
+        return {
+            "kp": kp,
+            "s_loss": s_loss,
+            "f_loss": f_loss,
+            "prior": pr,
+            "final": s_loss + config.free_weight * f_loss + pr,
+            "err": _surface_error_mm(net, kp, surf_k),
+            "history": history if history is not None else (s_loss + f_loss + pr)[None],
+            "owner": owner_k,
+            "labels": [coarse_labels[k] for k in keep],
+        }
+
+    fine = refine(keep)
+
+    # --- 4. inputs whose best fit does not explain the surface: the next starts, then the best ------
+    def best_per_input(state: dict) -> dict[int, int]:
+        own, final = state["owner"].cpu().numpy(), state["final"].cpu().numpy()
+        return {i: int(np.flatnonzero(own == i)[np.argmin(final[own == i])]) for i in np.unique(own)}
+
+    tols = [config.surface_tolerance_mm * (1.5 if s.partial else 1.0) for s in work]
+    err_mean = fine["err"].mean(1).cpu().numpy()
+    failed = [i for i, r in best_per_input(fine).items() if err_mean[r] > tols[i]]
+    if failed and config.retry_starts:
+        own_c = owner_c.cpu().numpy()
+        order = np.argsort(score, kind="stable")
+        retry = [
+            r
+            for i in failed
+            for r in [r for r in order if own_c[r] == i and r not in keep][: config.retry_starts]
+        ]
+        if retry:
+            extra = refine(retry)
+            fine = {
+                k: fine[k] + extra[k]
+                if k == "labels"
+                else torch.cat([fine[k], extra[k]], dim=1 if k == "history" else 0)
+                for k in fine
+            }
+    kp, s_loss, f_loss, pr = fine["kp"], fine["s_loss"], fine["f_loss"], fine["prior"]
+    final, err, history = fine["final"].cpu().numpy(), fine["err"].cpu().numpy(), fine["history"]
+    owner_k, labels = fine["owner"], fine["labels"]
     kp_np = kp.detach().cpu().double().numpy()
     elapsed = time.perf_counter() - t0
     results = []
@@ -602,7 +700,7 @@ def fit_hands(
         keypoints = kp_np[best] + batch.centres[i]
         if lefts[i]:
             keypoints = keypoints @ mirror
-        hist = history[:, best].cpu().numpy() if history is not None else np.array([final[best]])
+        hist = history[:, best].cpu().numpy()
         tail = hist[-max(len(hist) // 10, 2) :]
         plateau = float((tail.max() - tail.min()) / max(abs(tail.mean()), 1e-6))
         err_mean, err_p90 = float(err[best].mean()), float(np.percentile(err[best], 90))
@@ -642,7 +740,12 @@ def fit_hands(
             is_left=lefts[i],
             units_factor=s.units_factor,
             device=str(device),
-            extra={"batch_time_s": elapsed, "batch_size": len(surfaces), "plateau": plateau},
+            extra={
+                "batch_time_s": elapsed,
+                "batch_size": len(surfaces),
+                "plateau": plateau,
+                "retried": i in failed,
+            },
         )
         results.append(FitResult(keypoints.astype(np.float64).reshape(NUM_JOINTS, 3), report))
     return results
