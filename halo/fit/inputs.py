@@ -335,6 +335,7 @@ def free_space_samples(
     max_offset_m: float = 0.02,
     silhouette_fraction: float = 0.5,
     inside_fraction: float = 0.25,
+    ray_max_m: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Points known to be outside the hand (label 0) and, for closed surfaces, just inside (label 1).
 
@@ -344,7 +345,7 @@ def free_space_samples(
     * partial (single view): ``inside_fraction`` 1-3 mm behind the points (label 1,
       :func:`behind_visible_points`: without them the free samples, all in front, push the
       hand away while the loss is soft); then on the segment from a point towards the camera,
-      4 mm..3 cm, and
+      4 mm..``ray_max_m`` (denser near the point), and
       (``silhouette_fraction`` of them) outside the cloud's silhouette as seen from the camera
       (:func:`outside_silhouette`): without them, nothing stops a fitted hand reaching sideways
       past the visible points.
@@ -369,7 +370,7 @@ def free_space_samples(
         idx = rng.integers(0, len(pts), n_ray)
         ray = surface.camera - pts[idx]
         ray /= np.linalg.norm(ray, axis=1, keepdims=True).clip(1e-9)
-        t = rng.uniform(0.004, 0.03, (n_ray, 1))
+        t = 0.004 + (ray_max_m - 0.004) * rng.uniform(0, 1, (n_ray, 1)) ** 2  # denser near the points
         q = pts[idx] + t * ray
         d, _ = tree.query(q)
         keep = d >= 0.0025
