@@ -79,6 +79,11 @@ def summarize(name: str, fits, gts, elapsed: float, meshes=None, model=None, cha
     print(
         f" max joint error: {errs.max():.2f} mm; hands with every joint <= 15 mm: {(errs.max(1) <= 15).sum()}/{len(errs)}"
     )
+    per_joint = errs.mean(0)
+    print(
+        f" per-joint mean (mm, MANO order): {' '.join(f'{e:.1f}' for e in per_joint)}; worst on average: "
+        f"joint {int(per_joint.argmax())} ({per_joint.max():.1f} mm)"
+    )
     print(f" wrong-finger fits: {wrong}/{5 * len(fits)} fingers ({100 * wrong / (5 * len(fits)):.1f}%)")
     print(f" converged flags: {sum(r.report.converged for r in fits)}/{len(fits)}")
     if meshes is not None and chamfer_count:

@@ -8,14 +8,21 @@ priors of :mod:`halo.fit.priors`.  The unknowns are the kinematic parameters of
 
 Initialisation and schedule (fingers can fit the wrong finger, so several starts):
 
-1. PCA of the cloud against PCA of the mean hand in a few poses (open, relaxed,
+1. Starts: PCA of the cloud against PCA of the mean hand in a few poses (open, relaxed,
    fist); the 4 proper sign combinations of the axes (the "flips") give
-   ``4 x len(poses)`` rigid starts, scaled by the clouds' spread.
-2. Coarse: every start is fitted to a capsule model of the skeleton (point-to-bone
-   distances minus a bone radius, both ways), which has useful gradients far from
-   the surface where HALO's occupancy is flat; first the rigid placement, then all.
-3. The ``keep_starts`` best starts per input by HALO's loss go to the fine stage
-   (HALO occupancy loss + priors); the best final loss wins.
+   ``4 x len(poses)`` rigid starts, scaled by the clouds' spread.  Single views instead
+   place the mean hand from the camera: palm towards or away from it, the hand's long axis
+   along the visible points' long axis in the image turned by ``view_angles``, 8 mm behind
+   the visible centroid (``2 x len(view_angles) x len(poses)`` starts).
+2. Coarse: every start is fitted rigidly to a capsule model of the skeleton (point-to-bone
+   distances minus a bone radius, both ways, and the depth of free-space samples inside the
+   capsules), which has useful gradients far from the surface where HALO's occupancy is
+   flat; the ``coarse_keep`` best per input (half by the capsule loss, half by HALO's loss,
+   which also sees a single view's silhouette) then get every parameter free.
+3. Fine: the ``keep_starts`` best starts per input by HALO's loss (of different
+   orientations while there are) are refined through HALO's occupancy with the exact
+   keypoint gradient (:mod:`halo.fit.exact`) and an annealed logit temperature; an input
+   whose best fit misses its surface gets ``retry_starts`` more.  The best final loss wins.
 
 Every stage runs batched over inputs x starts on the model's device.
 
@@ -37,6 +44,7 @@ from torch.nn import functional as F
 from halo.core.canonicalization import CanonicalizationError
 from halo.core.model import DEFAULT_PART_RADII, HaloModel
 from halo.core.skeleton import BONES, NUM_JOINTS
+from halo.fit.exact import exact_part_logits
 from halo.fit.inputs import HandSurface, free_space_samples
 from halo.fit.priors import HandParameters, KinematicHand, bone_lengths_ok
 
@@ -67,14 +75,28 @@ class FitConfig:
     num_free: int = 800
     poses: tuple[str, ...] = START_POSES
     #: Surface points the coarse (capsule) stage uses.
-    coarse_points: int = 800
+    coarse_points: int = 500
     #: Rigid-only iterations for every start; then the ``coarse_keep`` best starts per input
     #: get ``coarse_iterations`` more with every parameter free.
     coarse_rigid_iterations: int = 40
-    coarse_keep: int = 12
+    coarse_keep: int = 8
     coarse_iterations: int = 120
+    #: Weight of the free-space samples inside the capsules in the coarse stage (0: off).
+    coarse_free_weight: float = 1.0
+    #: Single views: the starts sit this far (metres) behind the visible points' centroid.
+    partial_depth_offset: float = 0.008
+    #: Single views: weight of the squared joint angles' distance from the relaxed pose
+    #: (what a hidden finger does is otherwise free behind the visible side).
+    partial_pose_weight: float = 0.002
+    #: Single views: turns (degrees, about the viewing axis) of the starts' long axis.
+    view_angles: tuple[int, ...] = (0, 30, -30, 180, 150, 210)
+    #: Surface / free points per start in the rigid part of the coarse stage (many starts).
+    rigid_points: int = 300
     fine_iterations: int = 200
     keep_starts: int = 2
+    #: Inputs whose best fine fit misses the surface (the convergence tolerance) get this many
+    #: more coarse starts refined (next by HALO's loss); the best final loss wins.
+    retry_starts: int = 2
     lr: float = 0.01
     fine_lr: float = 0.004
     #: Part culling radius (x the calibrated radii) while fitting; 0 evaluates every part everywhere.
@@ -84,6 +106,8 @@ class FitConfig:
     angle_limit_weight: float = 10.0
     proportion_weight: float = 0.02
     free_weight: float = 1.0
+    #: Logit beyond which a free (inside) sample counts as satisfied in the fine stage (0: never).
+    free_margin: float = 4.0
     coverage_weight: float = 0.0
     #: A fit is converged when the estimated mean distance of the input points to the fitted
     #: HALO surface is below this (mm; single-view clouds get 1.5x) and the loss has settled.
@@ -180,9 +204,20 @@ def point_segment_distance(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) ->
 
 
 def capsule_loss(
-    kp: torch.Tensor, scale: torch.Tensor, points: torch.Tensor, radii: torch.Tensor, partial: torch.Tensor
+    kp: torch.Tensor,
+    scale: torch.Tensor,
+    points: torch.Tensor,
+    radii: torch.Tensor,
+    partial: torch.Tensor,
+    free: torch.Tensor | None = None,
+    free_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B,) surrogate surface loss of a skeleton as capsules: both ways, metres^2 (Huber)."""
+    """(B,) surrogate surface loss of a skeleton as capsules: both ways, metres^2 (Huber).
+
+    ``free`` (B,M,3) samples known to be outside the hand (``free_weight`` (B,M), 0 drops one)
+    add the depth of each inside the capsules: for single views this is what keeps the
+    skeleton behind the visible points and inside their silhouette.
+    """
     a, b = capsule_axes(kp, scale)
     r = radii[None] * scale[:, None]  # (B,S)
     d = point_segment_distance(points, a, b) - r[:, None]  # (B,N,S)
@@ -197,7 +232,13 @@ def capsule_loss(
     # Single views see about half of each bone's circumference: only penalise gaps beyond it.
     gap = torch.where(partial[:, None, None], torch.relu(nn - 1.6 * r[..., None]), gap)
     cover = F.huber_loss(gap, torch.zeros_like(gap), delta=0.01, reduction="none")
-    return to_skeleton.mean(1) + 0.5 * cover.mean(dim=(1, 2))
+    loss = to_skeleton.mean(1) + 0.5 * cover.mean(dim=(1, 2))
+    if free is not None:
+        depth = torch.relu(-(point_segment_distance(free, a, b) - r[:, None]).min(dim=-1).values)
+        inside = F.huber_loss(depth, torch.zeros_like(depth), delta=0.01, reduction="none")
+        w = torch.ones_like(inside) if free_weight is None else free_weight
+        loss = loss + (w * inside).sum(1) / w.sum(1).clamp_min(1.0)
+    return loss
 
 
 # ----------------------------------------------------------------------------- the fit
@@ -237,6 +278,38 @@ def _hand_samples(kp: np.ndarray, rng: np.random.Generator, n: int = 3000) -> np
 
 def _flips() -> list[np.ndarray]:
     return [np.diag(s) for s in ([1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1])]
+
+
+def _orientation(label: str) -> str:
+    """The orientation family of a start label: ``flipK`` (PCA starts) or the side of a view start."""
+    tail = label.split("/")[-1]
+    return tail if tail.startswith("flip") else tail[:4]
+
+
+def _view_starts(points: np.ndarray, view: np.ndarray, hand_samples: np.ndarray, kp: np.ndarray, config):
+    """Rigid starts for a single view: the mean hand's palm facing the camera or turned away, its
+    long axis along the visible points' long axis in the image (and turned by ``view_angles``).
+
+    Yields (rotation, scale, label); the scale matches the spreads in the image plane.
+    """
+    v = view / max(np.linalg.norm(view), 1e-9)
+    flat = np.eye(3) - np.outer(v, v)
+    _, e, sd = _pca(points @ flat)  # the two largest axes lie in the image plane
+    normal = np.cross(kp[9] - kp[0], kp[5] - kp[0])  # the back of the hand
+    normal /= np.linalg.norm(normal)
+    hflat = np.eye(3) - np.outer(normal, normal)
+    _, h, hsd = _pca(hand_samples @ hflat)
+    h1 = h[:, 0]
+    hand_frame = np.stack([h1, np.cross(normal, h1), normal], axis=1)
+    sc = float(np.clip((sd[0] + sd[1]) / (hsd[0] + hsd[1]), 0.7, 1.4))
+    for side, m in (("back", -v), ("palm", v)):
+        for deg in config.view_angles:
+            a = np.deg2rad(deg)
+            u = np.cos(a) * e[:, 0] + np.sin(a) * np.cross(m, e[:, 0])
+            u -= (u @ m) * m
+            u /= np.linalg.norm(u)
+            frame = np.stack([u, np.cross(m, u), m], axis=1)
+            yield frame @ hand_frame.T, sc, f"{side}{deg:+d}"
 
 
 class _Batch:
@@ -300,8 +373,12 @@ def _halo_losses(
     free: torch.Tensor,
     labels: torch.Tensor,
     temperature: float = 1.0,
+    margin: float = 0.0,
 ):
     """(B,) surface BCE (target 0.5), (B,) free/inside BCE, (B,Ns) surface max-part logits.
+
+    ``margin`` > 0: a free (inside) sample whose logit is already below -margin (above +margin)
+    adds nothing more, so samples far from the hand do not keep pushing it away.
 
     ``temperature`` > 1 divides the logits: HALO's occupancy goes from 0 to 1 within a
     millimetre or two, so at T=1 the loss only counts points inside vs outside; a high
@@ -309,10 +386,12 @@ def _halo_losses(
     """
     pts = torch.cat([surface, free], dim=1)
     kp = _guard_palm(kp)
-    out = model.forward(pts, kp, return_parts=True, validate=False)
-    logit = out.part_logits.max(dim=-1).values / temperature
+    logit = exact_part_logits(model, pts, kp).max(dim=-1).values
     ns = surface.shape[1]
-    s_logit, f_logit = logit[:, :ns], logit[:, ns:]
+    s_logit, f_logit = logit[:, :ns] / temperature, logit[:, ns:]
+    if margin > 0:
+        f_logit = torch.where(labels > 0.5, f_logit.clamp(max=margin), f_logit.clamp(min=-margin))
+    f_logit = f_logit / temperature
     s_loss = F.binary_cross_entropy_with_logits(s_logit, torch.full_like(s_logit, 0.5), reduction="none")
     s_loss = s_loss.mean(1) - math.log(2.0)  # 0 when every surface point sits on the 0.5 level
     f_loss = F.binary_cross_entropy_with_logits(f_logit, labels, reduction="none").mean(1)
@@ -412,6 +491,9 @@ def fit_hands(
     rots, trans, scales, angles, owner, labels = [], [], [], [], [], []
     for i, s in enumerate(work):
         c, e, sd = _pca(s.points - batch.centres[i])
+        if s.partial:  # the visible side is the near half of the hand: its middle lies behind it
+            view = batch.centres[i] - s.camera
+            c = c + config.partial_depth_offset * view / max(np.linalg.norm(view), 1e-9)
         for pose in config.poses:
             ang = start_angles(pose)
             with torch.no_grad():
@@ -425,6 +507,15 @@ def fit_hands(
             hs = _hand_samples(kp0, rng)
             hc, h, hsd = _pca(hs)
             sc = float(np.clip((sd[0] + sd[1]) / (hsd[0] + hsd[1]), 0.7, 1.4))
+            if s.partial:
+                for r, sc_v, lab in _view_starts(s.points - batch.centres[i], view, hs, kp0, config):
+                    rots.append(r)
+                    trans.append(c - sc_v * r @ hc)
+                    scales.append(sc_v)
+                    angles.append(ang)
+                    owner.append(i)
+                    labels.append(f"{pose}/{lab}")
+                continue
             for k, flip in enumerate(_flips()):
                 r = e @ flip @ h.T
                 if np.linalg.det(r) < 0:
@@ -446,16 +537,25 @@ def fit_hands(
             + hand.degenerate_penalty(p)
         )
 
+    relaxed = torch.tensor(start_angles("relaxed"), dtype=dtype, device=device)
+
+    def hidden_pose_prior(p: HandParameters, partial: torch.Tensor) -> torch.Tensor:
+        """(B,) single views only: squared radians from the relaxed hand (a hidden finger stays typical)."""
+        return config.partial_pose_weight * partial.to(dtype) * (p.angles - relaxed).pow(2).sum(dim=(1, 2, 3))
+
     # --- 2. coarse capsule fit: rigid placement of every start, then the best few in full ------
     coarse_pts = batch.surface[:, : config.coarse_points]
+    coarse_free = batch.free[:, : config.coarse_points]
+    coarse_free_w = config.coarse_free_weight * (1.0 - batch.labels[:, : config.coarse_points])
 
-    def coarse_loss_for(rows: torch.Tensor):
-        pts, part = coarse_pts[rows], batch.partial[rows]
+    def coarse_loss_for(rows: torch.Tensor, count: int | None = None):
+        pts, part = coarse_pts[rows, :count], batch.partial[rows]
+        free, free_w = coarse_free[rows, :count], coarse_free_w[rows, :count]
 
         def coarse_loss(p: HandParameters, frac: float = 1.0):
             kp = hand(p)
-            cl = capsule_loss(kp, torch.exp(p.log_scale), pts, radii, part) / 1e-4  # ~ (1 cm)^2 units
-            return cl + 0.1 * prior(p), kp
+            cl = capsule_loss(kp, torch.exp(p.log_scale), pts, radii, part, free, free_w) / 1e-4  # ~ (1 cm)^2
+            return cl + 0.1 * prior(p) + hidden_pose_prior(p, part), kp
 
         return coarse_loss
 
@@ -466,10 +566,41 @@ def fit_hands(
             keep.extend(rows[np.argsort(score[rows], kind="stable")[:count]].tolist())
         return keep
 
-    rigid_loss = coarse_loss_for(owner_t)
+    def diverse_rows(score: np.ndarray, rows_owner: np.ndarray, groups: list[str], count: int) -> list[int]:
+        """The ``count`` best rows per input, the first ones from different groups while there are."""
+        keep = []
+        for i in range(len(work)):
+            rows = np.flatnonzero(rows_owner == i)
+            ordered = rows[np.argsort(score[rows], kind="stable")].tolist()
+            chosen, seen = [], set()
+            for r in ordered:
+                if len(chosen) < count and groups[r] not in seen:
+                    chosen.append(r)
+                    seen.add(groups[r])
+            chosen += [r for r in ordered if r not in chosen][: count - len(chosen)]
+            keep.extend(chosen)
+        return keep
+
+    rigid_loss = coarse_loss_for(owner_t, config.rigid_points)
     _optimise(params, config.coarse_rigid_iterations, config.lr, rigid_loss, config.coarse_rigid_iterations)
     with torch.no_grad():
         score = rigid_loss(params)[0].cpu().numpy()
+        kp = hand(params)
+        s_loss, f_loss = [], []
+        for rows in torch.split(torch.arange(len(owner), device=device), 256):  # bounded memory
+            sl, fl, _ = _halo_losses(
+                net,
+                kp[rows],
+                batch.surface[owner_t[rows]],
+                batch.free[owner_t[rows]],
+                batch.labels[owner_t[rows]],
+            )
+            s_loss.append(sl)
+            f_loss.append(fl)
+        halo_score = (torch.cat(s_loss) + config.free_weight * torch.cat(f_loss)).cpu().numpy()
+    # Half by each score: the capsules judge the placement, HALO also the free space (silhouette).
+    by_halo = best_rows(halo_score, np.asarray(owner), config.coarse_keep // 2)
+    score = np.where(np.isin(np.arange(len(owner)), by_halo), -np.inf, score)
     keep = best_rows(score, np.asarray(owner), config.coarse_keep)
     params = params.select(torch.tensor(keep, device=device))
     owner_c = owner_t[torch.tensor(keep, device=device)]
@@ -483,41 +614,83 @@ def fit_hands(
             net, kp, batch.surface[owner_c], batch.free[owner_c], batch.labels[owner_c]
         )
         score = (s_loss + config.free_weight * f_loss).cpu().numpy()
-    keep = best_rows(score, owner_c.cpu().numpy(), config.keep_starts)
-    keep_t = torch.tensor(keep, device=device)
-    params = params.select(keep_t)
-    owner_k = owner_c[keep_t]
-    labels = [labels[k] for k in keep]
-    surf_k, free_k, lab_k, part_k = (
-        batch.surface[owner_k],
-        batch.free[owner_k],
-        batch.labels[owner_k],
-        batch.partial[owner_k],
+    coarse_params, coarse_labels = params, labels
+    keep = diverse_rows(
+        score, owner_c.cpu().numpy(), [_orientation(lab) for lab in labels], config.keep_starts
     )
 
-    def fine_loss(p: HandParameters, frac: float = 1.0):
-        kp = hand(p)
-        temperature = config.start_temperature ** max(0.0, 1.0 - frac / 0.7)  # reaches 1 at 70%
-        sl, fl, _ = _halo_losses(net, kp, surf_k, free_k, lab_k, temperature)
-        loss = sl + config.free_weight * fl + prior(p)
-        if config.coverage_weight:
-            loss = (
-                loss
-                + config.coverage_weight
-                * capsule_loss(kp, torch.exp(p.log_scale), surf_k, radii, part_k)
-                / 1e-4
-            )
-        return loss, kp
+    def refine(keep: list[int]) -> dict:
+        """The fine stage on coarse rows ``keep``; returns their final state (one entry per row)."""
+        keep_t = torch.tensor(keep, device=device)
+        params = coarse_params.select(keep_t)
+        owner_k = owner_c[keep_t]
+        surf_k, free_k, lab_k, part_k = (
+            batch.surface[owner_k],
+            batch.free[owner_k],
+            batch.labels[owner_k],
+            batch.partial[owner_k],
+        )
 
-    history = _optimise(params, config.fine_iterations, config.fine_lr, fine_loss)
+        def fine_loss(p: HandParameters, frac: float = 1.0):
+            kp = hand(p)
+            temperature = config.start_temperature ** max(0.0, 1.0 - frac / 0.7)  # reaches 1 at 70%
+            sl, fl, _ = _halo_losses(net, kp, surf_k, free_k, lab_k, temperature, config.free_margin)
+            loss = sl + config.free_weight * fl + prior(p) + hidden_pose_prior(p, part_k)
+            if config.coverage_weight:
+                loss = (
+                    loss
+                    + config.coverage_weight
+                    * capsule_loss(kp, torch.exp(p.log_scale), surf_k, radii, part_k)
+                    / 1e-4
+                )
+            return loss, kp
 
-    # --- 4. pick the best start per input and report -----------------------------------------
-    with torch.no_grad():
-        kp = hand(params)
-        s_loss, f_loss, _ = _halo_losses(net, kp, surf_k, free_k, lab_k)
-        pr = prior(params)
-        final = (s_loss + config.free_weight * f_loss + pr).cpu().numpy()
-    err = _surface_error_mm(net, kp, surf_k).cpu().numpy()
+        history = _optimise(params, config.fine_iterations, config.fine_lr, fine_loss)
+        with torch.no_grad():
+            kp = hand(params)
+            s_loss, f_loss, _ = _halo_losses(net, kp, surf_k, free_k, lab_k)
+            pr = prior(params)
+        return {
+            "kp": kp,
+            "s_loss": s_loss,
+            "f_loss": f_loss,
+            "prior": pr,
+            "final": s_loss + config.free_weight * f_loss + pr,
+            "err": _surface_error_mm(net, kp, surf_k),
+            "history": history if history is not None else (s_loss + f_loss + pr)[None],
+            "owner": owner_k,
+            "labels": [coarse_labels[k] for k in keep],
+        }
+
+    fine = refine(keep)
+
+    # --- 4. inputs whose best fit does not explain the surface: the next starts, then the best ------
+    def best_per_input(state: dict) -> dict[int, int]:
+        own, final = state["owner"].cpu().numpy(), state["final"].cpu().numpy()
+        return {i: int(np.flatnonzero(own == i)[np.argmin(final[own == i])]) for i in np.unique(own)}
+
+    tols = [config.surface_tolerance_mm * (1.5 if s.partial else 1.0) for s in work]
+    err_mean = fine["err"].mean(1).cpu().numpy()
+    failed = [i for i, r in best_per_input(fine).items() if err_mean[r] > tols[i]]
+    if failed and config.retry_starts:
+        own_c = owner_c.cpu().numpy()
+        order = np.argsort(score, kind="stable")
+        retry = [
+            r
+            for i in failed
+            for r in [r for r in order if own_c[r] == i and r not in keep][: config.retry_starts]
+        ]
+        if retry:
+            extra = refine(retry)
+            fine = {
+                k: fine[k] + extra[k]
+                if k == "labels"
+                else torch.cat([fine[k], extra[k]], dim=1 if k == "history" else 0)
+                for k in fine
+            }
+    kp, s_loss, f_loss, pr = fine["kp"], fine["s_loss"], fine["f_loss"], fine["prior"]
+    final, err, history = fine["final"].cpu().numpy(), fine["err"].cpu().numpy(), fine["history"]
+    owner_k, labels = fine["owner"], fine["labels"]
     kp_np = kp.detach().cpu().double().numpy()
     elapsed = time.perf_counter() - t0
     results = []
@@ -527,7 +700,7 @@ def fit_hands(
         keypoints = kp_np[best] + batch.centres[i]
         if lefts[i]:
             keypoints = keypoints @ mirror
-        hist = history[:, best].cpu().numpy() if history is not None else np.array([final[best]])
+        hist = history[:, best].cpu().numpy()
         tail = hist[-max(len(hist) // 10, 2) :]
         plateau = float((tail.max() - tail.min()) / max(abs(tail.mean()), 1e-6))
         err_mean, err_p90 = float(err[best].mean()), float(np.percentile(err[best], 90))
@@ -567,7 +740,12 @@ def fit_hands(
             is_left=lefts[i],
             units_factor=s.units_factor,
             device=str(device),
-            extra={"batch_time_s": elapsed, "batch_size": len(surfaces), "plateau": plateau},
+            extra={
+                "batch_time_s": elapsed,
+                "batch_size": len(surfaces),
+                "plateau": plateau,
+                "retried": i in failed,
+            },
         )
         results.append(FitResult(keypoints.astype(np.float64).reshape(NUM_JOINTS, 3), report))
     return results

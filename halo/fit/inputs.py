@@ -268,15 +268,87 @@ def single_view_cloud(
     return HandSurface(visible, None, closed=False, partial=True, camera=camera, name="<single view>")
 
 
+def outside_silhouette(
+    surface: HandSurface, num: int, rng: np.random.Generator, tree: cKDTree | None = None
+) -> np.ndarray:
+    """(<=num,3) points around a single-view cloud whose camera ray meets none of its points.
+
+    Uniform in the bounding box padded by 3 cm (any depth, also behind the points); a sample is
+    kept when, at its depth, the nearest ray through a visible point passes farther than
+    ``max(4 mm, 3 x`` the cloud's median point spacing``)``: the camera sees past it, so it is free.
+    """
+    pts = surface.points
+    tree = tree if tree is not None else cKDTree(pts)
+    spacing = float(np.median(tree.query(pts[: min(len(pts), 2000)], k=2)[0][:, 1]))
+    gap = max(0.004, 3.0 * spacing)
+    rel = pts - surface.camera
+    dirs = rel / np.linalg.norm(rel, axis=1, keepdims=True).clip(1e-9)
+    lo, hi = pts.min(0) - 0.03, pts.max(0) + 0.03
+    q = rng.uniform(lo, hi, (6 * num, 3))
+    qr = q - surface.camera
+    depth = np.linalg.norm(qr, axis=1)
+    chord, _ = cKDTree(dirs).query(qr / depth[:, None].clip(1e-9))
+    return q[chord * depth > gap][:num]
+
+
+def view_normals(surface: HandSurface, tree: cKDTree | None = None, k: int = 12) -> np.ndarray:
+    """(N,3) unit normals of a single-view cloud from its k nearest neighbours, facing the camera."""
+    pts = surface.points
+    tree = tree if tree is not None else cKDTree(pts)
+    _, nb = tree.query(pts, k=min(k, len(pts)))
+    local = pts[nb] - pts[nb].mean(1, keepdims=True)
+    _, vecs = np.linalg.eigh(np.einsum("nki,nkj->nij", local, local))
+    normals = vecs[:, :, 0]
+    flip = ((surface.camera - pts) * normals).sum(1) < 0
+    normals[flip] *= -1
+    return normals
+
+
+def behind_visible_points(
+    surface: HandSurface, num: int, rng: np.random.Generator, tree: cKDTree | None = None
+) -> np.ndarray:
+    """(<=num,3) points 1-3 mm behind a single view's points (inside the hand: label 1).
+
+    Along the estimated inward normal, only where the surface faces the camera (a grazing view
+    can see an edge thinner than that) and no other point is nearer than 80% of the depth.
+    """
+    pts = surface.points
+    tree = tree if tree is not None else cKDTree(pts)
+    normals = view_normals(surface, tree)
+    ray = surface.camera - pts
+    ray /= np.linalg.norm(ray, axis=1, keepdims=True).clip(1e-9)
+    facing = np.flatnonzero((normals * ray).sum(1) > 0.5)
+    if len(facing) == 0:
+        return np.zeros((0, 3))
+    idx = facing[rng.integers(0, len(facing), num)]
+    t = rng.uniform(0.001, 0.003, (num, 1))
+    q = pts[idx] - t * normals[idx]
+    d, _ = tree.query(q)
+    return q[d >= 0.8 * t[:, 0]]
+
+
 def free_space_samples(
-    surface: HandSurface, num: int, seed: int = 0, min_offset_m: float = 0.003, max_offset_m: float = 0.02
+    surface: HandSurface,
+    num: int,
+    seed: int = 0,
+    min_offset_m: float = 0.003,
+    max_offset_m: float = 0.02,
+    silhouette_fraction: float = 0.5,
+    inside_fraction: float = 0.25,
+    ray_max_m: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Points known to be outside the hand (label 0) and, for closed surfaces, just inside (label 1).
 
     * normals: along each normal, ``min_offset_m``..``max_offset_m`` outwards; a sample is kept
       only when no other surface point is nearer than 80% of its offset (so a gap between two
       touching fingers is not called free).  Closed surfaces add samples 1-3 mm inwards.
-    * partial (single view): on the segment from a point towards the camera, 4 mm..3 cm.
+    * partial (single view): ``inside_fraction`` 1-3 mm behind the points (label 1,
+      :func:`behind_visible_points`: without them the free samples, all in front, push the
+      hand away while the loss is soft); then on the segment from a point towards the camera,
+      4 mm..``ray_max_m`` (denser near the point), and
+      (``silhouette_fraction`` of them) outside the cloud's silhouette as seen from the camera
+      (:func:`outside_silhouette`): without them, nothing stops a fitted hand reaching sideways
+      past the visible points.
     * neither: uniform in the padded bounding box, farther than 16 mm from every point
       (deeper than any point inside a palm).
 
@@ -288,15 +360,26 @@ def free_space_samples(
     out_pts: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     if surface.partial:
-        idx = rng.integers(0, len(pts), num)
+        n_in = int(inside_fraction * num)
+        if n_in:
+            q = behind_visible_points(surface, n_in, rng, tree)
+            out_pts.append(q)
+            labels.append(np.ones(len(q)))
+        num -= n_in
+        n_ray = num - int(silhouette_fraction * num)
+        idx = rng.integers(0, len(pts), n_ray)
         ray = surface.camera - pts[idx]
         ray /= np.linalg.norm(ray, axis=1, keepdims=True).clip(1e-9)
-        t = rng.uniform(0.004, 0.03, (num, 1))
+        t = 0.004 + (ray_max_m - 0.004) * rng.uniform(0, 1, (n_ray, 1)) ** 2  # denser near the points
         q = pts[idx] + t * ray
         d, _ = tree.query(q)
         keep = d >= 0.0025
         out_pts.append(q[keep])
         labels.append(np.zeros(int(keep.sum())))
+        if num > n_ray:
+            q = outside_silhouette(surface, num - n_ray, rng, tree)
+            out_pts.append(q)
+            labels.append(np.zeros(len(q)))
     elif surface.normals is not None:
         n_out = num if not surface.closed else (3 * num) // 4
         idx = rng.integers(0, len(pts), n_out)

@@ -1,0 +1,63 @@
+"""Single-view starts and the coarse stage's free-space term (no network)."""
+
+import numpy as np
+import torch
+
+from halo.fit.fit import FitConfig, _hand_samples, _view_starts, capsule_loss, capsule_radii, start_angles
+from halo.fit.inputs import single_view_cloud
+from halo.fit.priors import HandParameters, KinematicHand
+from tests.fit.capsule_hand import capsule_surface
+
+
+def _relaxed_hand(rotation: np.ndarray) -> np.ndarray:
+    params = HandParameters.initial(
+        torch.tensor(rotation[None]),
+        torch.zeros(1, 3, dtype=torch.float64),
+        torch.ones(1, dtype=torch.float64),
+        torch.tensor(start_angles("relaxed"))[None],
+    )
+    with torch.no_grad():
+        return KinematicHand().double()(params)[0].numpy()
+
+
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.degrees(np.arccos(np.clip((np.trace(a.T @ b) - 1) / 2, -1, 1))))
+
+
+def test_view_starts_cover_the_hand_seen_from_its_back_and_from_its_palm():
+    import trimesh
+
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    truth = q * np.sign(np.linalg.det(q))
+    kp = _relaxed_hand(truth)
+    back = truth @ np.array([0.0, 1.0, 0.0])  # the rest hand's back of the hand is +y
+    hull = trimesh.convex.convex_hull(capsule_surface(kp, n=3000).points)  # a closed blob to look at
+    samples = _hand_samples(_relaxed_hand(np.eye(3)), rng)
+    rest = _relaxed_hand(np.eye(3))
+    for side, sign in (("back", 1.0), ("palm", -1.0)):
+        camera = hull.centroid + sign * 0.4 * back
+        view = single_view_cloud(hull, camera, num_points=1500)
+        centre = view.points.mean(0)
+        starts = list(_view_starts(view.points - centre, centre - camera, samples, rest, FitConfig()))
+        assert len(starts) == 2 * len(FitConfig().view_angles)
+        for rot, _, _ in starts:
+            np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-9)
+            assert np.linalg.det(rot) > 0
+        best_angle, best_label = min((_angle_deg(rot, truth), lab) for rot, _, lab in starts)
+        assert best_angle < 30.0 and best_label.startswith(side), (best_angle, best_label)
+
+
+def test_capsule_free_space_term_counts_only_free_samples_inside_the_capsules():
+    kp = torch.tensor(_relaxed_hand(np.eye(3))[None])
+    scale = torch.ones(1, dtype=torch.float64)
+    radii = torch.tensor(capsule_radii())
+    points = torch.tensor(capsule_surface(kp[0].numpy(), n=400).points[None])
+    partial = torch.tensor([False])
+    base = capsule_loss(kp, scale, points, radii, partial)
+    inside = kp[:, [9, 10, 11]]  # on the middle finger's axis: inside its capsule
+    outside = kp[:, [9, 10, 11]] + torch.tensor([0.0, 0.05, 0.0], dtype=torch.float64)  # 5 cm above it
+    assert torch.allclose(capsule_loss(kp, scale, points, radii, partial, outside), base)
+    assert (capsule_loss(kp, scale, points, radii, partial, inside) > base + 1e-5).all()
+    dropped = torch.zeros(1, 3, dtype=torch.float64)  # zero weight: ignored
+    assert torch.allclose(capsule_loss(kp, scale, points, radii, partial, inside, dropped), base)
