@@ -195,16 +195,19 @@ def _raise_if_parallel(sin_values: torch.Tensor, what: str) -> None:
 # ----------------------------------------------------------------------------- global normalization
 
 
-def global_normalization(keypoints: torch.Tensor, is_left: torch.Tensor | None = None) -> torch.Tensor:
-    """(B,4,4) rigid(+mirror) transform posed metres -> normalized hand frame, detached.
+def global_normalization(
+    keypoints: torch.Tensor, is_left: torch.Tensor | None = None, *, detach: bool = True
+) -> torch.Tensor:
+    """(B,4,4) rigid(+mirror) transform posed metres -> normalized hand frame, detached unless
+    ``detach=False``.
 
     Wrist -> origin, middle root bone -> -x, palm normal (middle root x index root) -> +y.
     """
-    kp = keypoints.detach()
-    flip = torch.ones(kp.shape[0], 3, dtype=kp.dtype, device=kp.device)
+    src = keypoints.detach() if detach else keypoints
+    flip = torch.ones(src.shape[0], 3, dtype=src.dtype, device=src.device)
     if is_left is not None:
-        flip[:, 1] = torch.where(is_left.to(kp.device).bool(), -1.0, 1.0).to(kp.dtype)
-    kp = kp * flip[:, None, :]
+        flip[:, 1] = torch.where(is_left.to(src.device).bool(), -1.0, 1.0).to(src.dtype)
+    kp = src * flip[:, None, :]
     wrist = kp[:, 0]
     middle = kp[:, 9] - wrist
     index = kp[:, 5] - wrist
@@ -219,7 +222,7 @@ def global_normalization(keypoints: torch.Tensor, is_left: torch.Tensor | None =
     rot = torch.stack([ex, ey, ez], dim=-2) * flip[:, None, :]  # fold the mirror in: R @ diag(flip)
     out = torch.zeros(kp.shape[0], 4, 4, dtype=kp.dtype, device=kp.device)
     out[:, :3, :3] = rot
-    out[:, :3, 3] = -_mv(rot, keypoints[:, 0].detach())
+    out[:, :3, 3] = -_mv(rot, src[:, 0])
     out[:, 3, 3] = 1.0
     return out
 
@@ -341,11 +344,19 @@ def canonicalize(
     *,
     validate: bool = True,
     fixed: DetachedQuantities | None = None,
+    attached: bool = False,
 ) -> CanonicalPose:
     """Keypoints (B,21,3) metres, public order -> :class:`CanonicalPose`.
 
     Differentiable w.r.t. ``keypoints`` except through the global normalization
     and the local bone frames, which are detached exactly as in the original.
+    ``attached=True`` keeps both attached (same values): then the gradient w.r.t. the keypoints
+    is the true derivative. The detached one is what the original trains with, and it is wrong
+    for moving keypoints: on a trained model d(logits)/d(translation) had the wrong sign on one
+    axis and finger-angle derivatives were 2-4x off (tests/core/test_canonicalization.py checks
+    the attached one against finite differences). Fitting, refinement and grasp losses that
+    move keypoints want ``attached=True`` (:meth:`halo.core.model.HaloModel.forward`'s
+    ``exact_gradient``).
 
     Args:
         keypoints: (B,21,3) float32/float64, metres, MANO joint order.
@@ -353,18 +364,30 @@ def canonicalize(
         validate: check shape, finiteness and bone lengths first (raises
             :class:`CanonicalizationError`, a ``ValueError``, naming sample and bone).
         fixed: hold the detached quantities at these values (for gradient checks).
+        attached: do not detach the normalization and the local frames (see above).
     """
+    if attached and fixed is not None:
+        raise ValueError("canonicalize: 'fixed' holds the detached quantities; it cannot be attached")
     if validate:
         validate_keypoints(keypoints)
-    norm = fixed.normalization if fixed is not None else global_normalization(keypoints, is_left)
+    norm = (
+        fixed.normalization
+        if fixed is not None
+        else global_normalization(keypoints, is_left, detach=not attached)
+    )
     kp_n, lengths, root_dirs, finger_dirs, root = _normalized_bones(keypoints, norm)
     if validate:
         _raise_if_parallel(
             _cross(root_dirs[:, :4], root_dirs[:, 1:]).norm(dim=-1).amin(dim=-1),
             "two neighbouring finger root bones",
         )
-    frames = fixed.frames if fixed is not None else _local_frames(root_dirs.detach(), finger_dirs.detach())
-    frames = frames.detach()
+    if attached:
+        frames = _local_frames(root_dirs, finger_dirs)
+    else:
+        frames = (
+            fixed.frames if fixed is not None else _local_frames(root_dirs.detach(), finger_dirs.detach())
+        )
+        frames = frames.detach()
 
     # Unposing rotations r_l in each bone's local frame (gradient flows through the directions).
     flex, abd = _flexion_abduction((frames @ finger_dirs.unsqueeze(-1)).squeeze(-1))  # (B,5,3)

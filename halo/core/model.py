@@ -600,8 +600,13 @@ class HaloModel(nn.Module):
         return_parts: bool = False,
         validate: bool = True,
         cull: bool | str | None = None,
+        exact_gradient: bool = False,
     ) -> OccupancyOutput:
         """The one HALO forward pass (every caller, the HALO-VAE's losses included, goes through it).
+
+        ``exact_gradient``: canonicalize with the normalization and local frames attached
+        (:func:`canonicalize`'s ``attached``): the same values, and the true derivative w.r.t. the
+        keypoints, which keypoint fitting needs; False (the original's detached frames) for training.
 
         ``validate=False`` skips the keypoint checks of :func:`canonicalize` (callers that filter
         degenerate hands themselves, e.g. with ``halo.grasp.vae.plausible_hands``, inside a training
@@ -615,7 +620,7 @@ class HaloModel(nn.Module):
         # part MLPs below run in the autocast dtype.
         with torch.autocast(device_type=keypoints_m.device.type, enabled=False):
             pose = canonicalize(
-                keypoints_m, is_left, validate=validate
+                keypoints_m, is_left, validate=validate, attached=exact_gradient
             )  # in the keypoints' dtype (float64 stays precise)
             mats, lengths = self.model_inputs(pose)
             points_model = self.points_to_model(pose, points_m.to(keypoints_m.dtype))

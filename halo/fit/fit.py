@@ -21,7 +21,7 @@ Initialisation and schedule (fingers can fit the wrong finger, so several starts
    which also sees a single view's silhouette) then get every parameter free.
 3. Fine: the ``keep_starts`` best starts per input by HALO's loss (of different
    orientations while there are) are refined through HALO's occupancy with the exact
-   keypoint gradient (:mod:`halo.fit.exact`) and an annealed logit temperature; an input
+   keypoint gradient (``HaloModel.forward(exact_gradient=True)``) and an annealed logit temperature; an input
    whose best fit misses its surface gets ``retry_starts`` more.  The best final loss wins.
 
 Every stage runs batched over inputs x starts on the model's device.
@@ -44,7 +44,6 @@ from torch.nn import functional as F
 from halo.core.canonicalization import CanonicalizationError
 from halo.core.model import DEFAULT_PART_RADII, HaloModel
 from halo.core.skeleton import BONES, NUM_JOINTS
-from halo.fit.exact import exact_part_logits
 from halo.fit.inputs import HandSurface, free_space_samples
 from halo.fit.priors import HandParameters, KinematicHand, bone_lengths_ok
 
@@ -366,6 +365,16 @@ def _guard_palm(kp: torch.Tensor) -> torch.Tensor:
     return fixed
 
 
+def _part_logits(model, points: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+    """(B,N,P) part logits with the true keypoint gradient (HALO's own detaches its frames).
+
+    Other occupancy models (e.g. the tests' analytic capsule hand) are called as they are.
+    """
+    if isinstance(model, HaloModel):
+        return model(points, keypoints, return_parts=True, validate=False, exact_gradient=True).part_logits
+    return model.forward(points, keypoints, return_parts=True, validate=False).part_logits
+
+
 def _halo_losses(
     model: HaloModel,
     kp: torch.Tensor,
@@ -386,7 +395,7 @@ def _halo_losses(
     """
     pts = torch.cat([surface, free], dim=1)
     kp = _guard_palm(kp)
-    logit = exact_part_logits(model, pts, kp).max(dim=-1).values
+    logit = _part_logits(model, pts, kp).max(dim=-1).values
     ns = surface.shape[1]
     s_logit, f_logit = logit[:, :ns] / temperature, logit[:, ns:]
     if margin > 0:

@@ -313,7 +313,7 @@ def test_synthetic_datamodule_builds_once_and_batches(tmp_path):
     torch.manual_seed(7)
     from_files = [dm2.split_dataset("train")[i] for i in range(len(train_ds))]
     assert len(train_ds._cache) == len(train_ds)
-    for a, b in zip(from_cache, from_files):
+    for a, b in zip(from_cache, from_files, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     val_cached = next(iter(cached.val_dataloader()))
     assert all(torch.equal(val_cached[k], val[k]) for k in val)

@@ -1,11 +1,10 @@
-"""The fit's HALO forward: same logits as ``HaloModel.forward``, and the true keypoint gradient."""
+"""HaloModel.forward(exact_gradient=True): the same logits as the original's forward, and the true keypoint gradient."""
 
 import numpy as np
 import torch
 
 from halo.core.canonicalization import canonicalize
 from halo.core.model import HaloModel, NetworkConfig
-from halo.fit.exact import attached_pose, exact_part_logits, hand_frame
 from halo.fit.priors import REST_KEYPOINTS
 
 
@@ -24,13 +23,18 @@ def _model() -> HaloModel:
     return HaloModel(NetworkConfig(hidden_dims=(32, 32), residual_layers=(1,))).double().eval()
 
 
-def test_attached_pose_has_the_values_of_canonicalize():
+def test_attached_canonicalization_has_the_values_of_the_original():
     kp = _hand()
-    rot, origin = hand_frame(kp)
-    local = (kp - origin[:, None]) @ rot.transpose(-1, -2)
-    ours, theirs = attached_pose(local), canonicalize(kp)
-    for name in ("part_transforms", "bone_lengths", "bone_angles", "normalized_keypoints"):
-        torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), atol=1e-9, rtol=1e-9)
+    for is_left in (None, torch.tensor([True])):
+        ours, theirs = canonicalize(kp, is_left, attached=True), canonicalize(kp, is_left)
+        for name in (
+            "normalization",
+            "part_transforms",
+            "bone_lengths",
+            "bone_angles",
+            "normalized_keypoints",
+        ):
+            torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), atol=1e-9, rtol=1e-9)
 
 
 def test_exact_logits_equal_the_model_and_their_gradient_matches_finite_differences():
@@ -44,11 +48,7 @@ def test_exact_logits_equal_the_model_and_their_gradient_matches_finite_differen
         return float(total(kp))
 
     def total(kp, exact=True):
-        logits = (
-            exact_part_logits(model, pts, kp)
-            if exact
-            else model.forward(pts, kp, return_parts=True).part_logits
-        )
+        logits = model.forward(pts, kp, return_parts=True, exact_gradient=exact).part_logits
         return logits.max(dim=-1).values.sum()
 
     torch.testing.assert_close(total(kp0), total(kp0, exact=False))
