@@ -36,6 +36,10 @@ neither trained nor applied at generation):
   contact term) may only move and turn the hand (:func:`halo.grasp.kinematics.rigid_gradient_only`);
   on every keypoint they flattened all grasps into one least-penetrating pose (measured: diversity
   cluster size 0.24 cm against 2.5 cm without the term);
+* ``inter_exact_gradient``: the HALO terms differentiate HALO's canonicalization with its hand
+  frame and bone frames attached (:meth:`halo.core.model.HaloModel.forward`'s ``exact_gradient``).
+  The original detaches them; then moving the whole hand does not move HALO's palm in the
+  gradient (the palm's canonical frame is the detached hand frame), so a sunk palm gets no push;
 * ``inter_start_steps`` / ``inter_warmup_steps``: the HALO terms are off (not computed) before the
   start step, then ramp in linearly;
 * ``use_contact_loss``: this project's contact term (:func:`halo.grasp.vae.contact_loss`;
@@ -127,6 +131,7 @@ ORIGINAL_SWITCHES: dict[str, Any] = {
     "inter_warmup_steps": 0,
     "inter_start_steps": 0,
     "inter_gradient": "all",
+    "inter_exact_gradient": False,
 }
 #: The architecture ``original_config=True`` forces (63 free coordinates out of the decoder).
 ORIGINAL_VAE: dict[str, Any] = {"decoder": "keypoints"}
@@ -214,6 +219,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         inter_warmup_steps: int = 0,
         inter_start_steps: int = 0,
         inter_gradient: str = "all",
+        inter_exact_gradient: bool = False,
         encoder_freeze_after_epochs: int | None = None,
         original_config: bool = False,
         object_points: int = 600,
@@ -266,6 +272,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             "inter_warmup_steps": int(inter_warmup_steps),
             "inter_start_steps": int(inter_start_steps),
             "inter_gradient": str(inter_gradient),
+            "inter_exact_gradient": bool(inter_exact_gradient),
         }
         if original_config:
             changed = {k: v for k, v in ORIGINAL_SWITCHES.items() if switches[k] != v}
@@ -417,6 +424,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             mode=hp.get("inter_mode", "threshold"),
             near_hand_points=hp.get("inter_near_hand_points"),
             logit_scale=self.inter_logit_scale,
+            exact_gradient=hp.get("inter_exact_gradient", False),
         )
 
     def inter_schedule(self) -> float:

@@ -90,6 +90,7 @@ class RefineConfig:
     cull_margin: float = 0.1  # relative margin on the calibrated radii
     reselect_every: int = 1  # steps between re-choosing the interior points near the hand (speed vs quality)
     penetration_margin: float = 0.0  # HALO logit tolerated at interior points (> 0: a skin-deep overlap)
+    exact_gradient: bool = True  # HaloModel.forward(exact_gradient): the true keypoint gradient (False: the original's detached frames)
     w_penetration: float = 10.0
     w_contact: float = 3.0
     w_pose: float = 0.1
@@ -285,7 +286,9 @@ def refine_grasps(
                     # The interior points nearest to the hand.  Re-choosing them only every few steps
                     # saves a cdist over the dense sample but moved hands further (measured at 5).
                     pts = points_near_hand(kp[ok], inside_ok, cfg.inside_points)
-                logit = halo_occupancy_logit(halo_model, pts, kp[ok], cull=radii)
+                logit = halo_occupancy_logit(
+                    halo_model, pts, kp[ok], cull=radii, exact_gradient=cfg.exact_gradient
+                )
                 pen = F.softplus(scale * logit - cfg.penetration_margin, beta=cfg.penetration_sharpness).mean(
                     -1
                 )

@@ -567,14 +567,18 @@ def plausible_hands(keypoints: torch.Tensor) -> torch.Tensor:
     return plausible_skeletons(keypoints)
 
 
-def halo_occupancy(halo_model: HaloModel, points: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+def halo_occupancy(
+    halo_model: HaloModel, points: torch.Tensor, keypoints: torch.Tensor, exact_gradient: bool = False
+) -> torch.Tensor:
     """HALO occupancy (B,N) of ``points`` (B,N,3) for hands ``keypoints`` (B,21,3), metres.
 
     :meth:`HaloModel.forward` with ``validate=False`` (callers filter with :func:`plausible_hands`),
     so the VAE's terms use the same forward pass as everything else, float32 geometry guard under
     autocast included.  Differentiable w.r.t. ``keypoints`` and ``points``.
     """
-    return halo_model(points.to(keypoints.dtype), keypoints, validate=False).occupancy
+    return halo_model(
+        points.to(keypoints.dtype), keypoints, validate=False, exact_gradient=exact_gradient
+    ).occupancy
 
 
 INTER_MODES = ("threshold", "soft")
@@ -585,6 +589,7 @@ def halo_occupancy_logit(
     points: torch.Tensor,
     keypoints: torch.Tensor,
     cull: torch.Tensor | str | None = None,
+    exact_gradient: bool = False,
 ) -> torch.Tensor:
     """HALO's occupancy as a logit (B,N): the largest part logit (occupancy = its sigmoid).
 
@@ -594,8 +599,12 @@ def halo_occupancy_logit(
     combination the logit of the (clamped) occupancy is returned instead.  ``cull``: as in
     :meth:`HaloModel.forward` (e.g. radii from :meth:`HaloModel.culling_radii`); culled parts read
     ``culled_logit``, so far from the hand the logit is that floor instead of the full value.
+    ``exact_gradient``: :meth:`HaloModel.forward`'s (the true derivative w.r.t. the keypoints).
     """
-    out = halo_model(points.to(keypoints.dtype), keypoints, return_parts=True, validate=False, cull=cull)
+    out = halo_model(
+        points.to(keypoints.dtype), keypoints, return_parts=True, validate=False, cull=cull,
+        exact_gradient=exact_gradient,
+    )  # fmt: skip
     if halo_model.config.smooth_max or out.part_logits is None:
         return torch.logit(out.occupancy.clamp(1e-6, 1.0 - 1e-6))
     return out.part_logits.amax(dim=-1)
@@ -694,6 +703,7 @@ def interpenetration_loss(
     mode: str = "threshold",
     near_hand_points: int | None = None,
     logit_scale: float = 1.0,
+    exact_gradient: bool = False,
 ) -> torch.Tensor:
     """HALO's occupancy of the object's interior points under the hand (spec 6.3).
 
@@ -712,10 +722,12 @@ def interpenetration_loss(
             (:func:`points_near_hand`); None: all of them.
         logit_scale: ``mode="soft"``: the logit is multiplied by it first (``REFERENCE_SKIN_SLOPE /
             skin_logit_slope(base)`` puts any base in the release's units).
+        exact_gradient: the true keypoint gradient (:meth:`HaloModel.forward`).
 
     Returns:
         () mean over points and over the batch (invalid hands contribute 0); gradient flows to
-        ``keypoints`` through HALO's canonicalization (global frame and bone frames detached).
+        ``keypoints`` through HALO's canonicalization (global frame and bone frames detached unless
+        ``exact_gradient``).
     """
     _check_keypoints(keypoints)
     _check_points(inside_points, "inside_points")
@@ -728,9 +740,10 @@ def interpenetration_loss(
     if near_hand_points:
         points = points_near_hand(keypoints[valid], points, near_hand_points)
     if mode == "soft":
-        per_point = F.softplus(logit_scale * halo_occupancy_logit(halo_model, points, keypoints[valid]))
+        logit = halo_occupancy_logit(halo_model, points, keypoints[valid], exact_gradient=exact_gradient)
+        per_point = F.softplus(logit_scale * logit)
     else:
-        occ = halo_occupancy(halo_model, points, keypoints[valid])  # (b,M)
+        occ = halo_occupancy(halo_model, points, keypoints[valid], exact_gradient)  # (b,M)
         per_point = torch.where(occ > threshold, occ, torch.zeros_like(occ))
     return per_point.mean(dim=-1).sum() / keypoints.shape[0]
 

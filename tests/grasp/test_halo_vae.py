@@ -708,3 +708,36 @@ def test_soft_halo_terms_read_the_same_for_a_base_whose_logits_are_scaled(halo_r
     ]
     assert terms[0].item() > 0.5
     assert terms[1].item() == pytest.approx(terms[0].item(), rel=0.03)
+
+
+def test_exact_gradient_moves_a_sunk_palm_out_where_the_detached_one_cannot(halo_base):
+    """Same term value; with HALO's frames attached, translating the whole hand changes it (the palm
+    moves), and the module's switch routes the training term through that gradient."""
+    halo, _ = load_model(halo_base)
+    halo = halo.double().requires_grad_(False)
+    kp = random_hands(2, seed=3, dtype=torch.float64)
+    # Interior points around the palm (wrist -> middle MCP), where the detached gradient is blind.
+    palm = 0.5 * (kp[:, 0:1] + kp[:, 9:10])
+    inside = palm + 0.015 * torch.randn(
+        2, 300, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+
+    def term(keypoints, exact):
+        return interpenetration_loss(halo, keypoints, inside, mode="soft", exact_gradient=exact)
+
+    assert term(kp, True).item() == pytest.approx(term(kp, False).item(), rel=1e-9)
+    shift = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    grads = {exact: torch.autograd.grad(term(kp + shift, exact), shift)[0] for exact in (True, False)}
+    eps = 1e-6
+    fd = torch.stack([
+        (term(kp + eps * e, True) - term(kp - eps * e, True)) / (2 * eps) for e in torch.eye(3, dtype=torch.float64)
+    ])  # fmt: skip
+    assert fd.abs().max() > 0
+    torch.testing.assert_close(grads[True], fd, rtol=1e-4, atol=1e-8)
+    assert (grads[False] - fd).norm() > 0.1 * fd.norm()  # the original's detached frames miss it
+
+    module = _module(halo_base, use_inter_loss=True, inter_mode="soft", inter_exact_gradient=True)
+    assert module.hparams.inter_exact_gradient
+    assert not _module(
+        halo_base, original_config=True, inter_exact_gradient=True
+    ).hparams.inter_exact_gradient
