@@ -90,7 +90,7 @@ class RefineConfig:
     cull_margin: float = 0.1  # relative margin on the calibrated radii
     reselect_every: int = 1  # steps between re-choosing the interior points near the hand (speed vs quality)
     penetration_margin: float = 0.0  # HALO logit tolerated at interior points (> 0: a skin-deep overlap)
-    exact_gradient: bool = True  # HaloModel.forward(exact_gradient): the true keypoint gradient (False: the original's detached frames)
+    exact_gradient: bool = False  # True: HaloModel.forward(exact_gradient), the true keypoint gradient (README: mixed results so far)
     w_penetration: float = 10.0
     w_contact: float = 3.0
     w_pose: float = 0.1
