@@ -80,7 +80,9 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
             hundredths of a model unit across a finger, so the surface needs weights far above
             their initial ~0.1, and Adam at lr 1e-3 takes tens of thousands of steps to grow
             them. Measured (4,000-step proxy runs on the synthetic hands): val IoU 0.835 at k=1,
-            0.868 at k=4, 0.867 at k=10; after 1,000 steps 0.717 against 0.82. 1 = the original.
+            0.868 at k=4, 0.867 at k=10; after 1,000 steps 0.717 against 0.82; at 16,000 steps
+            the gain shrinks to 0.890 against 0.887. 1 = the original. With ``init_from`` the
+            loaded weights replace the scaled start; the k-times step still applies.
         init_from: checkpoint to start from (the original ``model_best.pt``, a ``halo-base`` file or
             a HaloBaseModule ``.ckpt``, read by :func:`halo.core.checkpoint.load_model`); copied in when ``fit``
             starts (a resumed fit then restores its own checkpoint's weights over it).

@@ -353,7 +353,7 @@ def canonicalize(
     ``attached=True`` keeps both attached (same values): then the gradient w.r.t. the keypoints
     is the true derivative. The detached one is what the original trains with, and it is wrong
     for moving keypoints: on a trained model d(logits)/d(translation) had the wrong sign on one
-    axis and finger-angle derivatives were 2-4x off (tests/core/test_canonicalization.py checks
+    axis and finger-angle derivatives were 2-4x off (tests/core/test_exact_gradient.py checks
     the attached one against finite differences). Fitting, refinement and grasp losses that
     move keypoints want ``attached=True`` (:meth:`halo.core.model.HaloModel.forward`'s
     ``exact_gradient``).
