@@ -425,7 +425,7 @@ def save_render(halo, mesh, before, after, name, path: Path) -> None:
 
     tiles = []
     for kp in (before, after):
-        hand = extract_hand_mesh(halo, kp, resolution_0=16, upsampling_steps=2).mesh
+        hand = extract_hand_mesh(halo, kp, resolution_0=32, upsampling_steps=2).mesh  # the CLI default
         tiles.append(np.asarray(render_grasp(hand, mesh, kp, size=360)))
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(tiles, axis=1)).save(path)

@@ -53,11 +53,16 @@ def cmd_refine_grasps(args: argparse.Namespace) -> int:
     model = model.to(torch.device(args.device)).eval()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = RefineConfig(steps=args.steps, penetration_margin=args.penetration_margin)
+    config = RefineConfig(
+        steps=args.steps,
+        penetration_margin=args.penetration_margin,
+        exact_gradient=not args.detached_gradient,
+    )
     report: dict = {
         "checkpoint": str(args.checkpoint),
         "steps": args.steps,
         "penetration_margin": args.penetration_margin,
+        "keypoint_gradient": "detached (the original's)" if args.detached_gradient else "exact",
         "objects": {},
         "skipped": [],
     }
@@ -139,6 +144,12 @@ def add_parser(subparsers) -> None:
         help="HALO logit tolerated at the object's interior points (default 0: pushed fully out; "
         "3-8 leave a skin-deep overlap: more volume, hands that hold the object in simulation; "
         "README, HALO-VAE)",
+    )
+    p.add_argument(
+        "--detached-gradient",
+        action="store_true",
+        help="descend HALO's original keypoint gradient (hand and bone frames detached) instead of "
+        "the exact one (README, HALO-VAE: it leaves pushed grasps deeper in)",
     )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.set_defaults(func=cmd_refine_grasps)

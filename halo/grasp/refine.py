@@ -10,8 +10,12 @@ against
   hand's surface, so a touching hand is not pushed away) of HALO's occupancy logit minus
   ``penetration_margin`` (0: out of the object; a few logits: a skin-deep overlap is tolerated,
   which is what lets a static hand hold an object in a physics simulation, measured in the README) (:func:`halo.grasp.vae.halo_occupancy_logit`,
-  the one HALO forward pass) at the ``inside_points`` interior points of the object nearest to the
-  current hand (a dense interior sample of the object is drawn once per object);
+  the one HALO forward pass) at the ``inside_points`` interior points of the object that HALO
+  finds most inside the current hand, out of the ``candidate_points`` nearest to its skeleton (a
+  dense interior sample of the object is drawn once per object).  Ranking by HALO, not by distance
+  alone: a hand wrapped round a thin object has many interior points near its finger bones that
+  it does not cover, and a penetrating palm further away (a toothpaste grasp: 1 of 104 penetrating
+  points among the 256 nearest, so 3.2 cm³ stayed);
 * contact: the joints that touched the object in the input (within ``contact_threshold_m``, or
   inside) stay within ``contact_distance_m`` of its surface (keypoints sit inside the fingers,
   about a finger radius under the skin), squared excess in cm;
@@ -57,6 +61,7 @@ __all__ = [
     "RefineResult",
     "anatomy_penalty",
     "object_interior",
+    "most_occupied_points",
     "pose_keypoints",
     "refine_grasps",
 ]
@@ -80,7 +85,8 @@ class RefineConfig:
     global_fraction: float = 0.4  # share of the steps that move only the rigid hand (stage 1)
     lr_rotation: float = 0.01  # rad per step scale (global and finger rotations)
     lr_translation_cm: float = 0.2
-    inside_points: int = 256  # interior points per grasp (nearest to the current hand)
+    inside_points: int = 256  # interior points per grasp in the loss (the most occupied of the candidates)
+    candidate_points: int = 1024  # interior points nearest to the skeleton that HALO ranks (>= inside_points)
     interior_samples: int = 6000  # dense interior sample of the object (drawn once per object)
     surface_samples: int = 3000
     contact_threshold_m: float = 0.02
@@ -90,7 +96,7 @@ class RefineConfig:
     cull_margin: float = 0.1  # relative margin on the calibrated radii
     reselect_every: int = 1  # steps between re-choosing the interior points near the hand (speed vs quality)
     penetration_margin: float = 0.0  # HALO logit tolerated at interior points (> 0: a skin-deep overlap)
-    exact_gradient: bool = False  # True: HaloModel.forward(exact_gradient), the true keypoint gradient (README: mixed results so far)
+    exact_gradient: bool = True  # HaloModel.forward(exact_gradient): the true keypoint gradient (False: the original's detached one)
     w_penetration: float = 10.0
     w_contact: float = 3.0
     w_pose: float = 0.1
@@ -106,9 +112,19 @@ class RefineConfig:
             )
         if not 0.0 <= self.global_fraction <= 1.0:
             raise RefineError(f"global_fraction must be in [0, 1], got {self.global_fraction}")
-        for name in ("inside_points", "interior_samples", "surface_samples", "reselect_every"):
+        for name in (
+            "inside_points",
+            "candidate_points",
+            "interior_samples",
+            "surface_samples",
+            "reselect_every",
+        ):
             if int(getattr(self, name)) < 1:
                 raise RefineError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.candidate_points) < int(self.inside_points):
+            raise RefineError(
+                f"candidate_points ({self.candidate_points}) must be >= inside_points ({self.inside_points})"
+            )
 
 
 @dataclass
@@ -135,6 +151,29 @@ def anatomy_penalty(keypoints: torch.Tensor) -> torch.Tensor:
         + F.relu(lo - abd)
     )
     return excess.pow(2).flatten(1).sum(-1)
+
+
+def most_occupied_points(
+    halo_model: HaloModel,
+    keypoints: torch.Tensor,
+    points: torch.Tensor,
+    k: int,
+    candidates: int,
+    cull: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B,k,3): of the ``candidates`` points of ``points`` (B,M,3) nearest to each hand's skeleton
+    (:func:`halo.grasp.vae.points_near_hand`), the ``k`` with the largest HALO logit (no gradient).
+
+    Where the hand penetrates, these are the penetrating points; where it does not, the points
+    just outside its skin, which keep it from sinking back in.
+    """
+    pool = points_near_hand(keypoints, points, int(candidates))
+    if int(k) >= pool.shape[1]:
+        return pool
+    with torch.no_grad():
+        logit = halo_occupancy_logit(halo_model, pool, keypoints.detach(), cull=cull)
+    idx = logit.topk(int(k), dim=-1).indices
+    return torch.gather(pool, 1, idx[..., None].expand(-1, -1, 3))
 
 
 def pose_keypoints(
@@ -260,7 +299,7 @@ def refine_grasps(
     scale = halo_logit_scale(halo_model)
 
     def penetration(kp: torch.Tensor) -> torch.Tensor:
-        pts = points_near_hand(kp, inside, cfg.inside_points)
+        pts = most_occupied_points(halo_model, kp, inside[: len(kp)], cfg.inside_points, cfg.candidate_points)
         logit = halo_occupancy_logit(halo_model, pts, kp)
         return F.softplus(scale * logit, beta=cfg.penetration_sharpness).mean(-1)
 
@@ -283,9 +322,11 @@ def refine_grasps(
             for step in range(int(cfg.steps)):
                 kp = current()
                 if step % int(cfg.reselect_every) == 0:
-                    # The interior points nearest to the hand.  Re-choosing them only every few steps
-                    # saves a cdist over the dense sample but moved hands further (measured at 5).
-                    pts = points_near_hand(kp[ok], inside_ok, cfg.inside_points)
+                    # The interior points HALO finds most inside the hand.  Re-choosing them only
+                    # every few steps saves work but moved hands further (measured at 5).
+                    pts = most_occupied_points(
+                        halo_model, kp[ok], inside_ok, cfg.inside_points, cfg.candidate_points, cull=radii
+                    )
                 logit = halo_occupancy_logit(
                     halo_model, pts, kp[ok], cull=radii, exact_gradient=cfg.exact_gradient
                 )
