@@ -40,6 +40,10 @@ neither trained nor applied at generation):
   frame and bone frames attached (:meth:`halo.core.model.HaloModel.forward`'s ``exact_gradient``).
   The original detaches them; then moving the whole hand does not move HALO's palm in the
   gradient (the palm's canonical frame is the detached hand frame), so a sunk palm gets no push;
+* ``inter_rank_candidates``: of this many interior points nearest to the hand, the term sees the
+  ``inter_near_hand_points`` that HALO finds most occupied (no gradient in the ranking); nearest
+  alone misses a penetrating palm when the fingers wrap a thin object
+  (:func:`halo.grasp.vae.most_occupied_points`, also what test-time refinement uses);
 * ``inter_start_steps`` / ``inter_warmup_steps``: the HALO terms are off (not computed) before the
   start step, then ramp in linearly;
 * ``use_contact_loss``: this project's contact term (:func:`halo.grasp.vae.contact_loss`;
@@ -132,6 +136,7 @@ ORIGINAL_SWITCHES: dict[str, Any] = {
     "inter_start_steps": 0,
     "inter_gradient": "all",
     "inter_exact_gradient": False,
+    "inter_rank_candidates": None,
 }
 #: The architecture ``original_config=True`` forces (63 free coordinates out of the decoder).
 ORIGINAL_VAE: dict[str, Any] = {"decoder": "keypoints"}
@@ -220,6 +225,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         inter_start_steps: int = 0,
         inter_gradient: str = "all",
         inter_exact_gradient: bool = False,
+        inter_rank_candidates: int | None = None,
         encoder_freeze_after_epochs: int | None = None,
         original_config: bool = False,
         object_points: int = 600,
@@ -239,6 +245,13 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         if inter_near_hand_points is not None and int(inter_near_hand_points) < 1:
             raise ValueError(
                 f"model.inter_near_hand_points must be >= 1 or null, got {inter_near_hand_points}"
+            )
+        if inter_rank_candidates is not None and (
+            inter_near_hand_points is None or int(inter_rank_candidates) < int(inter_near_hand_points)
+        ):
+            raise ValueError(
+                "model.inter_rank_candidates needs model.inter_near_hand_points and must be >= it, got "
+                f"{inter_rank_candidates} (inter_near_hand_points {inter_near_hand_points})"
             )
         for name, value in (
             ("inter_warmup_steps", inter_warmup_steps),
@@ -273,6 +286,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             "inter_start_steps": int(inter_start_steps),
             "inter_gradient": str(inter_gradient),
             "inter_exact_gradient": bool(inter_exact_gradient),
+            "inter_rank_candidates": None if inter_rank_candidates is None else int(inter_rank_candidates),
         }
         if original_config:
             changed = {k: v for k, v in ORIGINAL_SWITCHES.items() if switches[k] != v}
@@ -425,6 +439,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             near_hand_points=hp.get("inter_near_hand_points"),
             logit_scale=self.inter_logit_scale,
             exact_gradient=hp.get("inter_exact_gradient", False),
+            rank_candidates=hp.get("inter_rank_candidates"),
         )
 
     def inter_schedule(self) -> float:

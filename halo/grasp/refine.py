@@ -48,8 +48,8 @@ from halo.grasp.kinematics import PALM_JOINTS, axis_angle_to_matrix
 from halo.grasp.vae import (
     halo_logit_scale,
     halo_occupancy_logit,
+    most_occupied_points,
     plausible_hands,
-    points_near_hand,
 )
 from halo.utils.errors import InputError
 
@@ -61,7 +61,6 @@ __all__ = [
     "RefineResult",
     "anatomy_penalty",
     "object_interior",
-    "most_occupied_points",
     "pose_keypoints",
     "refine_grasps",
 ]
@@ -151,29 +150,6 @@ def anatomy_penalty(keypoints: torch.Tensor) -> torch.Tensor:
         + F.relu(lo - abd)
     )
     return excess.pow(2).flatten(1).sum(-1)
-
-
-def most_occupied_points(
-    halo_model: HaloModel,
-    keypoints: torch.Tensor,
-    points: torch.Tensor,
-    k: int,
-    candidates: int,
-    cull: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """(B,k,3): of the ``candidates`` points of ``points`` (B,M,3) nearest to each hand's skeleton
-    (:func:`halo.grasp.vae.points_near_hand`), the ``k`` with the largest HALO logit (no gradient).
-
-    Where the hand penetrates, these are the penetrating points; where it does not, the points
-    just outside its skin, which keep it from sinking back in.
-    """
-    pool = points_near_hand(keypoints, points, int(candidates))
-    if int(k) >= pool.shape[1]:
-        return pool
-    with torch.no_grad():
-        logit = halo_occupancy_logit(halo_model, pool, keypoints.detach(), cull=cull)
-    idx = logit.topk(int(k), dim=-1).indices
-    return torch.gather(pool, 1, idx[..., None].expand(-1, -1, 3))
 
 
 def pose_keypoints(

@@ -68,6 +68,7 @@ __all__ = [
     "halo_occupancy",
     "halo_occupancy_logit",
     "INTER_MODES",
+    "most_occupied_points",
     "points_near_hand",
     "interpenetration_loss",
     "joint_object_distances",
@@ -694,6 +695,29 @@ def points_near_hand(keypoints: torch.Tensor, points: torch.Tensor, k: int) -> t
     return torch.gather(points, 1, idx[..., None].expand(-1, -1, 3))
 
 
+def most_occupied_points(
+    halo_model: HaloModel,
+    keypoints: torch.Tensor,
+    points: torch.Tensor,
+    k: int,
+    candidates: int,
+    cull: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B,k,3): of the ``candidates`` points of ``points`` (B,M,3) nearest to each hand's skeleton
+    (:func:`points_near_hand`), the ``k`` with the largest HALO logit (no gradient).
+
+    Where the hand penetrates, these are the penetrating points; where it does not, the points
+    just outside its skin, which keep it from sinking back in.
+    """
+    pool = points_near_hand(keypoints, points, int(candidates))
+    if int(k) >= pool.shape[1]:
+        return pool
+    with torch.no_grad():
+        logit = halo_occupancy_logit(halo_model, pool, keypoints.detach(), cull=cull)
+    idx = logit.topk(int(k), dim=-1).indices
+    return torch.gather(pool, 1, idx[..., None].expand(-1, -1, 3))
+
+
 def interpenetration_loss(
     halo_model: HaloModel,
     keypoints: torch.Tensor,
@@ -704,6 +728,7 @@ def interpenetration_loss(
     near_hand_points: int | None = None,
     logit_scale: float = 1.0,
     exact_gradient: bool = False,
+    rank_candidates: int | None = None,
 ) -> torch.Tensor:
     """HALO's occupancy of the object's interior points under the hand (spec 6.3).
 
@@ -723,6 +748,9 @@ def interpenetration_loss(
         logit_scale: ``mode="soft"``: the logit is multiplied by it first (``REFERENCE_SKIN_SLOPE /
             skin_logit_slope(base)`` puts any base in the release's units).
         exact_gradient: the true keypoint gradient (:meth:`HaloModel.forward`).
+        rank_candidates: with ``near_hand_points``: of this many interior points nearest to the
+            hand, the ``near_hand_points`` HALO finds most occupied (:func:`most_occupied_points`;
+            a hand wrapped round a thin object covers few of the points nearest its bones).
 
     Returns:
         () mean over points and over the batch (invalid hands contribute 0); gradient flows to
@@ -737,7 +765,9 @@ def interpenetration_loss(
     if not bool(valid.any()):
         return keypoints.sum() * 0.0
     points = inside_points[valid]
-    if near_hand_points:
+    if near_hand_points and rank_candidates:
+        points = most_occupied_points(halo_model, keypoints[valid], points, near_hand_points, rank_candidates)
+    elif near_hand_points:
         points = points_near_hand(keypoints[valid], points, near_hand_points)
     if mode == "soft":
         logit = halo_occupancy_logit(halo_model, points, keypoints[valid], exact_gradient=exact_gradient)

@@ -605,6 +605,27 @@ def test_points_near_hand_picks_interior_points_along_the_bones():
     assert torch.allclose(near[0, 0], mid_palm[0])
 
 
+def test_ranked_interior_points_are_the_most_occupied_and_score_at_least_the_nearest(halo_base):
+    """rank_candidates: the term sees the k interior points HALO finds most occupied, so it is the
+    mean softplus of the k largest logits, never below the nearest-k term; the module validates it."""
+    halo, _ = load_model(halo_base)
+    halo.requires_grad_(False)
+    kp = random_hands(3, seed=6, dtype=torch.float32)
+    inside = kp[:, 5:6] + 0.04 * torch.randn(3, 120, 3, generator=torch.Generator().manual_seed(1))
+    ranked = interpenetration_loss(halo, kp, inside, mode="soft", near_hand_points=16, rank_candidates=120)
+    nearest = interpenetration_loss(halo, kp, inside, mode="soft", near_hand_points=16)
+    with torch.no_grad():
+        logit = halo(inside, kp, return_parts=True).part_logits.amax(-1)
+        expected = torch.nn.functional.softplus(logit.topk(16, dim=-1).values).mean()
+    assert ranked.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert ranked.item() >= nearest.item() - 1e-6
+    x = kp.clone().requires_grad_(True)
+    interpenetration_loss(halo, x, inside, mode="soft", near_hand_points=16, rank_candidates=120).backward()
+    assert x.grad.abs().sum() > 0  # the ranking has no gradient, the term does
+    with pytest.raises(ValueError, match="inter_rank_candidates"):
+        _module(halo_base, inter_mode="soft", inter_near_hand_points=64, inter_rank_candidates=32)
+
+
 def test_original_config_restores_the_free_decoder_and_the_thresholded_term(halo_base):
     m = _module(
         halo_base,

@@ -16,11 +16,10 @@ from halo.grasp.refine import (
     RefineConfig,
     RefineError,
     anatomy_penalty,
-    most_occupied_points,
     pose_keypoints,
     refine_grasps,
 )
-from halo.grasp.vae import halo_occupancy_logit, points_near_hand
+from halo.grasp.vae import halo_occupancy_logit, most_occupied_points, points_near_hand
 from tests.helpers import random_hands
 
 SPHERE_R = 0.04
