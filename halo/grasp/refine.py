@@ -130,7 +130,7 @@ class RefineConfig:
 class RefineResult:
     keypoints: torch.Tensor  # (B,21,3) refined, metres, the input's frame, on the CPU
     displacement_m: torch.Tensor  # (B,) mean joint displacement from the input
-    penetration_before: torch.Tensor  # (B,) mean softplus(logit) over the interior points near the hand
+    penetration_before: torch.Tensor  # (B,) mean softplus(logit) at the interior points the loss sees
     # (logits in the release's units: x REFERENCE_SKIN_SLOPE / skin_logit_slope(base))
     penetration_after: torch.Tensor  # (B,)
     object_note: str  # "watertight" or "convex hull (not watertight)"
