@@ -384,10 +384,12 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         *,
         generator: torch.Generator | None = None,
         refine: bool | None = None,
+        latent: str = "standard",
     ) -> torch.Tensor:
         """``n`` grasps (n,21,3) metres for one object's surface samples (P,3) (object-centred, metres).
 
-        ``refine`` None follows ``refine_at_generation``.  Batched input (B,P,3) gives (B,n,21,3).
+        ``refine`` None follows ``refine_at_generation``.  ``latent``: :meth:`GraspVAE.sample`'s.
+        Batched input (B,P,3) gives (B,n,21,3).
         """
         was_training = self.vae.training
         self.vae.eval()
@@ -395,7 +397,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
             do_refine = self.hparams.refine_at_generation if refine is None else refine
             steps = self.hparams.refine_steps if do_refine else 0
             pts = object_points.to(self.device, torch.float32)
-            return self.vae.sample(pts, n, generator=generator, refine_steps=steps)
+            return self.vae.sample(pts, n, generator=generator, refine_steps=steps, latent=latent)
         finally:
             self.vae.train(was_training)
 
@@ -473,6 +475,9 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
     def losses(self, batch: dict, sample: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
         """(total, unweighted terms, VaeOutput).  ``sample``: z ~ q (training) or the posterior mean."""
         out = self.vae(batch["keypoints"], batch["object_points"], sample=sample)
+        if self.training and sample and out.z.shape[0] > 1:
+            # The training posterior's running Gaussian: what `sample(latent="fitted")` draws from.
+            self.vae.update_latent_statistics(out.z)
         # Before inter_start_steps the HALO terms weigh 0: not computed at all (HALO is the step's cost).
         halo_on = not self.training or self.inter_schedule() > 0.0
         want_inter = (self.hparams.use_inter_loss and halo_on) or not self.training

@@ -72,6 +72,11 @@ def _load_models(args: argparse.Namespace):
         vae, meta = load_grasp_vae(args.checkpoint, trust_pickle=args.trust_checkpoint)
     except GraspVaeError as exc:
         raise CliError(str(exc)) from exc
+    if args.latent == "fitted" and not vae.latent_fitted:
+        raise CliError(
+            f"--latent fitted: {args.checkpoint} has no latent statistics (trained before they existed); "
+            "use --latent standard or retrain"
+        )
     hp = meta["hyper_parameters"]
     halo_path = args.halo_checkpoint or hp.get("halo_checkpoint")
     if not halo_path:
@@ -185,7 +190,9 @@ def _generate_grasps(args: argparse.Namespace) -> int:
             return result.keypoints.numpy()
 
     results = generate_grasps(
-        lambda pts, n, generator: vae.sample(pts, n, generator=generator, refine_steps=steps),
+        lambda pts, n, generator: vae.sample(
+            pts, n, generator=generator, refine_steps=steps, latent=args.latent
+        ),
         halo,
         targets,
         args.num_grasps,
@@ -228,6 +235,7 @@ def _generate_grasps(args: argparse.Namespace) -> int:
                 "global_step": meta.get("global_step"),
                 "grasps_per_object": args.num_grasps,
                 "seed": args.seed,
+                "latent": args.latent,
                 "refine_steps": steps,
                 "halo_refine_steps": args.halo_refine_steps if args.halo_refine else 0,
                 "halo_refine_seconds": refine_seconds,
@@ -274,6 +282,14 @@ def add_parser(commands) -> None:
     )
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the object samples and latent draws (default 0)"
+    )
+    p.add_argument(
+        "--latent",
+        choices=["standard", "fitted"],
+        default="standard",
+        help="where z is drawn: standard = N(0, I) (the original); fitted = a Gaussian fitted to the "
+        "training grasps' posterior during training (more varied grasps, more overlap before "
+        "--halo-refine; README, HALO-VAE)",
     )
     refine = p.add_mutually_exclusive_group()
     refine.add_argument(

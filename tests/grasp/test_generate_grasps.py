@@ -104,6 +104,7 @@ def test_generate_grasps_writes_the_promised_files(vae_checkpoint, objects, tmp_
     assert float(all_row[3]) == pytest.approx(np.mean([float(r["volume_cm3"]) for r in rows]), abs=5e-4)
     meta = json.loads((out / "generation.json").read_text())
     assert meta["grasps_per_object"] == N and meta["refine_steps"] == 3 and meta["units"] == "metres"
+    assert meta["latent"] == "standard"
     assert "| all |" in captured.out
 
     # Directly consumable by `halo eval grasps`: the same grasps, the same metric values.
@@ -130,7 +131,7 @@ def test_generate_and_eval_grasps_report_the_same_diversity(vae_checkpoint, tmp_
     from halo.grasp.vae import GraspVAE
     from halo.hands.sequences import random_skeletons
 
-    def realistic(self, points, n, generator=None, refine_steps=0):
+    def realistic(self, points, n, generator=None, refine_steps=0, latent="standard"):
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         hands = random_skeletons(n, seed=seed)
         return torch.from_numpy(hands - hands.mean(axis=(0, 1)))  # around the (centred) object
@@ -212,3 +213,32 @@ def test_generate_grasps_with_halo_refinement_moves_grasps_and_keeps_their_bones
     np.testing.assert_allclose(bones(ref), bones(raw), atol=2e-5)  # bone lengths held
     meta = json.loads((tmp_path / "ref" / "generation.json").read_text())
     assert meta["halo_refine_steps"] == 5
+
+
+def test_generate_grasps_draws_from_the_fitted_latent_when_asked(vae_checkpoint, objects, tmp_path, capsys):
+    """The fixture's training kept the posterior's running Gaussian: --latent fitted draws from it
+    (other hands than N(0, I), recorded in generation.json); a checkpoint without it gets one line."""
+    ckpt, _ = vae_checkpoint
+    common = ["generate", "grasps", "--objects", str(objects / "ball.obj"), "-n", "2", "--resolution-0", "8",
+              "--upsampling-steps", "1", "--no-render", "--no-progress"]  # fmt: skip
+    kp = {}
+    for latent in ("standard", "fitted"):
+        out = tmp_path / latent
+        assert halo_main([*common, "--checkpoint", str(ckpt), "--out", str(out), "--latent", latent]) == 0
+        assert json.loads((out / "generation.json").read_text())["latent"] == latent
+        kp[latent] = np.load(out / "ball_0.npy")
+    assert np.abs(kp["fitted"] - kp["standard"]).max() > 1e-6
+    payload = torch.load(ckpt, map_location="cpu", weights_only=False)
+    for name in ("latent_mean", "latent_cov", "latent_count"):
+        del payload["state_dict"][f"vae.{name}"]  # a checkpoint from before the statistics existed
+    old = tmp_path / "old.ckpt"
+    torch.save(payload, old)
+    capsys.readouterr()
+    assert (
+        halo_main([*common, "--checkpoint", str(old), "--out", str(tmp_path / "o"), "--latent", "fitted"])
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--latent fitted" in err[0] and "no latent statistics" in err[0]
+    # ... and it still generates from N(0, I)
+    assert halo_main([*common, "--checkpoint", str(old), "--out", str(tmp_path / "o2")]) == 0

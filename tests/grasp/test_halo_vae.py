@@ -626,6 +626,52 @@ def test_ranked_interior_points_are_the_most_occupied_and_score_at_least_the_nea
         _module(halo_base, inter_mode="soft", inter_near_hand_points=64, inter_rank_candidates=32)
 
 
+def test_latent_statistics_track_the_posterior_and_fitted_samples_follow_them():
+    """update_latent_statistics: the first batch sets mean/covariance, later ones move them by the
+    momentum; sample(latent="fitted") draws z from that Gaussian, "standard" from N(0, I)."""
+    from halo.grasp.vae import GraspVAE
+
+    vae = GraspVAE(SMALL_VAE)
+    zd = vae.config.z_dim
+    assert not vae.latent_fitted
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, zd, generator=g) * 0.5 + 2.0
+    vae.update_latent_statistics(a)
+    assert vae.latent_fitted and int(vae.latent_count) == 4000
+    assert torch.allclose(vae.latent_mean, a.mean(0), atol=1e-5)
+    assert torch.allclose(vae.latent_cov, torch.cov(a.T), atol=1e-5)
+    b = torch.randn(4000, zd, generator=g) - 1.0
+    vae.update_latent_statistics(b, momentum=0.25)
+    assert torch.allclose(vae.latent_mean, 0.75 * a.mean(0) + 0.25 * b.mean(0), atol=1e-5)
+    with pytest.raises(GraspVaeError, match="latent batch"):
+        vae.update_latent_statistics(torch.zeros(1, zd))
+    # Samples: z from the fitted Gaussian (checked through draw_latent) and different hands.
+    z = vae.draw_latent(20000, "fitted", torch.Generator().manual_seed(1), torch.float32, "cpu")
+    assert torch.allclose(z.mean(0), vae.latent_mean, atol=0.05)
+    assert torch.allclose(torch.cov(z.T), vae.latent_cov, atol=0.08)
+    std = vae.draw_latent(20000, "standard", torch.Generator().manual_seed(1), torch.float32, "cpu")
+    assert std.mean().abs() < 0.02 and (std.std() - 1).abs() < 0.02
+    pts = torch.randn(64, 3) * 0.03
+    kp_std = vae.sample(pts, 3, generator=torch.Generator().manual_seed(2))
+    kp_fit = vae.sample(pts, 3, generator=torch.Generator().manual_seed(2), latent="fitted")
+    assert kp_std.shape == kp_fit.shape == (3, 21, 3) and not torch.allclose(kp_std, kp_fit)
+    with pytest.raises(GraspVaeError, match="latent must be one of"):
+        vae.sample(pts, 1, latent="posterior")
+    with pytest.raises(GraspVaeError, match="no latent statistics|does not have"):
+        GraspVAE(SMALL_VAE).sample(pts, 1, latent="fitted")
+
+
+def test_training_keeps_the_latent_statistics_and_checkpoints_carry_them(halo_base, tmp_path):
+    m = _module(halo_base)
+    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(m, datamodule=_data())
+    assert int(m.vae.latent_count) == 3 * 8  # three training batches of 8 folded in
+    path = tmp_path / "v.ckpt"
+    trainer.save_checkpoint(path)
+    vae, _ = load_grasp_vae(path)
+    assert vae.latent_fitted and torch.allclose(vae.latent_cov, m.vae.latent_cov)
+
+
 def test_original_config_restores_the_free_decoder_and_the_thresholded_term(halo_base):
     m = _module(
         halo_base,
