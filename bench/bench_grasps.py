@@ -270,14 +270,16 @@ def cmd_table(args) -> None:
     render_pair = None
     for set_name, objs in sets.items():
         methods: dict[str, dict] = {}
-        for name, mesh, note in objs:
+        for obj_index, (name, mesh, note) in enumerate(objs):
             print(f"[{set_name}] {name}: {note}", flush=True)
             pts = torch.tensor(sample_surface_points(mesh, 300, seed=0))
             for seed in args.seeds:
                 for config in CONFIGS:
                     vae, _ = load_grasp_vae(Path(args.out) / "runs" / f"{config}_seed{seed}.ckpt")
                     label = config
-                    gen = torch.Generator().manual_seed(1000 + seed)
+                    # Latents differ per object (as in `halo generate grasps`): with one seed for every
+                    # object the pooled diversity counted the same 8 latents five times.
+                    gen = torch.Generator().manual_seed(1000 * (seed + 1) + obj_index)
                     t0 = time.perf_counter()
                     kp = vae.sample(pts, args.grasps, generator=gen)
                     dt = (time.perf_counter() - t0) / args.grasps
