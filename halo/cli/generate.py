@@ -285,7 +285,7 @@ def add_parser(commands) -> None:
     )
     p.add_argument(
         "--latent",
-        choices=["standard", "fitted"],
+        choices=["standard", "fitted"],  # halo.grasp.vae.LATENTS (not imported here: torch at --help)
         default="standard",
         help="where z is drawn: standard = N(0, I) (the original); fitted = a Gaussian fitted to the "
         "training grasps' posterior during training (more varied grasps, more overlap before "

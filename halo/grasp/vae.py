@@ -404,7 +404,7 @@ class GraspVAE(nn.Module):
         self.register_buffer("latent_cov", torch.eye(config.z_dim))
         self.register_buffer("latent_count", torch.tensor(0, dtype=torch.long))
 
-    #: Buffers checkpoints written before the latent statistics existed lack: (name, default factory).
+    #: Buffers that checkpoints written before the latent statistics existed lack (loaded as their defaults).
     _LATENT_BUFFERS = ("latent_mean", "latent_cov", "latent_count")
 
     def _load_from_state_dict(
