@@ -274,14 +274,16 @@ def cmd_table(args) -> None:
             print(f"[{set_name}] {name}: {note}", flush=True)
             pts = torch.tensor(sample_surface_points(mesh, 300, seed=0))
             for seed in args.seeds:
-                for config in CONFIGS:
+                for config, latent in [
+                    (c, z) for c in CONFIGS for z in (args.latents if c == "inter" else ["standard"])
+                ]:
                     vae, _ = load_grasp_vae(Path(args.out) / "runs" / f"{config}_seed{seed}.ckpt")
-                    label = config
+                    label = config if latent == "standard" else f"{config} (fitted z)"
                     # Latents differ per object (as in `halo generate grasps`): with one seed for every
                     # object the pooled diversity counted the same 8 latents five times.
                     gen = torch.Generator().manual_seed(1000 * (seed + 1) + obj_index)
                     t0 = time.perf_counter()
-                    kp = vae.sample(pts, args.grasps, generator=gen)
+                    kp = vae.sample(pts, args.grasps, generator=gen, latent=latent)
                     dt = (time.perf_counter() - t0) / args.grasps
                     m = methods.setdefault(label, {"rows": [], "kp": [], "t": []})
                     rows = score(halo, mesh, name, kp.numpy(), args.simulate)
@@ -291,10 +293,10 @@ def cmd_table(args) -> None:
                     per_seed.setdefault(f"{set_name}/{label}", {}).setdefault(seed, []).extend(
                         r["volume_cm3"] for r in rows
                     )
-                    if label != "inter":
+                    if config != "inter":
                         continue
                     for margin in args.margins:  # test-time refinement through HALO, per margin
-                        refined = "inter+HALO refine" + (f" (margin {margin:g})" if margin else "")
+                        refined = f"{label}+HALO refine" + (f" (margin {margin:g})" if margin else "")
                         cfg = RefineConfig(steps=args.refine_steps, penetration_margin=margin)
                         t0 = time.perf_counter()
                         out = refine_grasps(halo, kp, mesh, config=cfg)
@@ -307,7 +309,12 @@ def cmd_table(args) -> None:
                         per_seed.setdefault(f"{set_name}/{refined}", {}).setdefault(seed, []).extend(
                             r["volume_cm3"] for r in rows2
                         )
-                        if render_pair is None and set_name == "synthetic" and not margin:
+                        if (
+                            render_pair is None
+                            and set_name == "synthetic"
+                            and not margin
+                            and latent == "standard"
+                        ):
                             worst = int(np.nanargmax([r["volume_cm3"] for r in rows]))
                             render_pair = (mesh, kp[worst].numpy(), out.keypoints[worst].numpy(), name)
             if set_name == "synthetic" and name in gt:
@@ -461,6 +468,14 @@ def main() -> None:
         "--refine-steps", type=int, default=80, help="test-time refinement steps (the CLI default)"
     )
     p.add_argument("--simulate", action="store_true", help="pybullet simulation displacement")
+    p.add_argument(
+        "--latents",
+        nargs="+",
+        default=["standard"],
+        choices=["standard", "fitted"],
+        help="where the HALO-term runs draw z (fitted: halo generate grasps --latent fitted; needs runs "
+        "trained with the latent statistics)",
+    )
     p.add_argument("--render", default="docs/images/refine_before_after.png")
     p.add_argument("--real", nargs="+", default=list(REAL_OBJECTS), choices=list(REAL_OBJECTS))
     args = p.parse_args()

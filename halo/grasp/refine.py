@@ -19,6 +19,12 @@ against
 * contact: the joints that touched the object in the input (within ``contact_threshold_m``, or
   inside) stay within ``contact_distance_m`` of its surface (keypoints sit inside the fingers,
   about a finger radius under the skin), squared excess in cm;
+* touch: the hand's skin reaches the object: of the ``touch_candidates`` object surface points
+  nearest to the skeleton, the ``touch_points`` HALO finds most occupied get a ``softplus`` of
+  minus their logit (in the release's units), with ``touch_distance_m`` of slack (logit
+  ``REFERENCE_SKIN_SLOPE x touch_distance_m``).  Why: a joint within ``contact_distance_m`` does
+  not make the skin touch (a palm joint sits ~1 cm under it), so hands that floated in the input
+  stayed 6-13 mm off after refinement (seed 0, synthetic objects: 5 of 40);
 * pose prior: squared keypoint displacement from the input (cm^2), so hands move no more than
   needed;
 * anatomy: flexion / abduction of the 15 finger bones (the canonicalization's angles) inside
@@ -46,6 +52,7 @@ from halo.core.skeleton import FINGER_JOINTS, NUM_JOINTS
 from halo.geometry.inside import sample_inside_points
 from halo.grasp.kinematics import PALM_JOINTS, axis_angle_to_matrix
 from halo.grasp.vae import (
+    REFERENCE_SKIN_SLOPE,
     halo_logit_scale,
     halo_occupancy_logit,
     most_occupied_points,
@@ -98,6 +105,10 @@ class RefineConfig:
     exact_gradient: bool = True  # HaloModel.forward(exact_gradient): the true keypoint gradient (False: the original's detached one)
     w_penetration: float = 10.0
     w_contact: float = 3.0
+    touch_points: int = 8  # object surface points per grasp in the touch term (the most occupied candidates)
+    touch_candidates: int = 256  # object surface points nearest to the skeleton that HALO ranks
+    touch_distance_m: float = 0.002  # slack of the touch term: the skin within ~2 mm of the surface counts
+    w_touch: float = 0.3
     w_pose: float = 0.1
     w_anatomy: float = 10.0
     seed: int = 0
@@ -117,9 +128,17 @@ class RefineConfig:
             "interior_samples",
             "surface_samples",
             "reselect_every",
+            "touch_points",
+            "touch_candidates",
         ):
             if int(getattr(self, name)) < 1:
                 raise RefineError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.touch_distance_m) and self.touch_distance_m >= 0.0):
+            raise RefineError(f"touch_distance_m must be a finite distance >= 0, got {self.touch_distance_m}")
+        if int(self.touch_candidates) < int(self.touch_points):
+            raise RefineError(
+                f"touch_candidates ({self.touch_candidates}) must be >= touch_points ({self.touch_points})"
+            )
         if int(self.candidate_points) < int(self.inside_points):
             raise RefineError(
                 f"candidate_points ({self.candidate_points}) must be >= inside_points ({self.inside_points})"
@@ -288,7 +307,9 @@ def refine_grasps(
     with torch.enable_grad():
         if bool(ok.any()):
             inside_ok = inside[ok]
+            surface_ok = surface[None].expand(int(ok.sum()), -1, -1)
             c = contact[ok]
+            touch_slack = REFERENCE_SKIN_SLOPE * cfg.touch_distance_m
             # Part culling with radii calibrated once on the input hands (bones keep their lengths,
             # so the radii hold; + margin for the finger joints' rotation): ~5x fewer part
             # evaluations per step than all 16 parts (bench/bench_grasps.py --refine-speed).
@@ -300,16 +321,23 @@ def refine_grasps(
                 if step % int(cfg.reselect_every) == 0:
                     # The interior points HALO finds most inside the hand.  Re-choosing them only
                     # every few steps saves work but moved hands further (measured at 5).
-                    pts = most_occupied_points(
+                    inside_pts = most_occupied_points(
                         halo_model, kp[ok], inside_ok, cfg.inside_points, cfg.candidate_points, cull=radii
                     )
-                logit = halo_occupancy_logit(
-                    halo_model, pts, kp[ok], cull=radii, exact_gradient=cfg.exact_gradient
+                    # Not culled: a floating hand's nearest surface points lie beyond the part radii,
+                    # where a culled logit is a constant floor without gradient.
+                    touch_pts = most_occupied_points(
+                        halo_model, kp[ok], surface_ok, cfg.touch_points, cfg.touch_candidates
+                    )
+                logit = scale * halo_occupancy_logit(
+                    halo_model, inside_pts, kp[ok], cull=radii, exact_gradient=cfg.exact_gradient
                 )
-                pen = F.softplus(scale * logit - cfg.penetration_margin, beta=cfg.penetration_sharpness).mean(
-                    -1
+                pen = F.softplus(logit - cfg.penetration_margin, beta=cfg.penetration_sharpness).mean(-1)
+                touch_logit = scale * halo_occupancy_logit(
+                    halo_model, touch_pts, kp[ok], exact_gradient=cfg.exact_gradient
                 )
-                d = torch.cdist(kp[ok], surface[None].expand(int(ok.sum()), -1, -1)).amin(-1)
+                touch = F.softplus(-(touch_logit + touch_slack), beta=cfg.penetration_sharpness).mean(-1)
+                d = torch.cdist(kp[ok], surface_ok).amin(-1)
                 gap = F.relu(d - cfg.contact_distance_m) * CM_PER_M
                 contact_term = (gap.pow(2) * c).sum(-1) / c.sum(-1).clamp_min(1.0)
                 pose_term = ((kp[ok] - kp0[ok]) * CM_PER_M).pow(2).sum(-1).mean(-1)
@@ -317,6 +345,7 @@ def refine_grasps(
                 loss = (
                     cfg.w_penetration * pen
                     + cfg.w_contact * contact_term
+                    + cfg.w_touch * touch
                     + cfg.w_pose * pose_term
                     + cfg.w_anatomy * anatomy
                 ).sum()
