@@ -311,6 +311,28 @@ def _view_starts(points: np.ndarray, view: np.ndarray, hand_samples: np.ndarray,
             yield frame @ hand_frame.T, sc, f"{side}{deg:+d}"
 
 
+def retry_rows(
+    order: np.ndarray, owner: np.ndarray, refined: list[int], placement: list[str], i: int, count: int
+) -> list[int]:
+    """The ``count`` starts of input ``i`` to refine next, when its refined starts missed its surface.
+
+    ``order``: start rows by loss (best first); ``owner``: input per row; ``refined``: rows already
+    refined; ``placement``: per row, the rigid placement it started from (PCA flip, or view side
+    and turn).  First the best start of each placement none of the refined rows had, then the
+    next by loss.  Why: a fit that misses its surface usually sits on the wrong side or points
+    the wrong way, and the next starts by loss tend to share the failed placement in another
+    finger pose.
+    """
+    rows = [int(r) for r in order if owner[r] == i and r not in refined]
+    seen = {placement[r] for r in refined if owner[r] == i}
+    chosen: list[int] = []
+    for r in rows:
+        if len(chosen) < count and placement[r] not in seen:
+            chosen.append(r)
+            seen.add(placement[r])
+    return chosen + [r for r in rows if r not in chosen][: count - len(chosen)]
+
+
 class _Batch:
     """Tensors of the inputs x starts being fitted (input index ``owner`` per row)."""
 
@@ -687,7 +709,9 @@ def fit_hands(
         retry = [
             r
             for i in failed
-            for r in [r for r in order if own_c[r] == i and r not in keep][: config.retry_starts]
+            for r in retry_rows(
+                order, own_c, keep, [lab.split("/")[-1] for lab in labels], i, config.retry_starts
+            )
         ]
         if retry:
             extra = refine(retry)

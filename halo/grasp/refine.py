@@ -312,7 +312,7 @@ def refine_grasps(
             touch_slack = REFERENCE_SKIN_SLOPE * cfg.touch_distance_m
             # Part culling with radii calibrated once on the input hands (bones keep their lengths,
             # so the radii hold; + margin for the finger joints' rotation): ~5x fewer part
-            # evaluations per step than all 16 parts (bench/bench_grasps.py --refine-speed).
+            # evaluations per step than all 16 parts, ~2x faster per step (measured when added).
             radii = None
             if cfg.cull and not halo_model.config.smooth_max:
                 radii = halo_model.culling_radii(kp0[ok]) * (1.0 + cfg.cull_margin)
