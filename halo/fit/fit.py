@@ -312,24 +312,33 @@ def _view_starts(points: np.ndarray, view: np.ndarray, hand_samples: np.ndarray,
 
 
 def retry_rows(
-    order: np.ndarray, owner: np.ndarray, refined: list[int], placement: list[str], i: int, count: int
+    order: np.ndarray,
+    owner: np.ndarray,
+    refined: list[int],
+    placement: list[str],
+    i: int,
+    count: int,
+    new_placements: bool,
 ) -> list[int]:
     """The ``count`` starts of input ``i`` to refine next, when its refined starts missed its surface.
 
     ``order``: start rows by loss (best first); ``owner``: input per row; ``refined``: rows already
     refined; ``placement``: per row, the rigid placement it started from (PCA flip, or view side
-    and turn).  First the best start of each placement none of the refined rows had, then the
-    next by loss.  Why: a fit that misses its surface usually sits on the wrong side or points
-    the wrong way, and the next starts by loss tend to share the failed placement in another
-    finger pose.
+    and turn).  ``new_placements`` False: the next starts by loss.  True: first the best start of
+    each placement none of the refined or chosen rows had, then the next by loss.  Why the two
+    (bench/bench_fit.py, 16 hands): a single view that misses its surface sits on the wrong side
+    or points the wrong way, and new placements fixed 3 wrong-side fits the next starts by loss
+    did not (16.9 -> 11.2 mm); a closed mesh's miss is the right PCA placement in the wrong finger
+    pose, and the next by loss fixed 2 hands that new placements did not (4.65 against 6.50 mm).
     """
     rows = [int(r) for r in order if owner[r] == i and r not in refined]
-    seen = {placement[r] for r in refined if owner[r] == i}
     chosen: list[int] = []
-    for r in rows:
-        if len(chosen) < count and placement[r] not in seen:
-            chosen.append(r)
-            seen.add(placement[r])
+    if new_placements:
+        seen = {placement[r] for r in refined if owner[r] == i}
+        for r in rows:
+            if len(chosen) < count and placement[r] not in seen:
+                chosen.append(r)
+                seen.add(placement[r])
     return chosen + [r for r in rows if r not in chosen][: count - len(chosen)]
 
 
@@ -706,11 +715,12 @@ def fit_hands(
     if failed and config.retry_starts:
         own_c = owner_c.cpu().numpy()
         order = np.argsort(score, kind="stable")
+        placements = [lab.split("/")[-1] for lab in labels]
         retry = [
             r
             for i in failed
             for r in retry_rows(
-                order, own_c, keep, [lab.split("/")[-1] for lab in labels], i, config.retry_starts
+                order, own_c, keep, placements, i, config.retry_starts, new_placements=work[i].partial
             )
         ]
         if retry:

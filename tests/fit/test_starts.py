@@ -71,14 +71,16 @@ def test_capsule_free_space_term_counts_only_free_samples_inside_the_capsules():
     assert torch.allclose(capsule_loss(kp, scale, points, radii, partial, inside, dropped), base)
 
 
-def test_retries_try_placements_the_refined_starts_did_not_have_before_the_next_by_loss():
+def test_single_views_retry_placements_not_yet_tried_and_closed_surfaces_the_next_starts_by_loss():
     # rows 0-5 of input 0, 6-7 of input 1; by loss: 3, 1, 4, 0, 5, 2 (and 7, 6)
     order = np.array([3, 1, 6, 4, 0, 7, 5, 2])
     owner = np.array([0, 0, 0, 0, 0, 0, 1, 1])
     placement = ["back+0", "back+0", "palm+0", "back+0", "back+180", "palm+0", "flip0", "flip1"]
-    # refined: row 3 (back+0) and row 2 (palm+0): the unseen placement back+180 comes first,
-    # although rows 1 and 0 have the lower losses
-    assert retry_rows(order, owner, [3, 2], placement, 0, 2) == [4, 1]
-    assert retry_rows(order, owner, [3, 2], placement, 0, 1) == [4]
-    assert retry_rows(order, owner, [3, 2], placement, 0, 9) == [4, 1, 0, 5]
-    assert retry_rows(order, owner, [3, 2, 6], placement, 1, 2) == [7]
+    # refined: row 3 (back+0) and row 2 (palm+0): the unseen placement back+180 (row 4) first,
+    # although rows 1 and 0 have lower losses, then the next by loss
+    assert retry_rows(order, owner, [3, 2], placement, 0, 2, new_placements=True) == [4, 1]
+    assert retry_rows(order, owner, [3, 2], placement, 0, 1, new_placements=True) == [4]
+    assert retry_rows(order, owner, [3, 2], placement, 0, 9, new_placements=True) == [4, 1, 0, 5]
+    assert retry_rows(order, owner, [3, 2, 6], placement, 1, 2, new_placements=True) == [7]
+    # closed surfaces: by loss only
+    assert retry_rows(order, owner, [3, 2], placement, 0, 2, new_placements=False) == [1, 4]
