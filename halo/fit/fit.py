@@ -120,7 +120,9 @@ class FitConfig:
     #: A fit that leaves more than ``unexplained_fraction`` of the input points farther than
     #: ``unexplained_distance_mm`` from its surface misses a part of the hand (a finger fitted onto
     #: another one: the mean error stays small).  Measured on 16 dataset hands: 6-10 % for the two
-    #: fits 14-29 mm off, <= 1.1 % for the others and <= 1.3 % for the true keypoints.
+    #: fits 14-29 mm off, <= 1.1 % for the others and <= 1.3 % for the true keypoints.  Closed
+    #: surfaces only: on single views it also flagged good fits (4.7 mm off), so there the
+    #: fraction is only reported.
     unexplained_distance_mm: float = 5.0
     unexplained_fraction: float = 0.03
     plateau_tolerance: float = 0.1
@@ -727,7 +729,7 @@ def fit_hands(
     failed = [
         i
         for i, r in best_per_input(fine).items()
-        if err_mean[r] > tols[i] or unexplained[r] > config.unexplained_fraction
+        if err_mean[r] > tols[i] or (not work[i].partial and unexplained[r] > config.unexplained_fraction)
     ]
     if failed and config.retry_starts:
         own_c = owner_c.cpu().numpy()
@@ -771,7 +773,7 @@ def fit_hands(
         if err_mean > tol:
             problems.append(f"mean surface error {err_mean:.2f} mm > {tol:.2f} mm (is this a hand?)")
         far = float((err[best] > config.unexplained_distance_mm).mean())
-        if far > config.unexplained_fraction:
+        if not s.partial and far > config.unexplained_fraction:
             problems.append(
                 f"{100 * far:.1f}% of the input points lie > {config.unexplained_distance_mm:g} mm from the "
                 f"fitted surface (> {100 * config.unexplained_fraction:g}%: a finger fitted in the wrong place?)"
