@@ -24,7 +24,7 @@ against
   minus their logit (in the release's units), with ``touch_distance_m`` of slack (logit
   ``REFERENCE_SKIN_SLOPE x touch_distance_m``).  Why: a joint within ``contact_distance_m`` does
   not make the skin touch (a palm joint sits ~1 cm under it), so hands that floated in the input
-  stayed 6-13 mm off after refinement (seed 0, synthetic objects: 5 of 40);
+  stayed 6-13 mm off after refinement (seed 0, synthetic objects: 7 of 40);
 * pose prior: squared keypoint displacement from the input (cm^2), so hands move no more than
   needed;
 * anatomy: flexion / abduction of the 15 finger bones (the canonicalization's angles) inside
