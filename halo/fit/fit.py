@@ -363,6 +363,26 @@ def retry_rows(
     return chosen + [r for r in rows if r not in chosen][: count - len(chosen)]
 
 
+def surface_misses(err_mm: np.ndarray, partial: bool, config: FitConfig) -> list[str]:
+    """Why a fit's per-point surface errors (mm, (N,)) say it misses its surface; [] when it does not.
+
+    The one rule behind both the retries and the report: the mean error above
+    ``surface_tolerance_mm`` (x1.5 for single views), or, for a closed surface, more than
+    ``unexplained_fraction`` of the points farther than ``unexplained_distance_mm``.
+    """
+    problems = []
+    mean, tol = float(err_mm.mean()), config.surface_tolerance_mm * (1.5 if partial else 1.0)
+    if mean > tol:
+        problems.append(f"mean surface error {mean:.2f} mm > {tol:.2f} mm (is this a hand?)")
+    far = float((err_mm > config.unexplained_distance_mm).mean())
+    if not partial and far > config.unexplained_fraction:
+        problems.append(
+            f"{100 * far:.1f}% of the input points lie > {config.unexplained_distance_mm:g} mm from the "
+            f"fitted surface (> {100 * config.unexplained_fraction:g}%: a finger fitted in the wrong place?)"
+        )
+    return problems
+
+
 class _Batch:
     """Tensors of the inputs x starts being fitted (input index ``owner`` per row)."""
 
@@ -730,13 +750,9 @@ def fit_hands(
         own, final = state["owner"].cpu().numpy(), state["final"].cpu().numpy()
         return {i: int(np.flatnonzero(own == i)[np.argmin(final[own == i])]) for i in np.unique(own)}
 
-    tols = [config.surface_tolerance_mm * (1.5 if s.partial else 1.0) for s in work]
-    err_mean = fine["err"].mean(1).cpu().numpy()
-    unexplained = (fine["err"] > config.unexplained_distance_mm).float().mean(1).cpu().numpy()
+    err_rows = fine["err"].cpu().numpy()
     failed = [
-        i
-        for i, r in best_per_input(fine).items()
-        if err_mean[r] > tols[i] or (not work[i].partial and unexplained[r] > config.unexplained_fraction)
+        i for i, r in best_per_input(fine).items() if surface_misses(err_rows[r], work[i].partial, config)
     ]
     if failed and (config.retry_starts or config.partial_retry_starts):
         own_c = owner_c.cpu().numpy()
@@ -779,18 +795,11 @@ def fit_hands(
         tail = hist[-max(len(hist) // 10, 2) :]
         plateau = float((tail.max() - tail.min()) / max(abs(tail.mean()), 1e-6))
         err_mean, err_p90 = float(err[best].mean()), float(np.percentile(err[best], 90))
-        tol = config.surface_tolerance_mm * (1.5 if s.partial else 1.0)
         problems = []
         if not np.isfinite(keypoints).all():
             problems.append("keypoints are not finite")
-        if err_mean > tol:
-            problems.append(f"mean surface error {err_mean:.2f} mm > {tol:.2f} mm (is this a hand?)")
-        far = float((err[best] > config.unexplained_distance_mm).mean())
-        if not s.partial and far > config.unexplained_fraction:
-            problems.append(
-                f"{100 * far:.1f}% of the input points lie > {config.unexplained_distance_mm:g} mm from the "
-                f"fitted surface (> {100 * config.unexplained_fraction:g}%: a finger fitted in the wrong place?)"
-            )
+        problems += surface_misses(err[best], s.partial, config)
+        far = float((err[best] > config.unexplained_distance_mm).mean())  # reported for every input
         gaps_mm = 1000.0 * cKDTree(work[i].points).query(kp_np[best] + batch.centres[i])[0]
         worst_joint = int(np.argmax(gaps_mm))
         if not s.partial and gaps_mm[worst_joint] > config.joint_gap_tolerance_mm:

@@ -13,6 +13,20 @@ from halo.fit.priors import HandParameters, KinematicHand, rotation_6d_to_matrix
 from tests.fit.capsule_hand import CapsuleHandModel, capsule_surface
 
 FAST = FitConfig(num_surface=400, num_free=400, coarse_iterations=80, fine_iterations=100)
+#: A few seconds per fit: enough to check what a report says, not to fit well.
+TINY = FitConfig(
+    num_surface=200,
+    num_free=200,
+    poses=("relaxed",),
+    coarse_rigid_iterations=10,
+    coarse_iterations=20,
+    fine_iterations=20,
+)
+
+
+def _unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.normal(size=(n, 3))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def _posed_hand(seed: int) -> np.ndarray:
@@ -55,19 +69,9 @@ def test_fit_recovers_the_keypoints_that_made_the_surface_batched_and_left():
 
 
 def test_a_non_hand_shape_is_reported_as_not_converged():
-    rng = np.random.default_rng(0)
-    normals = rng.normal(size=(3000, 3))
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    normals = _unit_vectors(np.random.default_rng(0), 3000)
     ball = HandSurface(0.06 * normals + np.array([0.0, 0.0, 0.3]), normals, closed=True, name="ball")
-    tiny = FitConfig(
-        num_surface=200,
-        num_free=200,
-        poses=("open",),
-        coarse_rigid_iterations=10,
-        coarse_iterations=20,
-        fine_iterations=20,
-    )
-    result = fit_hands(CapsuleHandModel(), [ball], config=tiny)[0]
+    result = fit_hands(CapsuleHandModel(), [ball], config=dataclasses.replace(TINY, poses=("open",)))[0]
     assert not result.report.converged
     assert "surface error" in result.report.reason
     assert result.report.surface_error_mm > 3.0
@@ -79,21 +83,13 @@ def test_a_joint_far_from_every_input_point_is_reported_as_not_converged():
 
     truth = _posed_hand(3)
     surface = capsule_surface(truth, n=1500)
-    tiny = FitConfig(
-        num_surface=200,
-        num_free=200,
-        poses=("relaxed",),
-        coarse_rigid_iterations=10,
-        coarse_iterations=20,
-        fine_iterations=20,
-    )
     # The same fit twice: its joints lie a few mm from the points (the gap is reported), so only a
     # tolerance below that gap flags it, naming the joint.
-    strict = dataclasses.replace(tiny, joint_gap_tolerance_mm=1.0)
-    loose, flagged = (fit_hands(CapsuleHandModel(), [surface], config=c)[0] for c in (tiny, strict))
+    strict = dataclasses.replace(TINY, joint_gap_tolerance_mm=1.0)
+    loose, flagged = (fit_hands(CapsuleHandModel(), [surface], config=c)[0] for c in (TINY, strict))
     gap = 1000 * cKDTree(surface.points).query(loose.keypoints)[0].max()
     assert loose.report.extra["joint_gap_mm"] == pytest.approx(gap, rel=1e-3)
-    assert 1.0 < gap < tiny.joint_gap_tolerance_mm
+    assert 1.0 < gap < TINY.joint_gap_tolerance_mm
     assert "from every input point" not in loose.report.reason
     assert not flagged.report.converged and "from every input point" in flagged.report.reason
 
@@ -107,22 +103,15 @@ def test_a_part_of_the_surface_the_fit_leaves_unexplained_is_reported_as_not_con
     tip, dip = truth[12], truth[11]
     centre = tip + 0.02 * (tip - dip) / np.linalg.norm(tip - dip)
     blob = centre + rng.normal(0, 0.003, (120, 3))
-    normals = rng.normal(size=(120, 3))
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    normals = _unit_vectors(rng, 120)
     odd = HandSurface(
         np.concatenate([clean.points, blob]),
         np.concatenate([clean.normals, normals]),
         closed=True,
         name="odd",
     )
-    small = FitConfig(
-        num_surface=400,
-        num_free=200,
-        poses=("relaxed",),
-        coarse_rigid_iterations=10,
-        coarse_iterations=40,
-        fine_iterations=60,
-        retry_starts=0,
+    small = dataclasses.replace(
+        TINY, num_surface=400, coarse_iterations=40, fine_iterations=60, retry_starts=0
     )
     clean_fit, odd_fit = fit_hands(CapsuleHandModel(), [clean, odd], config=small)
     # The blob's share shows up as unexplained points, over what the same fit leaves of the hand.
