@@ -60,6 +60,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--coarse-iterations", type=int, default=None, help="coarse-stage iterations (default: FitConfig's)"
     )
+    p.add_argument(
+        "--pose-prior-weight", type=float, default=None,
+        help="weight of the learned pose prior on single views (default: FitConfig's; 0: off, for poses unlike natural hands)",
+    )  # fmt: skip
     p.add_argument("--no-render", action="store_true", help="skip the PNG")
     p.set_defaults(func=cmd_fit)
     return p
@@ -124,6 +128,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
             load_hand_surface(f, units=args.units, partial=args.partial, camera=args.camera, seed=i)
             for i, f in enumerate(files)
         ]
+        if args.pose_prior_weight is not None and not (
+            np.isfinite(args.pose_prior_weight) and args.pose_prior_weight >= 0
+        ):
+            raise CliError(f"--pose-prior-weight must be a finite number >= 0, got {args.pose_prior_weight}")
         model, _ = load_halo_model(args.checkpoint, args.trust_checkpoint)
     except (CliError, FitInputError, CheckpointError) as exc:
         print(f"halo fit: error: {exc}", file=sys.stderr)
@@ -131,6 +139,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     config = FitConfig()
     if args.iterations is not None:
         config.fine_iterations = args.iterations
+    if args.pose_prior_weight is not None:
+        config.pose_prior_weight = args.pose_prior_weight
     if args.coarse_iterations is not None:
         config.coarse_iterations = args.coarse_iterations
         config.coarse_rigid_iterations = min(config.coarse_rigid_iterations, args.coarse_iterations)

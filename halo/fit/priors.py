@@ -16,6 +16,7 @@ bone (no collapsed or swapped joints) while the optimiser works.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,3 +197,71 @@ class KinematicHand(torch.nn.Module):
 def bone_lengths_ok(keypoints: np.ndarray, min_length_m: float = 0.004) -> bool:
     """True when every one of the 20 bones is at least ``min_length_m`` long."""
     return bool((np.linalg.norm(bone_vectors(np.asarray(keypoints)), axis=-1) >= min_length_m).all())
+
+
+def fit_angles_from_mano_pose(pose: np.ndarray) -> np.ndarray:
+    """(n,45) MANO axis-angle pose of the synthetic hand -> (n,5,3,3) radians in :class:`HandParameters` layout.
+
+    The synthetic rig's flexion / abduction / twist (:func:`halo.hands.synthetic_hand.pose_to_angles`)
+    are the fit's angles: :class:`KinematicHand` reproduces the MANO layer's keypoints from them
+    (tests/fit/test_priors.py).
+    """
+    from halo.hands.synthetic_hand import pose_to_angles
+
+    internal = np.deg2rad(pose_to_angles(pose))  # (n,15,3), MANO internal joint order
+    return np.stack([internal[:, r : r + 3] for r in _INTERNAL_ROW], axis=1)
+
+
+class PosePrior(torch.nn.Module):
+    """A Gaussian over the 45 joint angles, learned from example poses: ``0.5 (a - mean)^T P (a - mean)``.
+
+    Unlike a pull towards one fixed pose, the full covariance couples the fingers (a hand whose
+    visible fingers curl usually curls its hidden ones too), which is what a single view needs
+    for the fingers it cannot see.  Every variance gets ``floor_deg``**2 added, so angles the
+    examples never vary (the synthetic sampler's twists) stay possible for other hands.
+    """
+
+    def __init__(self, mean: np.ndarray, covariance: np.ndarray) -> None:
+        super().__init__()
+        mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+        covariance = np.asarray(covariance, dtype=np.float64)
+        if mean.shape != (45,) or covariance.shape != (45, 45):
+            raise ValueError(
+                f"PosePrior: mean (45,) and covariance (45,45) expected, got {mean.shape} and {covariance.shape}"
+            )
+        if not (np.isfinite(mean).all() and np.isfinite(covariance).all()):
+            raise ValueError("PosePrior: mean or covariance is not finite")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("precision", torch.tensor(np.linalg.inv(covariance), dtype=torch.float32))
+        self.covariance = covariance
+
+    @classmethod
+    def from_angles(cls, angles: np.ndarray, floor_deg: float = 5.0) -> PosePrior:
+        """Fit to (n,5,3,3) radians (n >= 2)."""
+        flat = np.asarray(angles, dtype=np.float64).reshape(len(angles), -1)
+        if flat.shape[0] < 2 or flat.shape[1] != 45:
+            raise ValueError(f"PosePrior.from_angles: (n>=2,5,3,3) angles expected, got {np.shape(angles)}")
+        cov = np.cov(flat, rowvar=False) + np.eye(45) * np.deg2rad(floor_deg) ** 2
+        return cls(flat.mean(0), cov)
+
+    @classmethod
+    def synthetic(cls, samples: int = 8000, seed: int = 20211) -> PosePrior:
+        """Learned from the synthetic hand's natural-pose sampler (open, fist, pinch, point, grasp).
+
+        ``seed`` differs from the built-in dataset's, so a fit scored on its hands does not see
+        their poses; the distribution is the same (the bench's figures say so).  Cached per process.
+        """
+        return cls(*_synthetic_pose_statistics(int(samples), int(seed)))
+
+    def penalty(self, angles: torch.Tensor) -> torch.Tensor:
+        """(B,5,3,3) radians -> (B,) half the squared Mahalanobis distance."""
+        d = angles.reshape(len(angles), 45) - self.mean.to(angles.dtype)
+        return 0.5 * ((d @ self.precision.to(angles.dtype)) * d).sum(1)
+
+
+@functools.lru_cache(maxsize=4)
+def _synthetic_pose_statistics(samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from halo.hands.synthetic_hand import sample_hand_poses
+
+    prior = PosePrior.from_angles(fit_angles_from_mano_pose(sample_hand_poses(samples, seed=seed)))
+    return prior.mean.double().numpy(), prior.covariance

@@ -43,7 +43,7 @@ def test_cli_writes_keypoints_report_and_render_and_flags_non_convergence(tmp_pa
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["converged"] is False and report["reason"]
     assert report["units_factor"] == 0.001 and report["iterations"] > 0
-    assert set(report["losses"]) == {"total", "surface_bce", "free_bce", "prior"}
+    assert set(report["losses"]) == {"total", "surface_bce", "free_bce", "prior", "pose_prior"}
     png = out.with_suffix(".png")
     assert png.is_file() and png.stat().st_size > 1000
 
@@ -87,3 +87,16 @@ def test_cli_missing_points_file(tmp_path, tiny_checkpoint, capsys):
     )
     assert code == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_negative_pose_prior_weight_before_fitting(tmp_path, tiny_checkpoint, capsys):
+    cloud = tmp_path / "in.npy"
+    np.save(cloud, capsule_surface(REST_KEYPOINTS, n=300).points)
+    out = tmp_path / "kp.npy"
+    code = main(
+        ["fit", "--checkpoint", str(tiny_checkpoint), "--points", str(cloud), "--out", str(out),
+         "--pose-prior-weight", "-1"]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--pose-prior-weight must be a finite number >= 0, got -1.0" in err
+    assert not out.exists()

@@ -122,6 +122,40 @@ def test_a_part_of_the_surface_the_fit_leaves_unexplained_is_reported_as_not_con
     assert odd_fit.report.surface_error_mm < small.surface_tolerance_mm  # the mean alone would not see it
 
 
+def test_the_share_of_the_cameras_empty_space_inside_the_fitted_hand_decides_a_single_views_convergence():
+    from halo.fit.fit import _filled_free, capsule_axes, surface_misses
+
+    truth = _posed_hand(2)
+    kp = torch.tensor(truth[None], dtype=torch.float32)
+    a, b = capsule_axes(kp, torch.ones(1))
+    inside = ((a + b) / 2)[0, :20]  # bone midpoints: inside the hand
+    far = torch.tensor(truth.mean(0) + 0.3 * _unit_vectors(np.random.default_rng(0), 60), dtype=torch.float32)
+    free = torch.cat([inside, far, inside])[None]
+    labels = torch.cat([torch.zeros(80), torch.ones(20)])[None]  # the last 20 are labelled inside
+    assert _filled_free(CapsuleHandModel(), kp, free, labels).item() == pytest.approx(20 / 80)
+    config = FitConfig()
+    err = np.full(100, 1.0)  # a surface error that passes
+    assert "empty space in front of the camera" in " ".join(surface_misses(err, True, config, 0.02))
+    assert surface_misses(err, True, config, 0.5 * config.filled_free_fraction) == []
+    assert surface_misses(err, False, config, 0.5) == []  # closed surfaces: the unexplained points instead
+
+
+def test_a_single_view_fit_reports_the_empty_space_it_fills_and_is_retried_when_that_fails():
+    truth = _posed_hand(4)
+    full = capsule_surface(truth, n=3000)
+    camera = truth.mean(0) + 0.4 * np.array([0.0, 0.0, -1.0])
+    seen = ((camera - full.points) * full.normals).sum(1) > 0  # the side facing the camera
+    view = HandSurface(full.points[seen], full.normals[seen], partial=True, camera=camera, name="view")
+    # The same (short, rough) fit twice: the measured share is reported; a limit above it passes,
+    # one below it fails the fit and makes it retry, naming the reason.
+    limits = (dataclasses.replace(TINY, filled_free_fraction=f) for f in (1.0, -1.0))
+    loose, flagged = (fit_hands(CapsuleHandModel(), [view], config=c)[0] for c in limits)
+    assert 0.0 <= loose.report.extra["filled_free_fraction"] < 0.5
+    assert "empty space" not in loose.report.reason
+    assert not flagged.report.converged and "empty space in front of the camera" in flagged.report.reason
+    assert flagged.report.extra["retried"]
+
+
 @pytest.mark.reference
 @pytest.mark.slow
 def test_reference_mesh_frame0_is_fitted_within_5mm(halo_reference):

@@ -4,7 +4,14 @@ import torch
 
 from halo.core.skeleton import BONES
 from halo.fit.fit import start_angles
-from halo.fit.priors import REST_KEYPOINTS, HandParameters, KinematicHand, rotation_6d_to_matrix
+from halo.fit.priors import (
+    REST_KEYPOINTS,
+    HandParameters,
+    KinematicHand,
+    PosePrior,
+    fit_angles_from_mano_pose,
+    rotation_6d_to_matrix,
+)
 
 
 def _params(angles, rotation=None, scale=1.0, translation=(0.0, 0.0, 0.0)):
@@ -69,12 +76,62 @@ def test_kinematics_match_the_synthetic_hand_and_its_mano_layer():
                                REST_KEYPOINTS, atol=5e-5)  # fmt: skip
     angles = pose_to_angles(pose)  # MANO internal joint rows
     rows = (12, 0, 3, 9, 6)
-    ours = np.stack([angles[:, r : r + 3] for r in rows], axis=1)
+    ours = np.deg2rad(np.stack([angles[:, r : r + 3] for r in rows], axis=1))
+    np.testing.assert_allclose(fit_angles_from_mano_pose(pose), ours)  # what the pose prior learns from
     hand = KinematicHand().double()
     params = HandParameters.initial(
         torch.eye(3, dtype=torch.float64).repeat(6, 1, 1),
         torch.zeros(6, 3, dtype=torch.float64),
         torch.ones(6, dtype=torch.float64),
-        torch.tensor(np.deg2rad(ours)),
+        torch.tensor(ours),
     )
     np.testing.assert_allclose(hand(params).numpy(), target, atol=5e-5)
+
+
+def _most_likely_pinky(prior: PosePrior, angles: np.ndarray) -> np.ndarray:
+    """The pinky's (3,3) angles that minimise the prior with the other fingers held at ``angles``."""
+    others = torch.tensor(angles[None], dtype=torch.float32)
+    pinky = others[:, 4].clone().zero_().requires_grad_(True)
+    opt = torch.optim.LBFGS([pinky], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        full = torch.cat([others[:, :4], pinky[:, None]], dim=1)
+        loss = prior.penalty(full).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return pinky.detach()[0].numpy()
+
+
+def test_the_learned_pose_prior_guesses_a_hidden_finger_from_the_visible_ones():
+    from halo.hands.synthetic_hand import sample_hand_poses
+
+    prior = PosePrior.synthetic()
+    # Poses of the sampler it has not seen score like its own; the same poses with one finger
+    # bent backwards (outside every pose family) score far worse.
+    held_out = fit_angles_from_mano_pose(sample_hand_poses(200, seed=3))
+    odd = held_out.copy()
+    odd[:, 2, :, 0] = -np.deg2rad(40)  # middle finger hyper-extended at every joint
+    score = lambda a: prior.penalty(torch.tensor(a, dtype=torch.float32)).numpy()  # noqa: E731
+    assert np.median(score(held_out)) < 45  # ~ half of chi-square(45)'s mean: a typical pose
+    assert np.median(score(odd)) > 5 * np.median(score(held_out))
+    # The point of the prior: an unseen pinky follows the other fingers.  In a fist it curls, in an
+    # open hand it stays straight (a pull towards one fixed pose would answer the same for both).
+    fist = fit_angles_from_mano_pose(sample_hand_poses(1, seed=5, kind="fist"))[0]
+    open_hand = fit_angles_from_mano_pose(sample_hand_poses(1, seed=5, kind="open"))[0]
+    curled, straight = _most_likely_pinky(prior, fist), _most_likely_pinky(prior, open_hand)
+    flexion = lambda a: np.rad2deg(a[:, 0].sum())  # noqa: E731  (MCP + PIP + DIP)
+    assert flexion(curled) > 0.8 * flexion(fist[4])
+    assert flexion(straight) < 60.0  # open hands: total flexion up to ~80 degrees
+    assert flexion(curled) - flexion(straight) > 120.0
+
+
+def test_a_pose_prior_with_the_wrong_shapes_or_values_is_refused():
+    with pytest.raises(ValueError, match=r"\(45,\).*\(44,\)"):
+        PosePrior(np.zeros(44), np.eye(45))
+    with pytest.raises(ValueError, match="not finite"):
+        PosePrior(np.full(45, np.nan), np.eye(45))
+    with pytest.raises(ValueError, match="n>=2"):
+        PosePrior.from_angles(np.zeros((1, 5, 3, 3)))
