@@ -90,9 +90,10 @@ class FitConfig:
     partial_depth_offset: float = 0.008
     #: Single views: weight of the learned pose prior (:class:`halo.fit.priors.PosePrior`: half a
     #: squared Mahalanobis distance over the 45 joint angles); a hidden finger is otherwise free
-    #: behind the visible side.  bench/bench_fit.py's 16 dataset single views: 21.4 -> 19.3 mm
-    #: (median hand 10.3 -> 3.9; 17.3 with a prior from 20,000 poses instead of 8,000: the mean
-    #: of 16 hands with a few 60-80 mm misses swings by ~2 mm); 0.003 / 0.01 gave 20.1 / 18.3.
+    #: behind the visible side.  bench/bench_fit.py's 16 dataset single views: 21.4 -> 17.6 mm
+    #: (median hand 10.3 -> 3.7; the mean of 16 hands with a few 55-70 mm misses swings by ~2 mm
+    #: with any small change); 0.003 / 0.01 gave 20.1 / 18.3.  It is part of the loss that picks
+    #: the best start.
     pose_prior_weight: float = 0.001
     #: Closed surfaces: the same prior's weight.  0.001 took the 16 reference meshes from 4.65 to
     #: 4.03 mm (every joint within 15 mm on 13 hands, not 11) but bent the reference frame 0's
@@ -770,7 +771,7 @@ def fit_hands(
             "f_loss": f_loss,
             "prior": pr,
             "pose_prior": pose,
-            "final": s_loss + config.free_weight * f_loss + pr,
+            "final": s_loss + config.free_weight * f_loss + pr + pose_prior_term(params, part_k),
             "err": _surface_error_mm(net, kp, surf_k),
             "filled": _filled_free(net, kp, free_k, lab_k),
             "history": history if history is not None else (s_loss + f_loss + pr)[None],
