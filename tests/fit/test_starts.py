@@ -9,6 +9,7 @@ from halo.fit.fit import (
     _view_starts,
     capsule_loss,
     capsule_radii,
+    fresh_placements,
     retry_rows,
     start_angles,
 )
@@ -84,3 +85,18 @@ def test_single_views_retry_placements_not_yet_tried_and_closed_surfaces_the_nex
     assert retry_rows(order, owner, [3, 2, 6], placement, 1, 2, new_placements=True) == [7]
     # closed surfaces: by loss only
     assert retry_rows(order, owner, [3, 2], placement, 0, 2, new_placements=False) == [1, 4]
+
+
+def test_a_missed_single_view_gets_the_best_start_of_each_placement_the_coarse_stage_never_kept():
+    # rigid rows 0-5 of input 0, 6-9 of input 1; lower score is better
+    score = np.array([0.5, 0.1, 0.2, 0.3, 0.4, 0.05, 0.9, 0.8, 0.7, 0.6])
+    owner = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+    placement = ["back+0", "back+0", "palm+30", "palm+30", "back+90", "palm+0", "a", "b", "b", "c"]
+    tried = {(0, "back+0"), (0, "palm+0"), (1, "c")}
+    # input 0: palm+30's best row (2) before back+90's (4); back+0 and palm+0 were tried already
+    assert fresh_placements(score, owner, placement, [0], tried, 2) == [2, 4]
+    assert fresh_placements(score, owner, placement, [0], tried, 1) == [2]
+    # input 1: b's best row is 8 (0.7 < 0.8), then a; c was tried; only the inputs asked for
+    assert fresh_placements(score, owner, placement, [1], tried, 5) == [8, 6]
+    assert fresh_placements(score, owner, placement, [0, 1], tried, 1) == [2, 8]
+    assert fresh_placements(score, owner, placement, [], tried, 3) == []
