@@ -115,8 +115,8 @@ class FitConfig:
     partial_retry_starts: int = 3
     #: Single views that miss: also this many placements the coarse stage never kept (best of each
     #: by the rigid stage's HALO loss), fitted coarsely and refined with the retries.  16 dataset
-    #: single views: 17.6 -> 14.7 mm (a 69 mm miss fitted to 16 mm), 9.3 s CPU per hand; the 16
-    #: reference single views: unchanged at 9.4 mm, 8.9 -> 10.6 s (their four misses pay for it).
+    #: single views: 17.6 -> 14.7 mm (a 69 mm miss fitted to 16 mm), 9.4 s CPU per hand; the 16
+    #: reference single views: unchanged at 9.4 mm, 8.9 -> 10.8 s (their four misses pay for it).
     #: 1 changed nothing; 2 with 2 retries instead of 3 gave 17.1 / 16.5 mm.
     partial_fresh_starts: int = 2
     lr: float = 0.01
