@@ -92,9 +92,9 @@ class FitConfig:
     #: Single views: weight of the learned pose prior (:class:`halo.fit.priors.PosePrior`: half a
     #: squared Mahalanobis distance over the 45 joint angles); a hidden finger is otherwise free
     #: behind the visible side.  bench/bench_fit.py's 16 dataset single views: 21.4 -> 17.6 mm
-    #: before ``partial_fresh_starts`` (median hand 10.3 -> 3.7; the mean of 16 hands with a few 55-70 mm misses swings by ~2 mm
-    #: with any small change); 0.003 / 0.01 gave 20.1 / 18.3.  It is part of the loss that picks
-    #: the best start.
+    #: before ``partial_fresh_starts`` (median hand 10.3 -> 3.7; the mean of 16 hands with a few
+    #: 55-70 mm misses swings by ~2 mm with any small change); 0.003 / 0.01 gave 20.1 / 18.3.  It
+    #: is part of the loss that picks the best start.
     pose_prior_weight: float = 0.001
     #: Closed surfaces: the same prior's weight.  0.001 took the 16 reference meshes from 4.65 to
     #: 4.03 mm (every joint within 15 mm on 13 hands, not 11) but bent the reference frame 0's
@@ -920,7 +920,7 @@ def fit_hands(
                 "surface_bce": float(s_loss[best]),
                 "free_bce": float(f_loss[best]),
                 "prior": float(pr[best]),
-                # Unweighted: ~22 (half of 45) for a typical pose of the prior's examples.
+                # Unweighted; the sampler's own poses score 4.5-8.8 (10th-90th percentile).
                 "pose_prior": float(pose_penalty[best]),
             },
             surface_error_mm=err_mean,

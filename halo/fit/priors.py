@@ -233,7 +233,7 @@ class PosePrior(torch.nn.Module):
             raise ValueError("PosePrior: mean or covariance is not finite")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("precision", torch.tensor(np.linalg.inv(covariance), dtype=torch.float32))
-        self.covariance = covariance
+        self.covariance = covariance.copy()  # the cached statistics stay untouched
 
     @classmethod
     def from_angles(cls, angles: np.ndarray, floor_deg: float = 5.0) -> PosePrior:
@@ -248,8 +248,9 @@ class PosePrior(torch.nn.Module):
     def synthetic(cls, samples: int = 8000, seed: int = 20211) -> PosePrior:
         """Learned from the synthetic hand's natural-pose sampler (open, fist, pinch, point, grasp).
 
-        ``seed`` differs from the built-in dataset's, so a fit scored on its hands does not see
-        their poses; the distribution is the same (the bench's figures say so).  Cached per process.
+        ``seed`` is not the built-in dataset's, so a fit scored on its hands has not seen their
+        poses; the distribution is the same, so the dataset's figures are the prior's best case
+        (README).  Cached per process (sampling takes ~2 s).
         """
         return cls(*_synthetic_pose_statistics(int(samples), int(seed)))
 

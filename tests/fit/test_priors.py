@@ -115,7 +115,7 @@ def test_the_learned_pose_prior_guesses_a_hidden_finger_from_the_visible_ones():
     odd = held_out.copy()
     odd[:, 2, :, 0] = -np.deg2rad(40)  # middle finger hyper-extended at every joint
     score = lambda a: prior.penalty(torch.tensor(a, dtype=torch.float32)).numpy()  # noqa: E731
-    assert np.median(score(held_out)) < 45  # ~ half of chi-square(45)'s mean: a typical pose
+    assert np.median(score(held_out)) < 10  # measured 6.3
     assert np.median(score(odd)) > 5 * np.median(score(held_out))
     # The point of the prior: an unseen pinky follows the other fingers.  In a fist it curls, in an
     # open hand it stays straight (a pull towards one fixed pose would answer the same for both).
