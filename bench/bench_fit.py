@@ -24,6 +24,7 @@ machine: a few minutes (meshing the inputs once, then two batched fits).
 from __future__ import annotations
 
 import argparse
+import ast
 import time
 from pathlib import Path
 
@@ -148,6 +149,14 @@ def single_views(gts, meshes) -> list:
     return views
 
 
+def _override(item: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` -> (field, value); the value is a Python literal (3, 0.5, ("open", "fist"))."""
+    field, sep, value = item.partition("=")
+    if not sep or field not in FitConfig.__dataclass_fields__:
+        raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with a FitConfig field")
+    return field, ast.literal_eval(value)
+
+
 def timed_fit(model, surfaces, config: FitConfig, device: str):
     """``fit_hands`` on the batch; returns (fits, wall seconds) after printing its CPU time."""
     t0, c0 = time.perf_counter(), time.process_time()
@@ -179,6 +188,13 @@ def main() -> None:
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="FitConfig overrides (Python literals), e.g. --set finger_restart_rounds=0 keep_starts=3",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, _ = load_model(args.checkpoint)
@@ -192,7 +208,8 @@ def main() -> None:
         source = "meshes made by the checkpoint"
     print(f"inputs: {len(surfaces)} meshes ({source}) ready in {time.perf_counter() - t_mesh:.1f} s")
 
-    config = FitConfig()
+    config = FitConfig(**dict(_override(item) for item in args.set))
+    print(f"FitConfig overrides: {args.set or 'none'}")
     fits, elapsed = timed_fit(model, surfaces, config, args.device)
     summarize("closed meshes", fits, gts, elapsed, meshes, model, args.chamfer)
 

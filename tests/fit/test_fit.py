@@ -21,6 +21,7 @@ TINY = FitConfig(
     coarse_rigid_iterations=10,
     coarse_iterations=20,
     fine_iterations=20,
+    finger_restart_rounds=0,  # these fits miss on purpose; test_finger_restarts covers the restarts
 )
 
 
@@ -154,6 +155,31 @@ def test_a_single_view_fit_reports_the_empty_space_it_fills_and_is_retried_when_
     assert "empty space" not in loose.report.reason
     assert not flagged.report.converged and "empty space in front of the camera" in flagged.report.reason
     assert flagged.report.extra["retried"]
+
+
+def test_finger_restarts_replace_a_fit_that_misses_by_one_that_explains_more_of_the_surface():
+    angles = start_angles("open")
+    angles[1] = start_angles("fist")[1]  # the index finger curled into the palm, the others open
+    params = HandParameters.initial(
+        torch.eye(3)[None].double(), torch.tensor([[0.0, 0.0, 0.4]]).double(), torch.ones(1).double(),
+        torch.tensor(angles)[None],
+    )  # fmt: skip
+    with torch.no_grad():
+        truth = KinematicHand().double()(params)[0].numpy()
+    surface = capsule_surface(truth, n=2000)
+    # Only open starts and short stages: the fit misses; the restarts reset one finger at a time.
+    short = FitConfig(
+        num_surface=300, num_free=300, poses=("open",), coarse_rigid_iterations=20, coarse_iterations=40,
+        fine_iterations=60, finger_restart_iterations=60,
+    )  # fmt: skip
+    configs = (dataclasses.replace(short, finger_restart_rounds=n) for n in (0, 1))
+    without, with_restarts = (fit_hands(CapsuleHandModel(), [surface], config=c)[0] for c in configs)
+    assert not without.report.converged and "+" not in without.report.start
+    # A restarted fit won: its label names the finger and the pose it restarted from, and its loss is
+    # lower (the restarts only add candidates; the best final loss wins).
+    finger, _, pose = with_restarts.report.start.split("+")[-1].partition(":")
+    assert finger in ("thumb", "index", "middle", "ring", "pinky") and pose in short.finger_restart_poses
+    assert with_restarts.report.losses["total"] < 0.75 * without.report.losses["total"]
 
 
 @pytest.mark.reference
