@@ -12,6 +12,7 @@ from halo.fit.fit import (
     fresh_placements,
     retry_rows,
     start_angles,
+    suspect_fingers,
 )
 from halo.fit.inputs import single_view_cloud
 from halo.fit.priors import HandParameters, KinematicHand
@@ -100,3 +101,14 @@ def test_a_missed_single_view_gets_the_best_start_of_each_placement_the_coarse_s
     assert fresh_placements(score, owner, placement, [1], tried, 5) == [8, 6]
     assert fresh_placements(score, owner, placement, [0, 1], tried, 1) == [2, 8]
     assert fresh_placements(score, owner, placement, [], tried, 3) == []
+
+
+def test_suspect_fingers_are_the_ones_nearest_to_the_unexplained_points():
+    kp = torch.tensor(_relaxed_hand(np.eye(3)))
+    rng = np.random.default_rng(0)
+    # 30 points around the middle finger's tip, 10 around the ring finger's middle joint.
+    middle = kp[12] + torch.tensor(rng.normal(0, 0.002, (30, 3)))
+    ring = kp[14] + torch.tensor(rng.normal(0, 0.002, (10, 3)))
+    assert suspect_fingers(kp, torch.cat([middle, ring]), 2) == [2, 3]
+    assert suspect_fingers(kp, ring, 2) == [3]  # only fingers some point is nearest to
+    assert suspect_fingers(kp, ring[:0], 2) == []
