@@ -6,7 +6,7 @@ keypoints, so it cannot know them; the best it can do is a typical thickness.  T
 hands the way the dataset does (a sampled pose, shape coefficients from N(0, 1) clipped to ±2.5),
 meshes each twice, with its coefficients and with those three set to 0 (the same pose), and
 prints the volumetric IoU of the two (uniform points in their joint bounding box) and how far the
-keypoints moved: a rough ceiling for val/iou, which is measured the same way.
+keypoints moved: a rough ceiling for val/iou, computed by the same function.
 
     python bench/bench_iou_ceiling.py              # 32 hands, ~10 s
     python bench/bench_iou_ceiling.py --zero 3     # finger thickness only
@@ -21,6 +21,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from halo.data.prepare import prepare_from_mano
+from halo.eval.mesh_evaluation import occupancy_iou
 from halo.geometry.inside import points_inside_mesh
 from halo.hands.mano import ManoLayer
 from halo.hands.synthetic_hand import get_synthetic_hand_model, sample_hand_poses
@@ -50,7 +51,9 @@ def main() -> None:
         hi = np.maximum(true.vertices.max(0), mean.vertices.max(0)) + 0.005
         pts = rng.uniform(lo, hi, (args.points, 3))
         a, b = (points_inside_mesh(h.vertices, h.faces, pts, check_watertight=False) for h in (true, mean))
-        ious.append((a & b).sum() / (a | b).sum())
+        ious.append(
+            float(occupancy_iou(torch.tensor(b[None]), torch.tensor(a[None], dtype=torch.float32))[0])
+        )
         shifts.append(1000.0 * np.linalg.norm(true.keypoints - mean.keypoints, axis=1).mean())
     ious = np.array(ious)
     print(

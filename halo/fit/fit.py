@@ -130,8 +130,8 @@ class FitConfig:
     #: ``finger_restart_iterations`` per such input), for up to this many rounds (the next round
     #: fixes the next wrong finger).  The 16 reference meshes (bench/bench_fit.py, 1 thread, with
     #: ``finger_restart_unexplained``): 4.05 -> 0.89 mm, every joint within 15 mm on 15 hands, not
-    #: 13, at 13.0 s CPU per hand, not 7.1 (two misses 118 / 121 mm off fitted to 0.3 / 6.5 mm);
-    #: 16 dataset meshes: 4.97 -> 4.45 mm, 12 -> 14 hands, 7.3 -> 10.8 s.  Misses only, 100
+    #: 13, at 13.0 s CPU per hand, not 7.1 (two misses with a tip 118 / 121 mm off: worst joint
+    #: 0.9 / 38 mm); 16 dataset meshes: 4.97 -> 4.45 mm, 12 -> 14 hands, 7.3 -> 10.8 s.  Misses only, 100
     #: iterations: 0.95 / 4.61 mm at 9.9 / 8.5 s (a restart of 100 can still be descending, which
     #: the plateau check reports); 3 poses x 200 iterations: 1.21 mm at 13 s.
     finger_restart_rounds: int = 3
@@ -802,15 +802,14 @@ def fit_hands(
         score, owner_c.cpu().numpy(), [_orientation(lab) for lab in labels], config.keep_starts
     )
 
-    def refine(keep: list[int], start: tuple | None = None, iterations: int | None = None) -> dict:
-        """The fine stage on coarse rows ``keep`` (or on ``start``: (parameters, owner tensor,
-        labels)); returns their final state (one entry per row)."""
-        if start is None:
-            keep_t = torch.tensor(keep, device=device)
-            params, owner_k = coarse_params.select(keep_t), owner_c[keep_t]
-            labels_k = [coarse_labels[k] for k in keep]
-        else:
-            params, owner_k, labels_k = start
+    def coarse_rows(keep: list[int]) -> tuple[HandParameters, torch.Tensor, list[str]]:
+        """(parameters, owner, labels) of coarse rows ``keep``: a start for :func:`refine`."""
+        keep_t = torch.tensor(keep, device=device)
+        return coarse_params.select(keep_t), owner_c[keep_t], [coarse_labels[k] for k in keep]
+
+    def refine(params: HandParameters, owner_k: torch.Tensor, labels_k: list[str], iterations: int) -> dict:
+        """The fine stage from ``params`` (rows owned by inputs ``owner_k``); returns their final
+        state (one entry per row)."""
         surf_k, free_k, lab_k, part_k = (
             batch.surface[owner_k],
             batch.free[owner_k],
@@ -832,7 +831,7 @@ def fit_hands(
                 )
             return loss, kp
 
-        history = _optimise(params, iterations or config.fine_iterations, config.fine_lr, fine_loss)
+        history = _optimise(params, iterations, config.fine_lr, fine_loss)
         with torch.no_grad():
             kp = hand(params)
             s_loss, f_loss, _ = _halo_losses(net, kp, surf_k, free_k, lab_k)
@@ -860,9 +859,7 @@ def fit_hands(
             if k == "labels":
                 out[k] = a[k] + b[k]
             elif k == "params":
-                out[k] = HandParameters(
-                    *[torch.cat([x, y]) for x, y in zip(a[k].tensors(), b[k].tensors(), strict=True)]
-                )
+                out[k] = a[k].cat(b[k])
             elif k == "history":  # (iterations, rows): a shorter one is padded with its first loss
                 n = max(len(a[k]), len(b[k]))
                 pad = [torch.cat([h[:1].expand(n - len(h), -1), h]) for h in (a[k], b[k])]
@@ -871,7 +868,7 @@ def fit_hands(
                 out[k] = torch.cat([a[k], b[k]])
         return out
 
-    fine = refine(keep)
+    fine = refine(*coarse_rows(keep), config.fine_iterations)
 
     # --- 4. inputs whose best fit does not explain the surface: the next starts, then the best ------
     def best_per_input(state: dict) -> dict[int, int]:
@@ -902,9 +899,7 @@ def fit_hands(
             new = rigid_params.select(fresh_t)
             _optimise(new, config.coarse_iterations, config.lr, coarse_loss_for(rigid_owner[fresh_t]))
             first = len(own_c)
-            coarse_params = HandParameters(
-                *[torch.cat([a, b]) for a, b in zip(coarse_params.tensors(), new.tensors(), strict=True)]
-            )
+            coarse_params = coarse_params.cat(new)
             owner_c = torch.cat([owner_c, rigid_owner[fresh_t]])
             coarse_labels = coarse_labels + [rigid_labels[r] for r in fresh]
             own_c = owner_c.cpu().numpy()
@@ -925,7 +920,7 @@ def fit_hands(
         ]
         retry += fresh_rows
         if retry:
-            fine = merged(fine, refine(retry))
+            fine = merged(fine, refine(*coarse_rows(retry), config.fine_iterations))
 
     # --- 5. closed surfaces that still miss (or leave >1% unexplained): fingers restarted ---------
     # A miss that survives the retries is mostly one finger in the wrong place (a wrong-finger fit
@@ -959,9 +954,7 @@ def fit_hands(
             for n, (_, f, pose) in enumerate(jobs):
                 start.angles[n, f] = torch.as_tensor(start_angles(pose)[f], dtype=dtype, device=device)
         labels_s = [f"{fine['labels'][r]}+{FINGER_NAMES[f]}:{pose}" for r, f, pose in jobs]
-        fine = merged(
-            fine, refine([], (start, fine["owner"][rows], labels_s), config.finger_restart_iterations)
-        )
+        fine = merged(fine, refine(start, fine["owner"][rows], labels_s, config.finger_restart_iterations))
     kp, s_loss, f_loss, pr = fine["kp"], fine["s_loss"], fine["f_loss"], fine["prior"]
     final, err, history = fine["final"].cpu().numpy(), fine["err"].cpu().numpy(), fine["history"]
     filled, pose_penalty = fine["filled"].cpu().numpy(), fine["pose_prior"].cpu().numpy()

@@ -133,6 +133,12 @@ class HandParameters:
     def select(self, index: torch.Tensor) -> HandParameters:
         return HandParameters(*[t[index].detach().clone() for t in self.tensors()])
 
+    def cat(self, other: HandParameters) -> HandParameters:
+        """These hands, then ``other``'s (detached)."""
+        return HandParameters(
+            *[torch.cat([a, b]).detach() for a, b in zip(self.tensors(), other.tensors(), strict=True)]
+        )
+
 
 class KinematicHand(torch.nn.Module):
     """Forward kinematics of the mean hand: :class:`HandParameters` -> (B,21,3) keypoints (metres, MANO order)."""
