@@ -69,7 +69,10 @@ __all__ = [
     "halo_occupancy",
     "halo_occupancy_logit",
     "INTER_MODES",
+    "gather_points",
+    "most_occupied_indices",
     "most_occupied_points",
+    "nearest_to_hand_indices",
     "points_near_hand",
     "interpenetration_loss",
     "joint_object_distances",
@@ -748,8 +751,9 @@ def halo_logit_scale(halo_model: HaloModel) -> float:
         return 1.0
 
 
-def points_near_hand(keypoints: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
-    """(B,k,3) the ``k`` points of ``points`` (B,M,3) nearest to any joint of ``keypoints`` (B,21,3).
+def nearest_to_hand_indices(keypoints: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
+    """(B,k) indices of the ``k`` points of ``points`` (B,M,3) nearest to any joint of ``keypoints``
+    (B,21,3); all M indices when ``k >= M``.
 
     Distances are to points along every bone (joints and three points between), so the middle
     of the long palm bones counts as hand too.  Chosen on detached keypoints: where the hand is,
@@ -757,7 +761,7 @@ def points_near_hand(keypoints: torch.Tensor, points: torch.Tensor, k: int) -> t
     object still sees a full set of interior points.
     """
     if k >= points.shape[1]:
-        return points
+        return torch.arange(points.shape[1], device=points.device).expand(points.shape[0], -1)
     kp = keypoints.detach().to(points)
     bones = bone_vectors(kp)  # (B,20,3)
     parents = kp[:, [p for p, _ in BONES]]
@@ -765,8 +769,41 @@ def points_near_hand(keypoints: torch.Tensor, points: torch.Tensor, k: int) -> t
     along = (parents[:, :, None] + t[None, None, :, None] * bones[:, :, None]).flatten(1, 2)  # (B,60,3)
     anchors = torch.cat([kp, along], dim=1)
     d = torch.cdist(points, anchors).amin(dim=-1)  # (B,M)
-    idx = d.topk(int(k), dim=-1, largest=False).indices
-    return torch.gather(points, 1, idx[..., None].expand(-1, -1, 3))
+    return d.topk(int(k), dim=-1, largest=False).indices
+
+
+def gather_points(points: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B,k,C) rows ``index`` (B,k) of ``points`` (B,M,C)."""
+    return torch.gather(points, 1, index[..., None].expand(-1, -1, points.shape[-1]))
+
+
+def points_near_hand(keypoints: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
+    """(B,k,3) the ``k`` points of ``points`` (B,M,3) nearest to the hand (:func:`nearest_to_hand_indices`)."""
+    if k >= points.shape[1]:
+        return points
+    return gather_points(points, nearest_to_hand_indices(keypoints, points, k))
+
+
+def most_occupied_indices(
+    halo_model: HaloModel,
+    keypoints: torch.Tensor,
+    points: torch.Tensor,
+    k: int,
+    candidates: int,
+    cull: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B,k) indices into ``points`` (B,M,3): of the ``candidates`` points nearest to each hand's
+    skeleton (:func:`nearest_to_hand_indices`), the ``k`` with the largest HALO logit (no gradient).
+
+    Where the hand penetrates, these are the penetrating points; where it does not, the points
+    just outside its skin, which keep it from sinking back in.
+    """
+    pool = nearest_to_hand_indices(keypoints, points, int(candidates))
+    if int(k) >= pool.shape[1]:
+        return pool
+    with torch.no_grad():
+        logit = halo_occupancy_logit(halo_model, gather_points(points, pool), keypoints.detach(), cull=cull)
+    return torch.gather(pool, 1, logit.topk(int(k), dim=-1).indices)
 
 
 def most_occupied_points(
@@ -777,19 +814,8 @@ def most_occupied_points(
     candidates: int,
     cull: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B,k,3): of the ``candidates`` points of ``points`` (B,M,3) nearest to each hand's skeleton
-    (:func:`points_near_hand`), the ``k`` with the largest HALO logit (no gradient).
-
-    Where the hand penetrates, these are the penetrating points; where it does not, the points
-    just outside its skin, which keep it from sinking back in.
-    """
-    pool = points_near_hand(keypoints, points, int(candidates))
-    if int(k) >= pool.shape[1]:
-        return pool
-    with torch.no_grad():
-        logit = halo_occupancy_logit(halo_model, pool, keypoints.detach(), cull=cull)
-    idx = logit.topk(int(k), dim=-1).indices
-    return torch.gather(pool, 1, idx[..., None].expand(-1, -1, 3))
+    """(B,k,3) the points of :func:`most_occupied_indices`."""
+    return gather_points(points, most_occupied_indices(halo_model, keypoints, points, k, candidates, cull))
 
 
 def interpenetration_loss(
