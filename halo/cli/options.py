@@ -4,6 +4,7 @@ metric settings (``halo intersect``, ``halo eval grasps``), with their checks.""
 from __future__ import annotations
 
 import argparse
+import math
 import warnings
 from pathlib import Path
 
@@ -18,8 +19,10 @@ __all__ = [
     "SIM_COLUMN",
     "add_extraction_args",
     "add_grasp_metric_args",
+    "add_grip_depth_arg",
     "check_extraction_args",
     "check_grasp_metric_args",
+    "check_grip_depth",
     "gravity",
     "load_mesh_arg",
     "mesh_user_errors",
@@ -178,3 +181,20 @@ def add_trust_checkpoint_arg(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow full unpickling of the checkpoint (can run code from the file: only for files you trust)",
     )
+
+
+def add_grip_depth_arg(p: argparse.ArgumentParser) -> None:
+    """``--grip-depth-mm``: test-time refinement's grip (:attr:`halo.grasp.refine.RefineConfig.grip_depth_m`)."""
+    p.add_argument(
+        "--grip-depth-mm",
+        type=float,
+        default=0.0,
+        help="refinement through HALO: fingers that touch the object close onto it until their skin is this "
+        "deep in it, and that overlap is not penetration (default 0: off; 1: README, HALO-VAE)",
+    )
+
+
+def check_grip_depth(value: float) -> None:
+    """One line for a grip depth that is not a finite number of millimetres >= 0."""
+    if not math.isfinite(value) or value < 0:
+        raise CliError(f"--grip-depth-mm must be a finite number of millimetres >= 0, got {value}")

@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 
 from halo.cli.common import CliError, default_checkpoint, load_halo_model
-from halo.cli.options import add_trust_checkpoint_arg
+from halo.cli.options import add_grip_depth_arg, add_trust_checkpoint_arg, check_grip_depth
 
 DEFAULT_STEPS = 60
 
@@ -42,6 +42,7 @@ def cmd_refine_grasps(args: argparse.Namespace) -> int:
         raise CliError(f"--steps must be >= 0, got {args.steps}")
     if not math.isfinite(args.penetration_margin) or args.penetration_margin < 0:
         raise CliError(f"--penetration-margin must be a finite number >= 0, got {args.penetration_margin}")
+    check_grip_depth(args.grip_depth_mm)
     found = discover_grasps(grasps_dir)
     by_object: dict[str, list] = {}
     for g in found.grasps:
@@ -56,12 +57,14 @@ def cmd_refine_grasps(args: argparse.Namespace) -> int:
     config = RefineConfig(
         steps=args.steps,
         penetration_margin=args.penetration_margin,
+        grip_depth_m=args.grip_depth_mm / 1000.0,
         exact_gradient=not args.detached_gradient,
     )
     report: dict = {
         "checkpoint": str(args.checkpoint),
         "steps": args.steps,
         "penetration_margin": args.penetration_margin,
+        "grip_depth_mm": args.grip_depth_mm,
         "keypoint_gradient": "detached (the original's)" if args.detached_gradient else "exact",
         "objects": {},
         "skipped": [],
@@ -145,6 +148,7 @@ def add_parser(subparsers) -> None:
         "3-8 leave a skin-deep overlap: more volume, hands that hold the object in simulation; "
         "README, HALO-VAE)",
     )
+    add_grip_depth_arg(p)
     p.add_argument(
         "--detached-gradient",
         action="store_true",

@@ -53,8 +53,10 @@ from halo.geometry.inside import sample_inside_points
 from halo.grasp.kinematics import PALM_JOINTS, axis_angle_to_matrix
 from halo.grasp.vae import (
     REFERENCE_SKIN_SLOPE,
+    gather_points,
     halo_logit_scale,
     halo_occupancy_logit,
+    most_occupied_indices,
     most_occupied_points,
     plausible_hands,
 )
@@ -109,6 +111,17 @@ class RefineConfig:
     touch_candidates: int = 256  # object surface points nearest to the skeleton that HALO ranks
     touch_distance_m: float = 0.002  # slack of the touch term: the skin within ~2 mm of the surface counts
     w_touch: float = 0.3
+    # Grip (off at 0): fingers that touched the object in the input close onto it until their skin
+    # is grip_depth_m inside it, and the object's interior points shallower than that within
+    # grip_radius_m of a gripping finger's last two bones do not count as penetration.  Why: a
+    # finger that closes onto the object presses it where the pybullet simulation's contacts are
+    # made; measured, it lowers the median drop of refined synthetic grasps, not of the real
+    # meshes (README, the grip).
+    grip_depth_m: float = 0.0
+    grip_radius_m: float = 0.012
+    grip_candidates: int = 64  # object surface points nearest to each finger's last two bones that HALO ranks
+    grip_points: int = 3  # of those, the most occupied per finger enter the grip term
+    w_grip: float = 1.0
     w_pose: float = 0.1
     w_anatomy: float = 10.0
     seed: int = 0
@@ -130,11 +143,21 @@ class RefineConfig:
             "reselect_every",
             "touch_points",
             "touch_candidates",
+            "grip_candidates",
+            "grip_points",
         ):
             if int(getattr(self, name)) < 1:
                 raise RefineError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.touch_distance_m) and self.touch_distance_m >= 0.0):
             raise RefineError(f"touch_distance_m must be a finite distance >= 0, got {self.touch_distance_m}")
+        for name in ("grip_depth_m", "grip_radius_m"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value >= 0.0):
+                raise RefineError(f"{name} must be a finite distance >= 0, got {value}")
+        if int(self.grip_candidates) < int(self.grip_points):
+            raise RefineError(
+                f"grip_candidates ({self.grip_candidates}) must be >= grip_points ({self.grip_points})"
+            )
         if int(self.touch_candidates) < int(self.touch_points):
             raise RefineError(
                 f"touch_candidates ({self.touch_candidates}) must be >= touch_points ({self.touch_points})"
@@ -218,6 +241,42 @@ def object_interior(
     return inside.astype(np.float32), np.asarray(surface, dtype=np.float32), note
 
 
+def finger_pad_anchors(keypoints: torch.Tensor) -> torch.Tensor:
+    """(B,5,5,3): per finger its last three joints and the midpoints of the two bones between
+    (the part of a finger that closes onto an object)."""
+    joints = torch.stack([keypoints[:, list(f[1:])] for f in FINGER_JOINTS], dim=1)  # (B,5,3,3)
+    mid = 0.5 * (joints[:, :, :-1] + joints[:, :, 1:])
+    return torch.cat([joints, mid], dim=2)
+
+
+def interior_depth(
+    solid: trimesh.Trimesh, points: np.ndarray, samples: int = 20000, seed: int = 0
+) -> np.ndarray:
+    """(N,) distance (metres) of interior ``points`` to the surface of ``solid`` (nearest of a dense
+    surface sample: ~0.2 mm over-estimate at 1 mm depth on a hand-sized object)."""
+    from scipy.spatial import cKDTree
+
+    dense, _ = trimesh.sample.sample_surface(solid, int(samples), seed=seed)
+    return cKDTree(np.asarray(dense)).query(points)[0].astype(np.float32)
+
+
+def _grip_points(
+    halo_model: HaloModel, kp: torch.Tensor, surface: torch.Tensor, candidates: int, k: int
+) -> torch.Tensor:
+    """(B,5,k,3): per finger, of the ``candidates`` object surface points nearest to its pad
+    (:func:`finger_pad_anchors`), the ``k`` HALO finds most occupied (not culled; no gradient)."""
+    with torch.no_grad():
+        bsz = kp.shape[0]
+        anchors = finger_pad_anchors(kp)  # (B,5,5,3)
+        d = torch.cdist(surface, anchors.flatten(1, 2)).view(bsz, surface.shape[1], 5, 5).amin(-1)  # (B,S,5)
+        near = d.topk(min(int(candidates), surface.shape[1]), dim=1, largest=False).indices  # (B,c,5)
+        pool = gather_points(surface, near.transpose(1, 2).flatten(1))  # (B,5c,3)
+        logit = halo_occupancy_logit(halo_model, pool, kp).view(bsz, 5, -1)
+        top = logit.topk(min(int(k), logit.shape[-1]), dim=-1).indices  # (B,5,k)
+        pool = pool.view(bsz, 5, -1, 3)
+        return torch.gather(pool, 2, top[..., None].expand(-1, -1, -1, 3))
+
+
 def refine_grasps(
     halo_model: HaloModel,
     keypoints: torch.Tensor | np.ndarray,
@@ -270,6 +329,13 @@ def refine_grasps(
             fallback = torch.zeros_like(contact).scatter_(1, nearest, True)
             contact = torch.where(none[:, None], fallback, contact)
         contact = contact.float()
+        # A finger grips when any of its last three joints touched the object in the input.
+        gripping = torch.stack([contact[:, list(f[1:])].amax(-1) for f in FINGER_JOINTS], dim=-1)  # (B,5)
+    grip = float(cfg.grip_depth_m) > 0.0 and float(cfg.w_grip) > 0.0
+    depth = None
+    if grip:
+        solid = object_mesh if note == "watertight" else object_mesh.convex_hull
+        depth = torch.from_numpy(interior_depth(solid, inside_np, seed=cfg.seed)).to(device)
 
     rotation = torch.zeros(bsz, 3, device=device, requires_grad=True)
     translation_cm = torch.zeros(bsz, 3, device=device, requires_grad=True)
@@ -318,12 +384,21 @@ def refine_grasps(
                 radii = halo_model.culling_radii(kp0[ok]) * (1.0 + cfg.cull_margin)
             for step in range(int(cfg.steps)):
                 kp = current()
-                if step % int(cfg.reselect_every) == 0:
+                gripping_now = grip and step >= stage1  # the fingers close once they may move
+                if step % int(cfg.reselect_every) == 0 or (grip and step == stage1):
                     # The interior points HALO finds most inside the hand.  Re-choosing them only
                     # every few steps saves work but moved hands further (measured at 5).
-                    inside_pts = most_occupied_points(
+                    index = most_occupied_indices(
                         halo_model, kp[ok], inside_ok, cfg.inside_points, cfg.candidate_points, cull=radii
                     )
+                    inside_pts = gather_points(inside_ok, index)
+                    if gripping_now:
+                        shallow = (
+                            torch.gather(depth[None].expand(len(index), -1), 1, index) < cfg.grip_depth_m
+                        )
+                        grip_pts = _grip_points(
+                            halo_model, kp[ok], surface_ok, cfg.grip_candidates, cfg.grip_points
+                        ).flatten(1, 2)
                     # Not culled: a floating hand's nearest surface points lie beyond the part radii,
                     # where a culled logit is a constant floor without gradient.
                     touch_pts = most_occupied_points(
@@ -332,7 +407,24 @@ def refine_grasps(
                 logit = scale * halo_occupancy_logit(
                     halo_model, inside_pts, kp[ok], cull=radii, exact_gradient=cfg.exact_gradient
                 )
-                pen = F.softplus(logit - cfg.penetration_margin, beta=cfg.penetration_sharpness).mean(-1)
+                pen = F.softplus(logit - cfg.penetration_margin, beta=cfg.penetration_sharpness)
+                grip_term = torch.zeros_like(pen[:, 0])
+                if gripping_now:
+                    g = gripping[ok]
+                    with torch.no_grad():  # shallow points under a gripping finger's pad are the grip
+                        pads = finger_pad_anchors(kp[ok].detach())  # (B,5,5,3)
+                        pads = torch.where(g[:, :, None, None] > 0, pads, torch.full_like(pads, 1e3))
+                        near_pad = torch.cdist(inside_pts, pads.flatten(1, 2)).amin(-1) < cfg.grip_radius_m
+                        keep = (~(shallow & near_pad)).float()
+                    pen = (pen * keep).sum(-1) / keep.sum(-1).clamp_min(1.0)
+                    grip_logit = scale * halo_occupancy_logit(
+                        halo_model, grip_pts, kp[ok], exact_gradient=cfg.exact_gradient
+                    ).view(len(g), 5, -1)
+                    grip_target = REFERENCE_SKIN_SLOPE * cfg.grip_depth_m
+                    per_finger = F.softplus(grip_target - grip_logit, beta=cfg.penetration_sharpness).mean(-1)
+                    grip_term = (per_finger * g).sum(-1) / g.sum(-1).clamp_min(1.0)
+                else:
+                    pen = pen.mean(-1)
                 touch_logit = scale * halo_occupancy_logit(
                     halo_model, touch_pts, kp[ok], exact_gradient=cfg.exact_gradient
                 )
@@ -346,6 +438,7 @@ def refine_grasps(
                     cfg.w_penetration * pen
                     + cfg.w_contact * contact_term
                     + cfg.w_touch * touch
+                    + cfg.w_grip * grip_term
                     + cfg.w_pose * pose_term
                     + cfg.w_anatomy * anatomy
                 ).sum()

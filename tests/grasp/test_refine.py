@@ -166,6 +166,7 @@ def test_cli_refines_a_grasp_folder_into_the_same_layout(random_base, tmp_path):
     assert report["objects"]["ball"]["inside_test"] == "watertight"
     assert set(report["objects"]["ball"]["grasps"]) == {"0", "1", "2"}
     assert report["keypoint_gradient"] == "exact"
+    assert report["grip_depth_mm"] == 0.0
     # --detached-gradient: the original's gradient, a different descent, said in the report
     rc = main(["refine", "grasps", "--grasps", str(tmp_path / "in"), "--checkpoint", str(random_base),
                "--out", str(tmp_path / "detached"), "--steps", "3", "--detached-gradient"])  # fmt: skip
@@ -223,9 +224,44 @@ def test_cli_rejects_a_negative_penetration_margin_in_one_line(random_base, tmp_
 
     sphere = trimesh.creation.icosphere(subdivisions=2, radius=SPHERE_R)
     _grasp_folder(tmp_path / "in", sphere, _sunk_hands(1, depth_m=0.01))
-    rc = main(["refine", "grasps", "--grasps", str(tmp_path / "in"), "--checkpoint", str(random_base),
-               "--out", str(tmp_path / "out"), "--penetration-margin", "-2"])  # fmt: skip
-    assert rc == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--penetration-margin" in err[0]
-    assert not (tmp_path / "out").exists()
+    for option, value in (("--penetration-margin", "-2"), ("--grip-depth-mm", "nan")):
+        rc = main(["refine", "grasps", "--grasps", str(tmp_path / "in"), "--checkpoint", str(random_base),
+                   "--out", str(tmp_path / "out"), option, value])  # fmt: skip
+        assert rc == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and option in err[0]
+        assert not (tmp_path / "out").exists()
+
+
+def _pad_skin_depth_mm(halo, keypoints, mesh) -> np.ndarray:
+    """(B,5): how deep (mm, from HALO's logit in the release's units) each finger's skin reaches
+    into ``mesh`` at the surface points nearest to its pad."""
+    from halo.grasp.refine import _grip_points
+    from halo.grasp.vae import REFERENCE_SKIN_SLOPE, halo_logit_scale
+
+    surface = torch.tensor(trimesh.sample.sample_surface(mesh, 3000, seed=0)[0], dtype=torch.float32)
+    points = _grip_points(halo, keypoints, surface[None].expand(len(keypoints), -1, -1), 64, 3)
+    with torch.no_grad():
+        logit = halo_occupancy_logit(halo, points.flatten(1, 2), keypoints).view(len(keypoints), 5, -1)
+    return (logit.amax(-1) * halo_logit_scale(halo) / REFERENCE_SKIN_SLOPE * 1000).numpy()
+
+
+def test_the_grip_closes_touching_fingers_skin_deep_into_the_object(halo_reference):
+    from halo.grasp.pipeline import evaluate_grasp
+
+    halo, _ = load_model(halo_reference / "model_best.pt")
+    halo.eval()
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=SPHERE_R)
+    hand = _sunk_hands(4, depth_m=0.01)[:1]
+    pressed = {}
+    for grip in (0.0, 0.001):
+        out = refine_grasps(halo, hand, sphere, config=RefineConfig(grip_depth_m=grip))
+        pressed[grip] = int((_pad_skin_depth_mm(halo, out.keypoints, sphere) >= 0.5).sum())
+    volume = evaluate_grasp(halo, sphere, out.keypoints[0].numpy()).metrics.volume_cm3
+    assert volume < 1.5  # skin-deep, not sunk (measured 0.98 cm³)
+    # Measured: 1 of the 5 finger pads presses >= 0.5 mm into the ball without the grip, 3 with it.
+    assert pressed[0.001] >= pressed[0.0] + 2, pressed
+    with pytest.raises(RefineError, match="grip_depth_m"):
+        RefineConfig(grip_depth_m=-0.001)
+    with pytest.raises(RefineError, match="grip_candidates"):
+        RefineConfig(grip_points=8, grip_candidates=4)
