@@ -33,8 +33,10 @@ from halo.cli.common import CliError, json_safe
 from halo.cli.options import (
     GRASP_UPSAMPLING_STEPS,
     add_extraction_args,
+    add_grip_depth_arg,
     add_trust_checkpoint_arg,
     check_extraction_args,
+    check_grip_depth,
 )
 from halo.geometry.mesh_io import save_mesh
 from halo.utils.atomic import atomic_write_npy, atomic_write_text
@@ -128,6 +130,11 @@ def _generate_grasps(args: argparse.Namespace) -> int:
         raise CliError(f"-n must be >= 1, got {args.num_grasps}")
     if args.cluster_k < 1:
         raise CliError(f"--cluster-k must be >= 1, got {args.cluster_k}")
+    if args.oversample < 1:
+        raise CliError(f"--oversample must be >= 1, got {args.oversample}")
+    check_grip_depth(args.grip_depth_mm)
+    if args.grip_depth_mm > 0 and not args.halo_refine:
+        raise CliError("--grip-depth-mm is a setting of --halo-refine; add --halo-refine")
     check_extraction_args(args)
     files = _object_files(args.objects)
     names = object_names(files)
@@ -177,7 +184,7 @@ def _generate_grasps(args: argparse.Namespace) -> int:
     if args.halo_refine:
         from halo.grasp.refine import RefineConfig, refine_grasps
 
-        refine_config = RefineConfig(steps=args.halo_refine_steps)
+        refine_config = RefineConfig(steps=args.halo_refine_steps, grip_depth_m=args.grip_depth_mm / 1000.0)
 
         def halo_refine(keypoints, obj):
             result = refine_grasps(halo, keypoints.astype(np.float32), obj.mesh, config=refine_config)
@@ -203,6 +210,7 @@ def _generate_grasps(args: argparse.Namespace) -> int:
         contact_tol_m=args.contact_tol,
         show_progress=not args.no_progress,
         refine=halo_refine,
+        oversample=args.oversample,
     )
     for r in results:
         keypoints_file, hand_file = grasp_files(out, r.object_name, r.index)
@@ -238,6 +246,8 @@ def _generate_grasps(args: argparse.Namespace) -> int:
                 "latent": args.latent,
                 "refine_steps": steps,
                 "halo_refine_steps": args.halo_refine_steps if args.halo_refine else 0,
+                "grip_depth_mm": args.grip_depth_mm if args.halo_refine else 0.0,
+                "oversample": args.oversample,
                 "halo_refine_seconds": refine_seconds,
                 "object_points": n_points,
                 "resolution": [args.resolution_0, args.upsampling_steps],
@@ -306,6 +316,16 @@ def add_parser(commands) -> None:
         type=int,
         default=80,
         help="Adam steps of --halo-refine (default 80)",
+    )
+    add_grip_depth_arg(p)
+    p.add_argument(
+        "--oversample",
+        type=int,
+        default=1,
+        metavar="K",
+        help="draw K x n grasps per object (with --halo-refine: refine them all, K times the refinement time) "
+        "and keep the n whose final hands touch it from the most opposing sides (halo.grasp.selection: hands "
+        "touching one side only drop in simulation; README, HALO-VAE; default 1)",
     )
     p.add_argument(
         "--object-points", type=int, default=None, help="surface samples per object (default: as in training)"

@@ -24,6 +24,7 @@ import trimesh
 
 from halo.core.model import HaloModel
 from halo.grasp.metrics import GraspMetrics, grasp_metrics
+from halo.grasp.selection import most_balanced
 from halo.meshing.hand_mesh import extract_hand_mesh
 from halo.utils.progress import progress_bar
 
@@ -158,6 +159,7 @@ def generate_grasps(
     show_progress: bool = False,
     interpolate: str = "logit",
     refine: Callable[[np.ndarray, GraspObject], np.ndarray] | None = None,
+    oversample: int = 1,
 ) -> list[GraspResult]:
     """Sample ``grasps_per_object`` grasps per object, mesh each hand with HALO and score it.
 
@@ -166,19 +168,28 @@ def generate_grasps(
     Results are in object order, then grasp index; keypoints in the frame of ``object.mesh``.
     ``refine(keypoints (n,21,3), object)`` (e.g. test-time refinement through HALO,
     :func:`halo.grasp.refine.refine_grasps`) maps each object's sampled grasps, in that frame,
-    before they are meshed and scored.
+    before they are meshed and scored.  ``oversample`` K > 1 draws K x ``grasps_per_object``
+    grasps, refines them all (when ``refine`` is given) and keeps the ``grasps_per_object`` that
+    touch the object from the most opposing sides (:func:`halo.grasp.selection.most_balanced`),
+    in their sampling order.  The choice is made on the final hands: chosen before refinement,
+    it did not make refined grasps hold better in the simulation (README, HALO-VAE).
     """
     if int(grasps_per_object) < 1:
         raise ValueError(f"grasps_per_object must be >= 1, got {grasps_per_object}")
+    if int(oversample) < 1:
+        raise ValueError(f"oversample must be >= 1, got {oversample}")
     results: list[GraspResult] = []
     for k, obj in enumerate(objects):
         generator = torch.Generator().manual_seed(int(seed) * 1000 + k)
         points = torch.from_numpy(np.ascontiguousarray(obj.points, dtype=np.float32))
         with torch.no_grad():  # scoped: callers in the same process keep autograd
-            keypoints = sample(points, int(grasps_per_object), generator)
+            keypoints = sample(points, int(grasps_per_object) * int(oversample), generator)
         keypoints = keypoints.detach().cpu().numpy().astype(np.float64) + np.asarray(obj.center, np.float64)
         if refine is not None:
             keypoints = np.asarray(refine(keypoints, obj), dtype=np.float64)
+        if int(oversample) > 1:
+            keep, _ = most_balanced(halo_model, keypoints, obj.mesh, int(grasps_per_object))
+            keypoints = keypoints[keep]
         for i, kp in progress_bar(
             enumerate(keypoints), total=len(keypoints), desc=obj.name, unit="grasp", enabled=show_progress
         ):

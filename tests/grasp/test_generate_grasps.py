@@ -242,3 +242,29 @@ def test_generate_grasps_draws_from_the_fitted_latent_when_asked(vae_checkpoint,
     assert len(err) == 1 and "--latent fitted" in err[0] and "no latent statistics" in err[0]
     # ... and it still generates from N(0, I)
     assert halo_main([*common, "--checkpoint", str(old), "--out", str(tmp_path / "o2")]) == 0
+
+
+def test_generate_grasps_oversamples_and_keeps_the_most_balanced(vae_checkpoint, objects, tmp_path, capsys):
+    """--oversample 3 -n 2 keeps the 2 of the 6 draws (the same draws as -n 6) that
+    halo.grasp.selection.most_balanced picks against the written object mesh, in draw order."""
+    from halo.core.checkpoint import load_model
+    from halo.grasp.selection import most_balanced
+
+    ckpt, base = vae_checkpoint
+    common = ["generate", "grasps", "--checkpoint", str(ckpt), "--objects", str(objects / "ball.obj"),
+              "--resolution-0", "8", "--upsampling-steps", "1", "--no-render", "--no-progress", "--cluster-k", "1"]  # fmt: skip
+    assert halo_main([*common, "-n", "6", "--out", str(tmp_path / "all")]) == 0, capsys.readouterr().err
+    assert halo_main([*common, "-n", "2", "--oversample", "3", "--out", str(tmp_path / "os")]) == 0
+    drawn = np.stack([np.load(tmp_path / "all" / f"ball_{i}.npy") for i in range(6)])
+    kept = np.stack([np.load(tmp_path / "os" / f"ball_{i}.npy") for i in range(2)])
+    assert not (tmp_path / "os" / "ball_2.npy").exists()
+    halo, _ = load_model(base)
+    mesh = trimesh.load(tmp_path / "os" / "ball_obj.ply", force="mesh")
+    keep, balance = most_balanced(halo, drawn, mesh, 2)
+    np.testing.assert_allclose(kept, drawn[keep], atol=1e-6)
+    assert json.loads((tmp_path / "os" / "generation.json").read_text())["oversample"] == 3
+    capsys.readouterr()
+    assert halo_main([*common, "-n", "2", "--oversample", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "--oversample must be >= 1" in capsys.readouterr().err
+    assert halo_main([*common, "--grip-depth-mm", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--grip-depth-mm is a setting of --halo-refine" in capsys.readouterr().err

@@ -73,6 +73,32 @@ def test_generate_grasps_samples_in_the_object_frame_and_is_seeded(halo_model):
         assert r.metrics.min_distance_cm == pytest.approx(hand_to_ball_cm, abs=0.1)  # icosphere facets
 
 
+def test_oversampling_refines_every_draw_and_keeps_the_most_balanced_refined_hands(halo_model):
+    """--oversample K: K x n draws all go through ``refine``; the n kept are the most balanced
+    *refined* hands (halo.grasp.selection.most_balanced on what is meshed), in draw order."""
+    from halo.grasp.selection import most_balanced
+
+    ball = _target("ball", _ball([0.0, 0.0, 0.0]))
+    seen = []
+
+    def refine(keypoints, obj):
+        seen.append(keypoints.copy())
+        # a refinement that reorders the balance: each hand moves by its own offset
+        return keypoints + np.linspace(-0.02, 0.02, len(keypoints))[:, None, None] * np.array([1.0, 0.0, 0.0])
+
+    results = generate_grasps(
+        random_hand_sampler, halo_model, [ball], 2, seed=1, refine=refine, oversample=3, **MESH
+    )
+    assert len(seen) == 1 and seen[0].shape == (6, 21, 3)  # refine saw all 6 draws
+    refined = refine(seen[0], ball)
+    keep, balance = most_balanced(halo_model, refined, ball.mesh, 2)
+    assert [r.index for r in results] == [0, 1]
+    np.testing.assert_allclose(np.stack([r.keypoints for r in results]), refined[keep], atol=1e-9)
+    assert balance[keep].max() <= np.delete(balance.numpy(), keep).min()
+    with pytest.raises(ValueError, match="oversample must be >= 1"):
+        generate_grasps(random_hand_sampler, halo_model, [ball], 2, oversample=0, **MESH)
+
+
 def test_a_grasp_that_cannot_be_meshed_is_kept_failed(halo_model):
     def one_degenerate(points, n, generator):
         hands = random_hand_sampler(points, n, generator)
