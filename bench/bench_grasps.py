@@ -16,7 +16,10 @@ displacement.
 ``table``: for each object set (the 5 held-out synthetic objects; real meshes shipped inside
 installed pip packages, rescaled to a graspable size) and each method (VAE without the HALO
 term / with it / + test-time refinement through HALO (:func:`halo.grasp.refine.refine_grasps`),
-one row per ``--margins`` value / the training grasps), ``--grasps`` sampled grasps per object
+one row per ``--margins`` x ``--grips-mm`` value, each also with ``--oversample`` K (K x ``--grasps``
+drawn, all refined, the most balanced refined hands kept, as `halo generate grasps --oversample`:
+:func:`halo.grasp.selection.most_balanced`) / the training grasps,
+raw and, with ``--refine-training``, refined), ``--grasps`` sampled grasps per object
 per seed are meshed with HALO and scored (:func:`halo.grasp.pipeline.evaluate_grasp`):
 interpenetration volume (1 mm voxels; mean +- s.e. over grasps), depth, contact ratio (5 mm),
 pybullet simulation displacement (``--simulate``), k-means entropy and cluster size, seconds per
@@ -254,6 +257,7 @@ def summarize(rows: list[dict], keypoints: np.ndarray, seconds: float) -> dict:
 def cmd_table(args) -> None:
     from halo.grasp.pipeline import sample_surface_points
     from halo.grasp.refine import RefineConfig, refine_grasps
+    from halo.grasp.selection import most_balanced
     from halo.grasp.vae_checkpoint import load_grasp_vae
     from lightning_modules.halo_vae import load_frozen_halo
 
@@ -274,16 +278,26 @@ def cmd_table(args) -> None:
             print(f"[{set_name}] {name}: {note}", flush=True)
             pts = torch.tensor(sample_surface_points(mesh, 300, seed=0))
             for seed in args.seeds:
-                for config, latent in [
-                    (c, z) for c in CONFIGS for z in (args.latents if c == "inter" else ["standard"])
+                for config, latent, oversample in [
+                    (c, z, k)
+                    for c in args.configs
+                    for z in (args.latents if c == "inter" else ["standard"])
+                    for k in (args.oversample if c == "inter" else [1])
                 ]:
                     vae, _ = load_grasp_vae(Path(args.out) / "runs" / f"{config}_seed{seed}.ckpt")
                     label = config if latent == "standard" else f"{config} (fitted z)"
+                    if oversample > 1:
+                        label += f", oversample {oversample}"
                     # Latents differ per object (as in `halo generate grasps`): with one seed for every
                     # object the pooled diversity counted the same 8 latents five times.
                     gen = torch.Generator().manual_seed(1000 * (seed + 1) + obj_index)
                     t0 = time.perf_counter()
-                    kp = vae.sample(pts, args.grasps, generator=gen, latent=latent)
+                    drawn = vae.sample(pts, args.grasps * oversample, generator=gen, latent=latent)
+                    t_sample = (time.perf_counter() - t0) / args.grasps
+                    kp = drawn
+                    if oversample > 1:  # as `halo generate grasps --oversample` without refinement
+                        keep, _ = most_balanced(halo, drawn, mesh, args.grasps)
+                        kp = drawn[torch.from_numpy(keep)]
                     dt = (time.perf_counter() - t0) / args.grasps
                     m = methods.setdefault(label, {"rows": [], "kp": [], "t": []})
                     rows = score(halo, mesh, name, kp.numpy(), args.simulate)
@@ -295,16 +309,24 @@ def cmd_table(args) -> None:
                     )
                     if config != "inter":
                         continue
-                    for margin in args.margins:  # test-time refinement through HALO, per margin
+                    for margin, grip_mm in [(m_, g_) for m_ in args.margins for g_ in args.grips_mm]:
+                        # test-time refinement through HALO, per margin and grip depth
                         refined = f"{label}+HALO refine" + (f" (margin {margin:g})" if margin else "")
-                        cfg = RefineConfig(steps=args.refine_steps, penetration_margin=margin)
+                        refined += f" (grip {grip_mm:g} mm)" if grip_mm else ""
+                        cfg = RefineConfig(
+                            steps=args.refine_steps, penetration_margin=margin, grip_depth_m=grip_mm / 1000.0
+                        )
                         t0 = time.perf_counter()
-                        out = refine_grasps(halo, kp, mesh, config=cfg)
-                        dt2 = dt + (time.perf_counter() - t0) / args.grasps
+                        out = refine_grasps(halo, drawn, mesh, config=cfg)  # every draw, as the CLI
+                        final = out.keypoints
+                        if oversample > 1:  # chosen on the refined hands
+                            keep, _ = most_balanced(halo, final, mesh, args.grasps)
+                            final = final[torch.from_numpy(keep)]
+                        dt2 = t_sample + (time.perf_counter() - t0) / args.grasps
                         m2 = methods.setdefault(refined, {"rows": [], "kp": [], "t": []})
-                        rows2 = score(halo, mesh, name, out.keypoints.numpy(), args.simulate)
+                        rows2 = score(halo, mesh, name, final.numpy(), args.simulate)
                         m2["rows"] += rows2
-                        m2["kp"].append(out.keypoints.numpy())
+                        m2["kp"].append(final.numpy())
                         m2["t"].append(dt2)
                         per_seed.setdefault(f"{set_name}/{refined}", {}).setdefault(seed, []).extend(
                             r["volume_cm3"] for r in rows2
@@ -314,6 +336,7 @@ def cmd_table(args) -> None:
                             and set_name == "synthetic"
                             and not margin
                             and latent == "standard"
+                            and oversample == 1
                         ):
                             worst = int(np.nanargmax([r["volume_cm3"] for r in rows]))
                             render_pair = (mesh, kp[worst].numpy(), out.keypoints[worst].numpy(), name)
@@ -322,6 +345,16 @@ def cmd_table(args) -> None:
                 m["rows"] += score(halo, mesh, name, gt[name], args.simulate)
                 m["kp"].append(gt[name])
                 m["t"].append(math.nan)
+                for grip_mm in args.grips_mm if args.refine_training else []:
+                    # Does refinement itself make grasps drop?  The training grasps hold from opposing sides.
+                    t0 = time.perf_counter()
+                    cfg = RefineConfig(steps=args.refine_steps, grip_depth_m=grip_mm / 1000.0)
+                    out = refine_grasps(halo, torch.from_numpy(gt[name]), mesh, config=cfg)
+                    label = "training grasps+HALO refine" + (f" (grip {grip_mm:g} mm)" if grip_mm else "")
+                    m = methods.setdefault(label, {"rows": [], "kp": [], "t": []})
+                    m["rows"] += score(halo, mesh, name, out.keypoints.numpy(), args.simulate)
+                    m["kp"].append(out.keypoints.numpy())
+                    m["t"].append((time.perf_counter() - t0) / len(gt[name]))
         results[set_name] = {
             label: summarize(
                 m["rows"], np.concatenate(m["kp"]), float(np.nanmean(m["t"])) if m["t"] else math.nan
@@ -463,6 +496,32 @@ def main() -> None:
         nargs="+",
         default=[0.0],
         help="penetration margins of the test-time refinement (one row each; README: 0 3 8)",
+    )
+    p.add_argument(
+        "--grips-mm",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="grip depths (mm) of the test-time refinement (one row each; RefineConfig.grip_depth_m)",
+    )
+    p.add_argument(
+        "--oversample",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="draw K x --grasps, refine them all and keep the most balanced (halo generate grasps --oversample; one row set each)",
+    )
+    p.add_argument(
+        "--refine-training",
+        action="store_true",
+        help="also refine the held-out training grasps (synthetic set; one row per --grips-mm)",
+    )
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        default=list(CONFIGS),
+        choices=list(CONFIGS),
+        help="trained runs to sample from (default both: without / with the HALO terms)",
     )
     p.add_argument(
         "--refine-steps", type=int, default=80, help="test-time refinement steps (the CLI default)"
