@@ -6,9 +6,9 @@ the mean outward normal of the object surface points the hand touches (:func:`co
 touched points face each other (a thumb opposing the fingers).  Touch is soft and read from
 HALO's occupancy logit (release units), so it works on raw samples that still penetrate.
 
-Measured (README, HALO-VAE): on the training grasps, refined through HALO, the balance of the
-ones the pybullet simulation holds is 0.40 (median), of the ones it drops 0.64; the same on the
-VAE's samples 0.51 / 0.87.  ``halo generate grasps --oversample K`` draws K x n samples,
+Measured (README, Why refined grasps drop): the held-out training grasps that the pybullet
+simulation holds have a median balance of 0.43, the ones it drops 0.52 (refined through HALO
+with the grip: 0.34 / 0.62).  ``halo generate grasps --oversample K`` draws K x n samples,
 refines them all and keeps the n most balanced *refined* hands (:func:`most_balanced`): chosen
 on the raw samples instead, the refined hands held no better.
 """
