@@ -70,6 +70,7 @@ __all__ = [
     "RefineResult",
     "anatomy_penalty",
     "object_interior",
+    "object_solid",
     "pose_keypoints",
     "refine_grasps",
 ]
@@ -221,6 +222,14 @@ def pose_keypoints(
     return torch.stack(out, dim=1)
 
 
+def object_solid(mesh: trimesh.Trimesh) -> tuple[trimesh.Trimesh, str]:
+    """The solid a grasp is refined and chosen against: ``mesh`` when watertight, else its convex
+    hull (the grasp metrics' ``--hull-if-open``), and a note saying which."""
+    if mesh.is_watertight:
+        return mesh, "watertight"
+    return mesh.convex_hull, "convex hull (not watertight)"
+
+
 def object_interior(
     mesh: trimesh.Trimesh, n: int, surface_n: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, str]:
@@ -228,9 +237,7 @@ def object_interior(
     surface samples of the same solid, and a note saying which solid was used."""
     if len(mesh.faces) == 0:
         raise RefineError("object mesh has no faces")
-    solid, note = (
-        (mesh, "watertight") if mesh.is_watertight else (mesh.convex_hull, "convex hull (not watertight)")
-    )
+    solid, note = object_solid(mesh)
     try:
         inside = sample_inside_points(solid, int(n), np.random.default_rng(seed), name=f"object ({note})")
     except ValueError as exc:  # flat or inside-out: no interior to push the hand out of
@@ -314,11 +321,7 @@ def refine_grasps(
     with torch.no_grad():
         d0 = torch.cdist(kp0, surface[None].expand(bsz, -1, -1)).amin(-1)  # (B,21)
         contains = (
-            torch.from_numpy(
-                (object_mesh if note == "watertight" else object_mesh.convex_hull).contains(
-                    kp0.reshape(-1, 3).cpu().numpy()
-                )
-            )
+            torch.from_numpy(object_solid(object_mesh)[0].contains(kp0.reshape(-1, 3).cpu().numpy()))
             .view(bsz, NUM_JOINTS)
             .to(device)
         )
@@ -334,8 +337,9 @@ def refine_grasps(
     grip = float(cfg.grip_depth_m) > 0.0 and float(cfg.w_grip) > 0.0
     depth = None
     if grip:
-        solid = object_mesh if note == "watertight" else object_mesh.convex_hull
-        depth = torch.from_numpy(interior_depth(solid, inside_np, seed=cfg.seed)).to(device)
+        depth = torch.from_numpy(interior_depth(object_solid(object_mesh)[0], inside_np, seed=cfg.seed)).to(
+            device
+        )
 
     rotation = torch.zeros(bsz, 3, device=device, requires_grad=True)
     translation_cm = torch.zeros(bsz, 3, device=device, requires_grad=True)
@@ -393,9 +397,7 @@ def refine_grasps(
                     )
                     inside_pts = gather_points(inside_ok, index)
                     if gripping_now:
-                        shallow = (
-                            torch.gather(depth[None].expand(len(index), -1), 1, index) < cfg.grip_depth_m
-                        )
+                        shallow = depth[index] < cfg.grip_depth_m  # (B,k)
                         grip_pts = _grip_points(
                             halo_model, kp[ok], surface_ok, cfg.grip_candidates, cfg.grip_points
                         ).flatten(1, 2)
