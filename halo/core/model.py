@@ -267,45 +267,85 @@ class PartOccupancyNetwork(nn.Module):
 
         ``segments`` (B,P,2,3): each part's bone in canonical space (model units).  ``radii``:
         (B,P) per-hand distances (e.g. :meth:`calibrate_radii`), default ``config.part_radii``.
-        Other pairs get ``config.culled_logit`` (no gradient).  One gather/scatter
-        per part; cost follows the number of active pairs, not N*P.
+        Other pairs get ``config.culled_logit`` (no gradient).  The active pairs are found for
+        all parts at once and gathered once; cost follows their number, not N*P.
         """
         if radii is None:
             if self.config.part_radii is None:
                 raise ValueError("forward_culled needs config.part_radii or radii")
             radii = torch.tensor(self.config.part_radii, device=points.device)
-        radii = torch.as_tensor(radii, device=points.device).expand(points.shape[0], self.config.num_parts)
+        num_parts = self.config.num_parts
+        radii = torch.as_tensor(radii, device=points.device).expand(points.shape[0], num_parts)
         bsz, n, _ = points.shape
         bias0 = self.first_layer_bias(self.part_codes(part_transforms, bone_lengths))  # (B,P,H)
         rot, trans = part_transforms[..., :3, :3], part_transforms[..., :3, 3]
-        index_b, index_n, index_p, values = [], [], [], []
-        for k in range(self.config.num_parts):
-            with torch.autocast(device_type=points.device.type, enabled=False):
-                # Full precision: under autocast a bf16 matmul would move points across the culling radius.
-                x = points @ rot[:, k].transpose(-1, -2) + trans[:, k, None]  # (B,N,3) canonical
-            with torch.no_grad():
-                a, ab = segments[:, k, 0, None], (segments[:, k, 1] - segments[:, k, 0])[:, None]
-                t = (((x - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)).clamp(0, 1)
-                near = (x - a - t[..., None] * ab).norm(dim=-1) <= radii[:, k, None]
-            bi, ni = near.nonzero(as_tuple=True)
-            if bi.numel() == 0:
-                continue
-            pre0 = torch.addmm(bias0[bi, k], x[bi, ni], self.weights[0][k, :, :3].T)
-            values.append(
-                self.hidden_and_output(pre0, [w[k] for w in self.weights], [b[k] for b in self.biases])
-            )
-            index_b.append(bi)
-            index_n.append(ni)
-            index_p.append(torch.full_like(bi, k))
-        if values:
-            vals = torch.cat(values)
-            # Under autocast the MLP outputs are bf16/fp16 while the points are float32.
-            out = vals.new_full((bsz, n, self.config.num_parts), self.config.culled_logit)
-            idx = (torch.cat(index_b), torch.cat(index_n), torch.cat(index_p))
-            out = out.index_put(idx, vals)
-        else:
-            out = points.new_full((bsz, n, self.config.num_parts), self.config.culled_logit)
-        return out
+        with torch.autocast(device_type=points.device.type, enabled=False):
+            # Full precision: under autocast a bf16 matmul would move points across the culling radius.
+            # (B,P,3,N): coordinates on a middle axis, so the reductions over them below run along N
+            # (a norm over a trailing axis of 3 was measured 10x slower).
+            x = rot @ points.transpose(1, 2)[:, None] + trans[..., None]
+        with torch.no_grad():
+            a, ab = (
+                segments[:, :, 0, :, None],
+                (segments[:, :, 1] - segments[:, :, 0])[..., None],
+            )  # (B,P,3,1)
+            d = x - a
+            t = ((d * ab).sum(2) / (ab * ab).sum(2).clamp_min(1e-12)).clamp(0, 1)  # (B,P,N)
+            e = d - t[:, :, None] * ab
+            near = (e * e).sum(2).sqrt() <= radii[..., None]  # (B,P,N)
+            # All active pairs at once, ordered by part: each part's rows are one contiguous block.
+            pi, bi, ni = near.transpose(0, 1).nonzero(as_tuple=True)
+            counts = torch.bincount(pi, minlength=num_parts).tolist()
+        if not pi.numel():
+            return points.new_full((bsz, n, num_parts), self.config.culled_logit)
+        vals = self._pair_logits(x.transpose(2, 3)[bi, pi, ni], bias0[bi, pi], counts)
+        # Under autocast the MLP outputs are bf16/fp16 while the points are float32.
+        out = vals.new_full((bsz, n, num_parts), self.config.culled_logit)
+        return out.index_put((bi, ni, pi), vals)
+
+    def _pair_logits(self, x: torch.Tensor, bias0: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Logits (M,) of (point, part) pairs ordered by part: canonical points ``x`` (M,3), their
+        parts' first-layer biases (M,H), ``counts[k]`` pairs of part k.
+
+        One block per part. split/unbind rather than indexing: their backward is one cat/stack,
+        not one zero-filled copy per part and layer (~2x faster than a gather/scatter per part).
+        """
+        xs, b0 = x.split(counts), bias0.split(counts)
+        w0 = self.weights[0][:, :, :3].unbind(0)
+        weights = list(zip(*(w.unbind(0) for w in self.weights), strict=True))
+        biases = list(zip(*(b.unbind(0) for b in self.biases), strict=True))
+        values = [
+            self.hidden_and_output(torch.addmm(b0[k], xs[k], w0[k].T), weights[k], biases[k])
+            for k in range(self.config.num_parts)
+            if counts[k]
+        ]
+        return torch.cat(values)
+
+    def winner_logits(
+        self,
+        points: torch.Tensor,
+        part_transforms: torch.Tensor,
+        bone_lengths: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> torch.Tensor:
+        """Each point's logit (B,N) of the one part ``labels`` (B,N) names, with autograd.
+
+        The gradient of a max over parts flows through the winning part alone.  A caller that found
+        the winners without autograd (:meth:`max_logits`, :meth:`forward_culled` under no_grad) gets
+        the max logit's value and exact gradient from one part per point here, instead of a graph
+        and a backward through every evaluated part (:meth:`HaloModel.max_logit`).
+        """
+        bsz, n, _ = points.shape
+        flat = labels.reshape(-1)
+        order = torch.argsort(flat, stable=True)  # pairs ordered by part: one block per part
+        counts = torch.bincount(flat, minlength=self.config.num_parts).tolist()
+        bi, ni, pi = order // n, order % n, flat[order]
+        bias0 = self.first_layer_bias(self.part_codes(part_transforms, bone_lengths))  # (B,P,H)
+        with torch.autocast(device_type=points.device.type, enabled=False):
+            rot, trans = part_transforms[bi, pi, :3, :3], part_transforms[bi, pi, :3, 3]
+            x = (rot @ points[bi, ni, :, None]).squeeze(-1) + trans  # (M,3) canonical
+        vals = self._pair_logits(x, bias0[bi, pi], counts)
+        return vals.new_empty(bsz * n).index_put((order,), vals).reshape(bsz, n)
 
     # ------------------------------------------------------------------ inference (no autograd)
     def pose_parts(
@@ -637,6 +677,52 @@ class HaloModel(nn.Module):
         labels = logits.argmax(dim=-1) if return_parts else None
         return OccupancyOutput(occ, labels, logits if return_parts else None, pose)
 
+    def max_logit(
+        self,
+        points_m: torch.Tensor,
+        keypoints_m: torch.Tensor,
+        is_left: torch.Tensor | None = None,
+        *,
+        validate: bool = True,
+        cull: bool | str | torch.Tensor | None = None,
+        exact_gradient: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The occupancy as a logit: each point's largest part logit (B,N), and that part (B,N).
+
+        The values and gradients (w.r.t. keypoints, points and weights) of
+        ``forward(..., return_parts=True).part_logits.max(-1)``, in two passes: every point's winning
+        part without autograd (the chunked inference path, or the culled pass for culled models),
+        then that part's logit alone with autograd (:meth:`PartOccupancyNetwork.winner_logits`).
+        The gradient of a max flows through one part anyway; this pays for one part's graph and
+        backward per point instead of every evaluated part's (16 for a model without culling).
+        Arguments as in :meth:`forward`; smooth-max models have no single winning part (error).
+        """
+        if self.config.smooth_max:
+            raise ValueError("max_logit: a smooth-max model mixes all parts; use forward(...).occupancy")
+        self._check_points(points_m, keypoints_m)
+        with torch.autocast(device_type=keypoints_m.device.type, enabled=False):
+            pose = canonicalize(keypoints_m, is_left, validate=validate, attached=exact_gradient)
+            mats, lengths = self.model_inputs(pose)
+            points_model = self.points_to_model(pose, points_m.to(keypoints_m.dtype))
+            radii = self._culling_radii(pose, None, cull)
+            segments = self.part_segments(pose, mats)
+        dtype = self.network.global_proj_weight.dtype
+        points_model, mats, lengths, segments = (t.to(dtype) for t in (points_model, mats, lengths, segments))
+        with torch.no_grad():
+            if radii is None:
+                posed = self.network.pose_parts(mats, lengths, segments)
+                best, labels, _ = self.network.max_logits(points_model, posed)
+            else:  # vectorised over hands: the culled pass suits many small batches (training)
+                best, labels = self.network.forward_culled(
+                    points_model, mats, lengths, segments, radii.to(dtype)
+                ).max(dim=-1)
+        if not self._needs_autograd(points_m, keypoints_m):
+            return best, labels
+        logit = self.network.winner_logits(points_model, mats, lengths, labels)
+        if radii is not None:  # a point whose max is a culled pair holds culled_logit, a constant
+            logit = torch.where(best == self.config.culled_logit, best.to(logit.dtype), logit)
+        return logit, labels
+
     @staticmethod
     def _check_points(points_m: torch.Tensor, keypoints_m: torch.Tensor) -> None:
         if points_m.dim() != 3 or points_m.shape[-1] != 3 or points_m.shape[0] != keypoints_m.shape[0]:
@@ -658,8 +744,9 @@ class HaloModel(nn.Module):
     ):
         """Occupancy probabilities (B,N); with ``return_parts`` also the (B,N) part labels.
 
-        With autograd on (anything requires grad) this is :meth:`forward`, differentiable w.r.t.
-        keypoints and weights.  Under ``torch.no_grad()``/``inference_mode`` (or with nothing
+        With autograd on (anything requires grad) this is :meth:`max_logit`'s sigmoid: the values
+        and gradients (w.r.t. keypoints, points and weights) of :meth:`forward`'s occupancy, with a
+        graph through the winning part of each point only.  Under ``torch.no_grad()``/``inference_mode`` (or with nothing
         requiring grad) it runs :meth:`PartOccupancyNetwork.max_logits`: ``chunk_size`` points
         at a time through reused buffers, so the time per point and the memory do not grow with N.
 
@@ -670,9 +757,13 @@ class HaloModel(nn.Module):
         :meth:`culling_radii`, calibrated once); None/False evaluates all 16 parts.  Models
         trained with ``part_radii`` always cull with them (that is their definition).
         """
-        if self._needs_autograd(points_m, keypoints_m) or self.config.smooth_max:
+        if self.config.smooth_max:
             out = self.forward(points_m, keypoints_m, is_left, return_parts, validate=validate, cull=cull)
             return (out.occupancy, out.part_labels) if return_parts else out.occupancy
+        if self._needs_autograd(points_m, keypoints_m):
+            logit, labels = self.max_logit(points_m, keypoints_m, is_left, validate=validate, cull=cull)
+            occ = torch.sigmoid(logit)
+            return (occ, labels) if return_parts else occ
         self._check_points(points_m, keypoints_m)
         with torch.no_grad(), torch.autocast(device_type=keypoints_m.device.type, enabled=False):
             pose = canonicalize(keypoints_m, is_left, validate=validate)

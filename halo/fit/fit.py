@@ -524,14 +524,20 @@ def _guard_palm(kp: torch.Tensor) -> torch.Tensor:
     return fixed
 
 
-def _part_logits(model, points: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
-    """(B,N,P) part logits with the true keypoint gradient (HALO's own detaches its frames).
+def _max_logit(model, points: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+    """(B,N) max part logits with the true keypoint gradient (HALO's own detaches its frames).
 
-    Other occupancy models (e.g. the tests' analytic capsule hand) are called as they are.
+    HALO: :meth:`HaloModel.max_logit` (a graph through each point's winning part only: ~9x faster
+    than the 16-part graph of the release's dense network).  Other occupancy models (e.g. the
+    tests' analytic capsule hand) are called as they are.
     """
+    if isinstance(model, HaloModel) and not model.config.smooth_max:
+        return model.max_logit(points, keypoints, validate=False, exact_gradient=True)[0]
     if isinstance(model, HaloModel):
-        return model(points, keypoints, return_parts=True, validate=False, exact_gradient=True).part_logits
-    return model.forward(points, keypoints, return_parts=True, validate=False).part_logits
+        out = model(points, keypoints, return_parts=True, validate=False, exact_gradient=True)
+    else:
+        out = model.forward(points, keypoints, return_parts=True, validate=False)
+    return out.part_logits.max(dim=-1).values
 
 
 def _halo_losses(
@@ -554,7 +560,7 @@ def _halo_losses(
     """
     pts = torch.cat([surface, free], dim=1)
     kp = _guard_palm(kp)
-    logit = _part_logits(model, pts, kp).max(dim=-1).values
+    logit = _max_logit(model, pts, kp)
     ns = surface.shape[1]
     s_logit, f_logit = logit[:, :ns] / temperature, logit[:, ns:]
     if margin > 0:
@@ -607,7 +613,7 @@ def _filled_free(
 ) -> torch.Tensor:
     """(B,) share of the free (outside-labelled) samples inside the hand (max part logit > 0)."""
     with torch.no_grad():
-        inside = _part_logits(model, free, kp).max(dim=-1).values > 0
+        inside = _max_logit(model, free, kp) > 0
     outside = labels < 0.5
     return (inside & outside).sum(1) / outside.sum(1).clamp_min(1)
 
@@ -616,8 +622,7 @@ def _surface_error_mm(model: HaloModel, kp: torch.Tensor, surface: torch.Tensor)
     """(B,N) first-order distance (mm) of surface points to the 0.5 level: |logit| / |grad logit|, capped at 50."""
     pts = surface.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        out = model.forward(pts, kp.detach(), return_parts=True, validate=False)
-        logit = out.part_logits.max(dim=-1).values
+        logit = _max_logit(model, pts, kp.detach())
         if logit.requires_grad:
             (grad,) = torch.autograd.grad(logit.sum(), pts)
         else:  # every point culled for every hand (all far from the fitted hands): the cap applies

@@ -648,13 +648,15 @@ def halo_occupancy(
 ) -> torch.Tensor:
     """HALO occupancy (B,N) of ``points`` (B,N,3) for hands ``keypoints`` (B,21,3), metres.
 
-    :meth:`HaloModel.forward` with ``validate=False`` (callers filter with :func:`plausible_hands`),
-    so the VAE's terms use the same forward pass as everything else, float32 geometry guard under
-    autocast included.  Differentiable w.r.t. ``keypoints`` and ``points``.
+    The sigmoid of :func:`halo_occupancy_logit` (``validate=False``: callers filter with
+    :func:`plausible_hands`), so the VAE's terms use the same forward pass as everything else,
+    float32 geometry guard under autocast included.  Differentiable w.r.t. ``keypoints`` and ``points``.
     """
-    return halo_model(
-        points.to(keypoints.dtype), keypoints, validate=False, exact_gradient=exact_gradient
-    ).occupancy
+    if halo_model.config.smooth_max:
+        return halo_model(
+            points.to(keypoints.dtype), keypoints, validate=False, exact_gradient=exact_gradient
+        ).occupancy
+    return torch.sigmoid(halo_occupancy_logit(halo_model, points, keypoints, exact_gradient=exact_gradient))
 
 
 INTER_MODES = ("threshold", "soft")
@@ -671,21 +673,21 @@ def halo_occupancy_logit(
 ) -> torch.Tensor:
     """HALO's occupancy as a logit (B,N): the largest part logit (occupancy = its sigmoid).
 
-    The same forward pass as :func:`halo_occupancy` (``return_parts=True``).  A logit does not
-    saturate where the occupancy does: deep inside the hand the sigmoid is flat (occupancy 1.0 in
-    float32, zero gradient), which is exactly where a sunk hand sits.  With the smooth-max
+    :meth:`HaloModel.max_logit` (autograd through each point's winning part only).  A logit does
+    not saturate where the occupancy does: deep inside the hand the sigmoid is flat (occupancy 1.0
+    in float32, zero gradient), which is exactly where a sunk hand sits.  With the smooth-max
     combination the logit of the (clamped) occupancy is returned instead.  ``cull``: as in
     :meth:`HaloModel.forward` (e.g. radii from :meth:`HaloModel.culling_radii`); culled parts read
     ``culled_logit``, so far from the hand the logit is that floor instead of the full value.
     ``exact_gradient``: :meth:`HaloModel.forward`'s (the true derivative w.r.t. the keypoints).
     """
-    out = halo_model(
-        points.to(keypoints.dtype), keypoints, return_parts=True, validate=False, cull=cull,
-        exact_gradient=exact_gradient,
-    )  # fmt: skip
-    if halo_model.config.smooth_max or out.part_logits is None:
+    points = points.to(keypoints.dtype)
+    if halo_model.config.smooth_max:
+        out = halo_model(points, keypoints, validate=False, cull=cull, exact_gradient=exact_gradient)
         return torch.logit(out.occupancy.clamp(1e-6, 1.0 - 1e-6))
-    return out.part_logits.amax(dim=-1)
+    return halo_model.max_logit(points, keypoints, validate=False, cull=cull, exact_gradient=exact_gradient)[
+        0
+    ]
 
 
 #: How fast the original release's logit grows across its skin (median |d logit / d x| within ~2 mm

@@ -212,6 +212,31 @@ def test_part_culling_evaluates_active_pairs_exactly_and_matches_the_mesh_field(
         NetworkConfig(part_radii=(0.1, 0.2))
 
 
+def test_part_culling_gradients_equal_the_dense_networks_on_the_active_pairs():
+    """The culled pass gathers all active pairs at once and splits them by part: the gradient of any
+    loss on the active logits, w.r.t. every weight and the keypoints, is the dense network's."""
+    from tests.helpers import random_hands
+
+    torch.manual_seed(1)
+    culled = HaloModel(NetworkConfig(part_radii="default")).double()
+    dense = HaloModel(NetworkConfig()).double()
+    dense.load_state_dict(culled.state_dict())
+    kp = random_hands(2, seed=5, dtype=torch.float64)
+    pts = kp.mean(1, keepdim=True) + 0.04 * torch.randn(2, 2000, 3, dtype=torch.float64)
+    weight = torch.rand(2, 2000, 16, dtype=torch.float64)
+    with torch.no_grad():
+        active = culled(pts, kp, return_parts=True).part_logits != culled.config.culled_logit
+    grads = []
+    for model in (culled, dense):
+        keypoints = kp.clone().requires_grad_(True)
+        logits = model(pts, keypoints, return_parts=True, exact_gradient=True).part_logits
+        (weight * logits)[active].sum().backward()
+        grads.append([keypoints.grad, *(p.grad for p in model.parameters())])
+    assert 0.02 < active.double().mean() < 0.5
+    for g_culled, g_dense in zip(*grads, strict=True):
+        torch.testing.assert_close(g_culled, g_dense, atol=1e-9, rtol=1e-9)
+
+
 @pytest.mark.parametrize("part_radii", [None, "default"])
 def test_bf16_autocast_keeps_geometry_in_full_precision(part_radii):
     # trainer.precision=bf16-mixed: the part MLPs run in bf16, the canonicalization and the culling
@@ -323,3 +348,41 @@ def test_inference_runs_under_autocast_and_keeps_gradients_elsewhere(random_mode
     random_model.occupancy(pts, kp_grad).sum().backward()  # grad on: still differentiable
     assert kp_grad.grad is not None and kp_grad.grad.abs().sum() > 0
     random_model.zero_grad()
+
+
+@pytest.mark.parametrize("variant", ["dense", "trained radii", "calibrated radii"])
+def test_max_logit_has_the_values_and_gradients_of_the_max_over_all_parts(variant):
+    """HaloModel.max_logit finds each point's winning part without autograd and differentiates that
+    part alone: values, labels and gradients w.r.t. keypoints, points and every weight are those of
+    forward(...).part_logits.max(-1), for the dense network and both kinds of culling."""
+    torch.manual_seed(2)
+    config = NetworkConfig(part_radii="default") if variant == "trained radii" else NetworkConfig()
+    model = HaloModel(config).double()
+    with torch.no_grad():  # an untrained network: let position, not one part's bias, pick the winner
+        model.network.weights[-1].mul_(50.0)
+    cull = "radius" if variant == "calibrated radii" else None
+    kp = random_hands(3, seed=6, dtype=torch.float64)
+    pts = _points_near(kp, 900, seed=2)
+    weight = torch.rand(3, 900, dtype=torch.float64)
+    results = []
+    for fast in (False, True):
+        keypoints, points = kp.clone().requires_grad_(True), pts.clone().requires_grad_(True)
+        model.zero_grad()
+        if fast:
+            logit, labels = model.max_logit(points, keypoints, cull=cull, exact_gradient=True)
+        else:
+            out = model(points, keypoints, return_parts=True, cull=cull, exact_gradient=True)
+            logit, labels = out.part_logits.max(dim=-1)
+        (weight * logit).sum().backward()
+        results.append([logit.detach(), keypoints.grad, points.grad, *(p.grad for p in model.parameters())])
+        if not fast:
+            reference_labels = labels
+    assert torch.equal(labels, reference_labels)
+    assert 1 < len(labels.unique()) <= 16
+    for fast, full in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(fast, full, atol=1e-10, rtol=1e-9)
+    with torch.no_grad():  # inference: the first pass alone, the same values
+        torch.testing.assert_close(model.max_logit(pts, kp, cull=cull)[0], results[0][0], atol=1e-10, rtol=0)
+    smooth = HaloModel(NetworkConfig(smooth_max=True))
+    with pytest.raises(ValueError, match="smooth-max"):
+        smooth.max_logit(pts.float(), kp.float())
