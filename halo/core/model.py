@@ -756,9 +756,10 @@ class HaloModel(nn.Module):
 
         With autograd on (anything requires grad) this is :meth:`max_logit`'s sigmoid: the values
         and gradients (w.r.t. keypoints, points and weights) of :meth:`forward`'s occupancy, with a
-        graph through the winning part of each point only.  Under ``torch.no_grad()``/``inference_mode`` (or with nothing
-        requiring grad) it runs :meth:`PartOccupancyNetwork.max_logits`: ``chunk_size`` points
-        at a time through reused buffers, so the time per point and the memory do not grow with N.
+        graph through the winning part of each point only.  Under ``torch.no_grad()`` /
+        ``inference_mode`` (or with nothing requiring grad) it runs
+        :meth:`PartOccupancyNetwork.max_logits`: ``chunk_size`` points at a time through reused
+        buffers, so the time per point and the memory do not grow with N.
 
         ``cull`` (models without trained ``part_radii``): ``"radius"``/``True`` evaluates a part
         only near its bone, with radii calibrated per hand exactly as the mesh path does
