@@ -345,7 +345,9 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path, tiny_
     """SIGUSR1 (time-limit warning) -> Lightning saves hpc_ckpt_1 and requeues; then a plain requeue
     (SIGTERM, as on preemption) -> the job continues from checkpoints/last.ckpt.  Each restart
     resumes where the job stopped, never from step 0, and the sweep itself succeeds."""
-    max_steps = 120
+    # Long enough that the job is still training when the signals arrive: at 120 steps a faster
+    # training step let the job finish between the first last.ckpt and SIGUSR1.
+    max_steps = 400
     log = tmp_path / "sweep.log"
     args = [
         "-m",
