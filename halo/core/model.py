@@ -335,9 +335,9 @@ class PartOccupancyNetwork(nn.Module):
         """Each point's logit (B,N) of the one part ``labels`` (B,N) names, with autograd.
 
         The gradient of a max over parts flows through the winning part alone.  A caller that found
-        the winners without autograd (:meth:`max_logits`, :meth:`forward_culled` under no_grad) gets
-        the max logit's value and exact gradient from one part per point here, instead of a graph
-        and a backward through every evaluated part (:meth:`HaloModel.max_logit`).
+        the winners without autograd (:meth:`max_logits`) gets the max logit's value and exact
+        gradient from one part per point here, instead of a graph and a backward through every
+        part (:meth:`HaloModel.max_logit`).
         """
         bsz, n, _ = points.shape
         flat = labels.reshape(-1)
@@ -658,10 +658,24 @@ class HaloModel(nn.Module):
         :meth:`occupancy`.  Differentiable w.r.t. keypoints and weights; for inference without
         part logits, :meth:`occupancy` under ``torch.no_grad()`` is the fast, bounded-memory path.
         """
+        pose, (points_model, mats, lengths, segments), radii = self._network_inputs(
+            points_m, keypoints_m, is_left, validate, cull, exact_gradient
+        )
+        if radii is not None:
+            logits = self.network.forward_culled(points_model, mats, lengths, segments, radii)
+        else:
+            logits = self.network(points_model, mats, lengths)
+        occ = self.network.combine(logits)
+        labels = logits.argmax(dim=-1) if return_parts else None
+        return OccupancyOutput(occ, labels, logits if return_parts else None, pose)
+
+    def _network_inputs(self, points_m, keypoints_m, is_left, validate, cull, exact_gradient):
+        """Checked, canonicalized inputs of the part MLPs: the pose, (points, part transforms, bone
+        lengths, bone segments) in model units and the network's dtype, and the culling radii (or None)."""
         self._check_points(points_m, keypoints_m)
         # Geometry (frames, inverse transforms, angles) stays in the keypoints' precision even under
         # mixed-precision autocast: bf16 keypoint math would move the hand by millimetres.  Only the
-        # part MLPs below run in the autocast dtype.
+        # part MLPs run in the autocast dtype.
         with torch.autocast(device_type=keypoints_m.device.type, enabled=False):
             pose = canonicalize(
                 keypoints_m, is_left, validate=validate, attached=exact_gradient
@@ -669,17 +683,10 @@ class HaloModel(nn.Module):
             mats, lengths = self.model_inputs(pose)
             points_model = self.points_to_model(pose, points_m.to(keypoints_m.dtype))
             radii = self._culling_radii(pose, None, cull)
-            segments = self.part_segments(pose, mats) if radii is not None else None
+            segments = self.part_segments(pose, mats)
         dtype = self.network.global_proj_weight.dtype
-        if segments is not None:
-            logits = self.network.forward_culled(
-                points_model.to(dtype), mats.to(dtype), lengths.to(dtype), segments.to(dtype), radii.to(dtype)
-            )
-        else:
-            logits = self.network(points_model.to(dtype), mats.to(dtype), lengths.to(dtype))
-        occ = self.network.combine(logits)
-        labels = logits.argmax(dim=-1) if return_parts else None
-        return OccupancyOutput(occ, labels, logits if return_parts else None, pose)
+        inputs = tuple(t.to(dtype) for t in (points_model, mats, lengths, segments))
+        return pose, inputs, None if radii is None else radii.to(dtype)
 
     def max_logit(
         self,
@@ -704,21 +711,15 @@ class HaloModel(nn.Module):
         """
         if self.config.smooth_max:
             raise ValueError("max_logit: a smooth-max model mixes all parts; use forward(...).occupancy")
-        self._check_points(points_m, keypoints_m)
-        with torch.autocast(device_type=keypoints_m.device.type, enabled=False):
-            pose = canonicalize(keypoints_m, is_left, validate=validate, attached=exact_gradient)
-            mats, lengths = self.model_inputs(pose)
-            points_model = self.points_to_model(pose, points_m.to(keypoints_m.dtype))
-            radii = self._culling_radii(pose, None, cull)
-            segments = self.part_segments(pose, mats)
-        dtype = self.network.global_proj_weight.dtype
-        points_model, mats, lengths, segments = (t.to(dtype) for t in (points_model, mats, lengths, segments))
+        _, (points_model, mats, lengths, segments), radii = self._network_inputs(
+            points_m, keypoints_m, is_left, validate, cull, exact_gradient
+        )
         if radii is not None:
             # Culled: ~1.5-3 parts per point are evaluated, so one pass with autograd costs no more
             # than the two passes below (measured: training steps, halo fit).
-            logits = self.network.forward_culled(points_model, mats, lengths, segments, radii.to(dtype))
-            best, labels = logits.max(dim=-1)
-            return best, labels
+            return tuple(
+                self.network.forward_culled(points_model, mats, lengths, segments, radii).max(dim=-1)
+            )
         with torch.no_grad():
             if points_model.shape[1] < SMALL_POINT_SETS:
                 # A few points per hand (grasp refinement's touch and grip terms): all parts of all

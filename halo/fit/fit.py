@@ -527,9 +527,9 @@ def _guard_palm(kp: torch.Tensor) -> torch.Tensor:
 def _max_logit(model, points: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
     """(B,N) max part logits with the true keypoint gradient (HALO's own detaches its frames).
 
-    HALO: :meth:`HaloModel.max_logit` (a graph through each point's winning part only: ~9x faster
-    than the 16-part graph of the release's dense network).  Other occupancy models (e.g. the
-    tests' analytic capsule hand) are called as they are.
+    HALO: :meth:`HaloModel.max_logit` (the fit's culled working copy: one culled pass; a model
+    without culling: a graph through each point's winning part only).  Other occupancy models
+    (e.g. the tests' analytic capsule hand) are called as they are.
     """
     if isinstance(model, HaloModel) and not model.config.smooth_max:
         return model.max_logit(points, keypoints, validate=False, exact_gradient=True)[0]

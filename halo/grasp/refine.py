@@ -317,11 +317,12 @@ def refine_grasps(
     inside = torch.from_numpy(inside_np).to(device)[None].expand(bsz, -1, -1)
     surface = torch.from_numpy(surface_np).to(device)
     ok = plausible_hands(kp0)
+    solid, _ = object_solid(object_mesh)  # the solid object_interior sampled (trimesh caches the hull)
 
     with torch.no_grad():
         d0 = torch.cdist(kp0, surface[None].expand(bsz, -1, -1)).amin(-1)  # (B,21)
         contains = (
-            torch.from_numpy(object_solid(object_mesh)[0].contains(kp0.reshape(-1, 3).cpu().numpy()))
+            torch.from_numpy(solid.contains(kp0.reshape(-1, 3).cpu().numpy()))
             .view(bsz, NUM_JOINTS)
             .to(device)
         )
@@ -337,9 +338,7 @@ def refine_grasps(
     grip = float(cfg.grip_depth_m) > 0.0 and float(cfg.w_grip) > 0.0
     depth = None
     if grip:
-        depth = torch.from_numpy(interior_depth(object_solid(object_mesh)[0], inside_np, seed=cfg.seed)).to(
-            device
-        )
+        depth = torch.from_numpy(interior_depth(solid, inside_np, seed=cfg.seed)).to(device)
 
     rotation = torch.zeros(bsz, 3, device=device, requires_grad=True)
     translation_cm = torch.zeros(bsz, 3, device=device, requires_grad=True)
