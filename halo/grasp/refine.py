@@ -400,10 +400,11 @@ def refine_grasps(
                         grip_pts = _grip_points(
                             halo_model, kp[ok], surface_ok, cfg.grip_candidates, cfg.grip_points
                         ).flatten(1, 2)
-                    # Not culled: a floating hand's nearest surface points lie beyond the part radii,
+                    # Ranked culled (beyond the radii, nearest first), evaluated below without
+                    # culling: a floating hand's nearest surface points lie beyond the part radii,
                     # where a culled logit is a constant floor without gradient.
                     touch_pts = most_occupied_points(
-                        halo_model, kp[ok], surface_ok, cfg.touch_points, cfg.touch_candidates
+                        halo_model, kp[ok], surface_ok, cfg.touch_points, cfg.touch_candidates, cull=radii
                     )
                 logit = scale * halo_occupancy_logit(
                     halo_model, inside_pts, kp[ok], cull=radii, exact_gradient=cfg.exact_gradient

@@ -798,13 +798,19 @@ def most_occupied_indices(
     skeleton (:func:`nearest_to_hand_indices`), the ``k`` with the largest HALO logit (no gradient).
 
     Where the hand penetrates, these are the penetrating points; where it does not, the points
-    just outside its skin, which keep it from sinking back in.
+    just outside its skin, which keep it from sinking back in.  With ``cull`` (radii), points
+    beyond every part's radius read the culled floor: among those the nearest to the skeleton rank
+    first, so a hand that floats off the points still gets its nearest ones.
     """
-    pool = nearest_to_hand_indices(keypoints, points, int(candidates))
+    pool = nearest_to_hand_indices(keypoints, points, int(candidates))  # nearest first
     if int(k) >= pool.shape[1]:
         return pool
     with torch.no_grad():
         logit = halo_occupancy_logit(halo_model, gather_points(points, pool), keypoints.detach(), cull=cull)
+        if cull is not None and not halo_model.config.smooth_max:
+            floor = float(halo_model.config.culled_logit)
+            rank = torch.arange(pool.shape[1], dtype=logit.dtype, device=logit.device)
+            logit = torch.where(logit > floor, logit, floor - 1.0 - rank)
     return torch.gather(pool, 1, logit.topk(int(k), dim=-1).indices)
 
 

@@ -132,6 +132,26 @@ def test_the_loss_points_are_the_candidates_halo_finds_most_occupied(random_base
         RefineConfig(inside_points=256, candidate_points=100)
 
 
+def test_culled_ranking_takes_points_beyond_every_part_radius_nearest_first(random_base):
+    # Refinement ranks the touch candidates with culled parts: a floating hand's candidates all read
+    # the culled floor, and then the ones nearest to its skeleton must come first (not any of them).
+    halo, _ = load_model(random_base)
+    kp = _sunk_hands(2, depth_m=0.012)
+    g = torch.Generator().manual_seed(4)
+    points = (torch.rand(2, 500, 3, generator=g) - 0.5) * 0.1
+    nothing_near = torch.full((2, 16), 1e-6)  # no (point, part) pair within a radius
+    chosen = most_occupied_points(halo, kp, points, k=8, candidates=64, cull=nothing_near)
+    assert torch.equal(chosen, points_near_hand(kp, points, 8))
+    # With the model's own radii the occupied candidates still win on their logit.
+    radii = torch.tensor(halo.config.part_radii).expand(2, -1)
+    ranked = most_occupied_points(halo, kp, points, k=8, candidates=64, cull=radii)
+    with torch.no_grad():
+        assert torch.equal(
+            halo_occupancy_logit(halo, ranked, kp).sort(-1).values,
+            halo_occupancy_logit(halo, points_near_hand(kp, points, 64), kp).topk(8).values.sort(-1).values,
+        )
+
+
 def test_refine_rejects_bad_keypoints(random_base):
     halo, _ = load_model(random_base)
     sphere = trimesh.creation.icosphere(subdivisions=2, radius=SPHERE_R)
