@@ -183,6 +183,7 @@ def main() -> None:
     )
     ap.add_argument("--cache", default="/tmp/halo_fit_bench", help="folder for the generated input meshes")
     ap.add_argument("--no-partial", action="store_true")
+    ap.add_argument("--no-closed", action="store_true", help="fit only the single views")
     ap.add_argument(
         "--chamfer", type=int, default=4, help="hands whose refit mesh is compared (costs meshing)"
     )
@@ -210,8 +211,9 @@ def main() -> None:
 
     config = FitConfig(**dict(_override(item) for item in args.set))
     print(f"FitConfig overrides: {args.set or 'none'}")
-    fits, elapsed = timed_fit(model, surfaces, config, args.device)
-    summarize("closed meshes", fits, gts, elapsed, meshes, model, args.chamfer)
+    if not args.no_closed:
+        fits, elapsed = timed_fit(model, surfaces, config, args.device)
+        summarize("closed meshes", fits, gts, elapsed, meshes, model, args.chamfer)
 
     if not args.no_partial:
         fits, elapsed = timed_fit(model, single_views(gts, meshes), config, args.device)

@@ -13,7 +13,10 @@ Initialisation and schedule (fingers can fit the wrong finger, so several starts
    ``4 x len(poses)`` rigid starts, scaled by the clouds' spread.  Single views instead
    place the mean hand from the camera: palm towards or away from it, the hand's long axis
    along the visible points' long axis in the image turned by ``view_angles``, 8 mm behind
-   the visible centroid (``2 x len(view_angles) x len(poses)`` starts).
+   the visible centroid (``2 x len(view_angles) x len(poses)`` starts), plus the PCA starts
+   of the visible points (``partial_pca_starts``: a hand seen along its long axis).  Each
+   input draws its samples from a stream seeded by its own points, so its fit does not depend
+   on the other inputs of the batch.
 2. Coarse: every start is fitted rigidly to a capsule model of the skeleton (point-to-bone
    distances minus a bone radius, both ways, and the depth of free-space samples inside the
    capsules), which has useful gradients far from the surface where HALO's occupancy is
@@ -45,6 +48,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -125,6 +129,12 @@ class FitConfig:
     #: reference single views: unchanged at 9.4 mm, 8.9 -> 10.8 s (their four misses pay for it).
     #: 1 changed nothing; 2 with 2 retries instead of 3 gave 17.1 / 16.5 mm.
     partial_fresh_starts: int = 2
+    #: Single views: also the closed surfaces' starts (the visible points' principal axes, 4 flips
+    #: per pose), for hands seen along their long axis or rolled, which the view starts (long axis
+    #: in the image plane) cannot reach.  bench/bench_fit.py's 16 reference single views, 1 thread:
+    #: 17.65 -> 11.36 mm (two hands 76 / 73 -> 26 / 28 mm) at 13.5 -> 15.5 s per hand; with another
+    #: draw of the input samples 11.14 -> 8.05 mm.
+    partial_pca_starts: bool = True
     #: Closed surfaces that still miss after the retries: their best fit is refined again with each
     #: finger in turn reset to each of ``finger_restart_poses`` (10 more rows of
     #: ``finger_restart_iterations`` per such input), for up to this many rounds (the next round
@@ -474,13 +484,16 @@ class _Batch:
     """Tensors of the inputs x starts being fitted (input index ``owner`` per row)."""
 
     def __init__(self, surfaces, config, device, dtype):
-        rng = np.random.default_rng(config.seed)
         surf, free, labels, partial, centres = [], [], [], [], []
-        for i, s in enumerate(surfaces):
+        for s in surfaces:
+            # Seeded by the input itself, not by its place in the batch: a hand's fit does not depend
+            # on which other inputs share its batch.
+            seed = (int(config.seed) * 1_000_003 + zlib.crc32(np.ascontiguousarray(s.points).tobytes())) % 2**32
+            rng = np.random.default_rng(seed)
             centre = s.points.mean(0)
             idx = rng.choice(len(s.points), config.num_surface, replace=len(s.points) < config.num_surface)
             surf.append(s.points[idx] - centre)
-            q, lab = free_space_samples(s, 2 * config.num_free, seed=config.seed + i)
+            q, lab = free_space_samples(s, 2 * config.num_free, seed=seed)
             if len(q) == 0:
                 q, lab = s.points[:1] + 1.0, np.zeros(1)  # far away: a harmless zero-occupancy sample
             j = rng.choice(len(q), config.num_free, replace=len(q) < config.num_free)
@@ -673,7 +686,6 @@ def fit_hands(
     radii = torch.tensor(capsule_radii(), dtype=dtype, device=device)
 
     # --- 1. rigid starts from PCA ---------------------------------------------------------
-    rng = np.random.default_rng(config.seed)
     rots, trans, scales, angles, owner, labels = [], [], [], [], [], []
     for i, s in enumerate(work):
         c, e, sd = _pca(s.points - batch.centres[i])
@@ -690,7 +702,7 @@ def fit_hands(
                     torch.tensor(ang, dtype=torch.float32)[None],
                 )
                 kp0 = KinematicHand()(p0)[0].numpy()
-            hs = _hand_samples(kp0, rng)
+            hs = _hand_samples(kp0, np.random.default_rng(config.seed))  # the same mean hand for every input
             hc, h, hsd = _pca(hs)
             sc = float(np.clip((sd[0] + sd[1]) / (hsd[0] + hsd[1]), 0.7, 1.4))
             if s.partial:
@@ -701,7 +713,8 @@ def fit_hands(
                     angles.append(ang)
                     owner.append(i)
                     labels.append(f"{pose}/{lab}")
-                continue
+                if not config.partial_pca_starts:
+                    continue
             for k, flip in enumerate(_flips()):
                 r = e @ flip @ h.T
                 if np.linalg.det(r) < 0:
@@ -1026,6 +1039,7 @@ def fit_hands(
                 "batch_size": len(surfaces),
                 "plateau": plateau,
                 "retried": i in failed,
+                "starts_refined": int(rows.size),
                 "joint_gap_mm": float(gaps_mm[worst_joint]),
                 "unexplained_fraction": far,
                 "filled_free_fraction": float(filled[best]),
