@@ -193,7 +193,9 @@ class HaloBaseModule(TrainStepLogging, L.LightningModule):
             return F.mse_loss(out.occupancy, occupancies)
         if self.model.config.smooth_max:  # no single logit to take: BCE on the probability
             return F.binary_cross_entropy(out.occupancy.clamp(1e-6, 1 - 1e-6), occupancies)
-        return F.binary_cross_entropy_with_logits(out.part_logits.max(dim=-1).values, occupancies)
+        return F.binary_cross_entropy_with_logits(
+            self.model.network.union_logit(out.part_logits), occupancies
+        )
 
     def skinning_loss(self, batch: dict) -> torch.Tensor:
         if "surface_points" not in batch or "surface_labels" not in batch:

@@ -21,6 +21,7 @@ layout; splitting them would expose the network's internals across modules.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -118,6 +119,18 @@ class NetworkConfig:
     #: same rule applies at inference, so the trained function is what is meshed.
     part_radii: tuple[float, ...] | None = None
     culled_logit: float = -12.0
+    #: How the part logits make the hand's logit (this project's option; 0 = the original's max).
+    #: ``t > 0``: the soft union ``t * logsumexp(part_logits / t)`` over all parts (a culled pair
+    #: counts as ``culled_logit``, as in the max).  Where two parts meet, both only just outside,
+    #: the max leaves a crease (the notches between phalanges of a bent finger); the soft union
+    #: adds up to ``t * log 2`` there, and every part near a point gets gradient in training.
+    union_temperature: float = 0.0
+
+    @property
+    def mixes_parts(self) -> bool:
+        """Every part contributes at every point, so no part can be skipped (culled) by the rule of
+        where it wins: smooth max, or a soft union without trained ``part_radii``."""
+        return self.smooth_max or (self.union_temperature > 0 and self.part_radii is None)
 
     def __post_init__(self) -> None:
         if isinstance(self.part_radii, str):
@@ -126,6 +139,10 @@ class NetworkConfig:
                     f"part_radii must be null, 'default' or 16 distances, got {self.part_radii!r}"
                 )
             self.part_radii = DEFAULT_PART_RADII
+        if self.union_temperature < 0 or not math.isfinite(self.union_temperature):
+            raise ValueError(f"union_temperature must be >= 0 (0: the max), got {self.union_temperature}")
+        if self.union_temperature > 0 and self.smooth_max:
+            raise ValueError("union_temperature (soft union of logits) cannot be combined with smooth_max")
         if self.part_radii is not None:
             if self.smooth_max:
                 raise ValueError(
@@ -414,7 +431,8 @@ class PartOccupancyNetwork(nn.Module):
         chunk_size: int = INFERENCE_CHUNK,
         candidates: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Several hands in one call: the max part logit (M,), its part (M,) and evaluations per hand.
+        """Several hands in one call: the hand logit (M,) (the max part logit, or the soft union of
+        ``config.union_temperature``), the max's part (M,) and evaluations per hand.
 
         ``points`` (M,3) in model units (normalized posed frame) holds ``counts[b]`` points of hand
         b after each other (hands of ``posed``, in order; counts may differ, e.g. the requests of
@@ -435,6 +453,8 @@ class PartOccupancyNetwork(nn.Module):
                 f"counts {list(counts)} must give one count per posed hand ({posed.first_a.shape[0]}) "
                 f"summing to the number of points ({total})"
             )
+        temperature = self.config.union_temperature
+        soft = temperature > 0
         cs = max(1, min(int(chunk_size), max(counts, default=1)))
         buffers = [torch.empty(cs, w.shape[1], dtype=dtype, device=device) for w in self.weights]
         best = torch.full((total,), -torch.inf, dtype=dtype, device=device)
@@ -448,12 +468,18 @@ class PartOccupancyNetwork(nn.Module):
             for start in range(offset, offset + count, cs):
                 stop = min(start + cs, offset + count)
                 q, bst, lab = points[start:stop], best[start:stop], label[start:stop]
+                # Soft union: a running logsumexp of logits / t beside the running max (the label).
+                acc = torch.full_like(bst, -torch.inf) if soft else None
                 if radii is None and candidates is None:
                     for k in range(num_parts):
                         out = self._part_logit_into(buffers, k, a_b[k], c_b[k], q)
+                        if soft:
+                            acc = torch.logaddexp(acc, out / temperature)
                         lab.masked_fill_(out > bst, k)
                         torch.maximum(bst, out, out=bst)
                     evaluations[b] += q.shape[0] * num_parts
+                    if soft:
+                        bst.copy_(temperature * acc)
                     continue
                 near = (
                     candidates(q, b) if candidates is not None else posed.segment_distances(q, b) <= radii[b]
@@ -463,6 +489,8 @@ class PartOccupancyNetwork(nn.Module):
                     if idx.numel() == 0:
                         continue
                     out = self._part_logit_into(buffers, k, a_b[k], c_b[k], q[idx])
+                    if soft:
+                        acc[idx] = torch.logaddexp(acc[idx], out / temperature)
                     better = out > bst[idx]
                     sel = idx[better]
                     bst[sel] = out[better]
@@ -470,7 +498,12 @@ class PartOccupancyNetwork(nn.Module):
                     evaluations[b] += idx.numel()
                 # A culled pair counts as culled_logit (forward_culled's value), unless none was culled.
                 culled = ~near.all(dim=1)
-                bst.copy_(torch.where(culled, bst.clamp_min(self.config.culled_logit), bst))
+                if soft:
+                    n_culled = (num_parts - near.sum(dim=1)).to(dtype)
+                    culled_term = n_culled.log() + self.config.culled_logit / temperature  # -inf if none
+                    bst.copy_(temperature * torch.logaddexp(acc, culled_term))
+                else:
+                    bst.copy_(torch.where(culled, bst.clamp_min(self.config.culled_logit), bst))
             offset += count
         return best, label, evaluations
 
@@ -525,13 +558,22 @@ class PartOccupancyNetwork(nn.Module):
             out.append(h.squeeze(-1))
         return torch.stack(out, dim=-1)
 
+    def union_logit(self, part_logits: torch.Tensor) -> torch.Tensor:
+        """Per-part logits (...,P) -> the hand's logit (...): their max, or the soft union
+        ``t * logsumexp(logits / t)`` (``config.union_temperature`` t > 0)."""
+        t = self.config.union_temperature
+        if t > 0:
+            return t * torch.logsumexp(part_logits / t, dim=-1)
+        return part_logits.max(dim=-1).values
+
     def combine(self, part_logits: torch.Tensor) -> torch.Tensor:
-        """Per-part logits (...,P) -> occupancy probability (...): max (or smooth max) of sigmoids."""
-        probs = torch.sigmoid(part_logits)
+        """Per-part logits (...,P) -> occupancy probability (...): sigmoid of :meth:`union_logit`
+        (for the max: the max of the sigmoids), or the smooth max of sigmoids."""
         if self.config.smooth_max:
+            probs = torch.sigmoid(part_logits)
             w = torch.softmax(self.config.smooth_max_beta * probs, dim=-1)
             return (w * probs).sum(-1)
-        return probs.max(dim=-1).values
+        return torch.sigmoid(self.union_logit(part_logits))
 
 
 @dataclass
@@ -602,8 +644,11 @@ class HaloModel(nn.Module):
         with torch.no_grad(), torch.autocast(device_type=keypoints_m.device.type, enabled=False):
             pose = canonicalize(keypoints_m, is_left)
             radii = self._culling_radii(pose, None, "radius")
-        if radii is None:  # smooth max: every part everywhere
-            raise ValueError("culling_radii: a smooth-max model mixes all parts; it cannot be culled")
+        if radii is None:  # smooth max / soft union: every part everywhere
+            raise ValueError(
+                "culling_radii: this model mixes all parts (smooth max, or a soft union without "
+                "trained part_radii); it cannot be culled"
+            )
         return radii.expand(keypoints_m.shape[0], -1).clone()
 
     def _culling_radii(self, pose: CanonicalPose, posed: PosedParts | None, cull) -> torch.Tensor | None:
@@ -620,7 +665,7 @@ class HaloModel(nn.Module):
         trained = self.config.part_radii
         if trained is not None:  # culling is part of this model's definition: always applied
             return torch.tensor(trained, dtype=pose.bone_lengths.dtype, device=pose.bone_lengths.device)[None]
-        if not cull or self.config.smooth_max:  # smooth max mixes all parts: nothing to cull
+        if not cull or self.config.mixes_parts:  # every part counts everywhere: nothing to cull
             return None
         with torch.no_grad():
             if posed is None:
@@ -698,9 +743,11 @@ class HaloModel(nn.Module):
         cull: bool | str | torch.Tensor | None = None,
         exact_gradient: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The occupancy as a logit: each point's largest part logit (B,N), and that part (B,N).
+        """The occupancy as a logit: each point's hand logit (B,N), and its largest part (B,N).
 
-        The values and gradients (w.r.t. keypoints, points and weights) of
+        The hand logit is the largest part logit (or the soft union of ``union_temperature``
+        models: :meth:`PartOccupancyNetwork.union_logit`), with the values and gradients (w.r.t.
+        keypoints, points and weights) of
         ``forward(..., return_parts=True).part_logits.max(-1)``.  Without culling, in two passes:
         every point's winning part without autograd (the chunked inference path), then that part's
         logit alone with autograd (:meth:`PartOccupancyNetwork.winner_logits`).  The gradient of a
@@ -717,15 +764,19 @@ class HaloModel(nn.Module):
         if radii is not None:
             # Culled: ~1.5-3 parts per point are evaluated, so one pass with autograd costs no more
             # than the two passes below (measured: training steps, halo fit).
-            return tuple(
-                self.network.forward_culled(points_model, mats, lengths, segments, radii).max(dim=-1)
-            )
+            logits = self.network.forward_culled(points_model, mats, lengths, segments, radii)
+            return self.network.union_logit(logits), logits.argmax(dim=-1)
+        if self.config.union_temperature > 0 and self._needs_autograd(points_m, keypoints_m):
+            # A soft union takes gradient from every part: one pass through all of them.
+            logits = self.network(points_model, mats, lengths)
+            return self.network.union_logit(logits), logits.argmax(dim=-1)
         with torch.no_grad():
             if points_model.shape[1] < SMALL_POINT_SETS:
                 # A few points per hand (grasp refinement's touch and grip terms): all parts of all
                 # hands in one batched call beat the per-hand loop of the inference path.
                 chunk = max(1, 2**15 // points_model.shape[0])
-                best, labels = self.network(points_model, mats, lengths, chunk_size=chunk).max(dim=-1)
+                logits = self.network(points_model, mats, lengths, chunk_size=chunk)
+                best, labels = self.network.union_logit(logits), logits.argmax(dim=-1)
             else:
                 posed = self.network.pose_parts(mats, lengths, segments)
                 best, labels, _ = self.network.max_logits(points_model, posed)

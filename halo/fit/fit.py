@@ -488,7 +488,9 @@ class _Batch:
         for s in surfaces:
             # Seeded by the input itself, not by its place in the batch: a hand's fit does not depend
             # on which other inputs share its batch.
-            seed = (int(config.seed) * 1_000_003 + zlib.crc32(np.ascontiguousarray(s.points).tobytes())) % 2**32
+            seed = (
+                int(config.seed) * 1_000_003 + zlib.crc32(np.ascontiguousarray(s.points).tobytes())
+            ) % 2**32
             rng = np.random.default_rng(seed)
             centre = s.points.mean(0)
             idx = rng.choice(len(s.points), config.num_surface, replace=len(s.points) < config.num_surface)

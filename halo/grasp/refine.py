@@ -383,7 +383,7 @@ def refine_grasps(
             # so the radii hold; + margin for the finger joints' rotation): ~5x fewer part
             # evaluations per step than all 16 parts, ~2x faster per step (measured when added).
             radii = None
-            if cfg.cull and not halo_model.config.smooth_max:
+            if cfg.cull and not halo_model.config.mixes_parts:
                 radii = halo_model.culling_radii(kp0[ok]) * (1.0 + cfg.cull_margin)
             for step in range(int(cfg.steps)):
                 kp = current()

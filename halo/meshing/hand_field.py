@@ -122,7 +122,8 @@ class HandOccupancyField:
             cull = "radius"
         if cull not in (False, "radius", "ibp"):
             raise ValueError(f"cull must be False, 'radius' or 'ibp', got {cull!r}")
-        self.cull = False if self.smooth_max else cull  # smooth max mixes all parts: nothing to cull
+        # Smooth max or a soft union without trained radii: every part counts everywhere, nothing to cull.
+        self.cull = False if net.config.mixes_parts else cull
         trained_radii = net.config.part_radii
         if trained_radii is not None:
             # Culling is part of this model's definition (it was trained that way): always apply it.

@@ -387,3 +387,61 @@ def test_max_logit_has_the_values_and_gradients_of_the_max_over_all_parts(varian
     smooth = HaloModel(NetworkConfig(smooth_max=True))
     with pytest.raises(ValueError, match="smooth-max"):
         smooth.max_logit(pts.float(), kp.float())
+
+
+@pytest.mark.parametrize("part_radii", [None, "default"])
+def test_soft_union_is_one_function_on_every_path(part_radii):
+    """NetworkConfig.union_temperature t: the hand logit is t*logsumexp(part_logits/t) (a culled pair
+    counting as culled_logit) in forward, max_logit (values and gradients), the chunked inference
+    path (any chunking, few or many points) and the meshing field; labels stay the largest part."""
+    from halo.meshing.hand_field import HandOccupancyField
+
+    torch.manual_seed(3)
+    model = HaloModel(NetworkConfig(union_temperature=1.0, part_radii=part_radii)).double()
+    with torch.no_grad():
+        model.network.weights[-1].mul_(20.0)
+    kp = random_hands(2, seed=8, dtype=torch.float64)
+    for n in (100, 900):  # below / above SMALL_POINT_SETS
+        pts = _points_near(kp, n, seed=3)
+        keypoints, points = kp.clone().requires_grad_(True), pts.clone().requires_grad_(True)
+        out = model(points, keypoints, return_parts=True)
+        t = model.config.union_temperature
+        reference = t * torch.logsumexp(out.part_logits / t, dim=-1)
+        torch.testing.assert_close(out.occupancy, torch.sigmoid(reference))
+        hard = out.part_logits.max(dim=-1).values
+        assert torch.all(reference >= hard) and torch.all(reference <= hard + t * np.log(16) + 1e-9)
+        grads = torch.autograd.grad(reference.sum(), (keypoints, points))
+        keypoints2, points2 = kp.clone().requires_grad_(True), pts.clone().requires_grad_(True)
+        logit, labels = model.max_logit(points2, keypoints2)
+        torch.testing.assert_close(logit, reference)
+        assert torch.equal(labels, out.part_logits.argmax(dim=-1))
+        for a, b in zip(torch.autograd.grad(logit.sum(), (keypoints2, points2)), grads, strict=True):
+            torch.testing.assert_close(a, b)
+        with torch.no_grad():
+            for chunk in (64, 100_000):
+                occ = model.occupancy(pts, kp, chunk_size=chunk)
+                torch.testing.assert_close(occ, torch.sigmoid(reference.detach()), atol=1e-12, rtol=1e-9)
+    field = HandOccupancyField(model, kp[0], interpolate="logit")
+    pose = model.canonicalize(kp)
+    values = torch.as_tensor(field(HaloModel.points_to_model(pose, pts)[0].numpy()))
+    torch.testing.assert_close(values.double(), reference[0].detach(), atol=1e-5, rtol=0)
+
+
+def test_soft_union_fills_the_crease_where_two_parts_meet():
+    """Where two parts are both at logit 0 (the max: on the surface), the soft union is t*log 2 inside;
+    far inside one part it is that part's logit; it is validated and survives a checkpoint."""
+    net = HaloModel(NetworkConfig(union_temperature=1.0)).network
+    culled = torch.full((16,), -12.0)
+    two = culled.clone()
+    two[[1, 2]] = 0.0
+    assert float(net.union_logit(two)) == pytest.approx(np.log(2.0), abs=1e-3)
+    one = culled.clone()
+    one[5] = 9.0
+    assert float(net.union_logit(one)) == pytest.approx(9.0, abs=1e-3)
+    with pytest.raises(ValueError, match="union_temperature must be >= 0"):
+        NetworkConfig(union_temperature=-1.0)
+    with pytest.raises(ValueError, match="smooth_max"):
+        NetworkConfig(union_temperature=1.0, smooth_max=True)
+    restored = NetworkConfig.from_dict(NetworkConfig(union_temperature=2.0, part_radii="default").to_dict())
+    assert restored.union_temperature == 2.0 and not restored.mixes_parts
+    assert NetworkConfig(union_temperature=2.0).mixes_parts  # no trained radii: nothing may be culled
