@@ -68,6 +68,30 @@ def test_bce_is_the_logit_form_of_the_occupancy_bce():
     assert torch.allclose(total, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("part_radii", [None, "default"])
+def test_bce_with_a_soft_union_is_the_bce_of_the_exported_models_occupancy(part_radii, tmp_path):
+    """union_temperature > 0: the loss is the BCE of the soft union's occupancy, the union's gradient
+    reaches every part near a point, and the exported network meshes/evaluates the same function."""
+    batch = _batch()
+    module = HaloBaseModule(net={**SMALL_NET, "union_temperature": 1.0, "part_radii": part_radii}, loss="bce")
+    total, _, out = module._losses(batch)
+    out.part_logits.retain_grad()
+    t = module.model.config.union_temperature
+    union = t * torch.logsumexp(out.part_logits / t, dim=-1)
+    expected = torch.nn.functional.binary_cross_entropy(torch.sigmoid(union), batch["occupancies"])
+    assert torch.allclose(total, expected, atol=1e-5)
+    assert not torch.allclose(union, out.part_logits.max(dim=-1).values)  # not the max
+    total.backward()
+    # The max passes gradient to one part per point; the soft union to every part evaluated there.
+    evaluated = out.part_logits != module.model.config.culled_logit
+    learning = out.part_logits.grad != 0
+    assert torch.all(learning[evaluated]) and (learning & evaluated).sum(-1).float().mean() > 1.5
+    plain, _ = load_model(module.export_halo_checkpoint(tmp_path / "soft.pt"), trust_pickle=False)
+    assert plain.config.union_temperature == 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(plain.occupancy(batch["points"], batch["keypoints"]), torch.sigmoid(union))
+
+
 def test_skinning_loss_matches_its_definition_and_needs_surface_points():
     batch = _batch(num_surface=64)
     module = HaloBaseModule(net=SMALL_NET, loss="mse", skinning_weight=0.5)
