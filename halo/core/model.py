@@ -497,12 +497,12 @@ class PartOccupancyNetwork(nn.Module):
                     lab[sel] = k
                     evaluations[b] += idx.numel()
                 # A culled pair counts as culled_logit (forward_culled's value), unless none was culled.
-                culled = ~near.all(dim=1)
                 if soft:
                     n_culled = (num_parts - near.sum(dim=1)).to(dtype)
                     culled_term = n_culled.log() + self.config.culled_logit / temperature  # -inf if none
                     bst.copy_(temperature * torch.logaddexp(acc, culled_term))
                 else:
+                    culled = ~near.all(dim=1)
                     bst.copy_(torch.where(culled, bst.clamp_min(self.config.culled_logit), bst))
             offset += count
         return best, label, evaluations
@@ -565,6 +565,10 @@ class PartOccupancyNetwork(nn.Module):
         if t > 0:
             return t * torch.logsumexp(part_logits / t, dim=-1)
         return part_logits.max(dim=-1).values
+
+    def all_culled_logit(self) -> float:
+        """The hand logit of a point at which every part is culled (the max: ``culled_logit``)."""
+        return float(self.union_logit(torch.full((self.config.num_parts,), self.config.culled_logit)))
 
     def combine(self, part_logits: torch.Tensor) -> torch.Tensor:
         """Per-part logits (...,P) -> occupancy probability (...): sigmoid of :meth:`union_logit`

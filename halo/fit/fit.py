@@ -688,6 +688,21 @@ def fit_hands(
     radii = torch.tensor(capsule_radii(), dtype=dtype, device=device)
 
     # --- 1. rigid starts from PCA ---------------------------------------------------------
+    # The mean hand in each start pose (keypoints, surface samples and their PCA): one per pose,
+    # the same for every input.
+    mean_hands = {}
+    for pose in config.poses:
+        ang = start_angles(pose)
+        with torch.no_grad():
+            p0 = HandParameters.initial(
+                torch.eye(3)[None],
+                torch.zeros(1, 3),
+                torch.ones(1),
+                torch.tensor(ang, dtype=torch.float32)[None],
+            )
+            kp0 = KinematicHand()(p0)[0].numpy()
+        hs = _hand_samples(kp0, np.random.default_rng(config.seed))
+        mean_hands[pose] = (ang, kp0, hs, *_pca(hs))
     rots, trans, scales, angles, owner, labels = [], [], [], [], [], []
     for i, s in enumerate(work):
         c, e, sd = _pca(s.points - batch.centres[i])
@@ -695,17 +710,7 @@ def fit_hands(
             view = batch.centres[i] - s.camera
             c = c + config.partial_depth_offset * view / max(np.linalg.norm(view), 1e-9)
         for pose in config.poses:
-            ang = start_angles(pose)
-            with torch.no_grad():
-                p0 = HandParameters.initial(
-                    torch.eye(3)[None],
-                    torch.zeros(1, 3),
-                    torch.ones(1),
-                    torch.tensor(ang, dtype=torch.float32)[None],
-                )
-                kp0 = KinematicHand()(p0)[0].numpy()
-            hs = _hand_samples(kp0, np.random.default_rng(config.seed))  # the same mean hand for every input
-            hc, h, hsd = _pca(hs)
+            ang, kp0, hs, hc, h, hsd = mean_hands[pose]
             sc = float(np.clip((sd[0] + sd[1]) / (hsd[0] + hsd[1]), 0.7, 1.4))
             if s.partial:
                 for r, sc_v, lab in _view_starts(s.points - batch.centres[i], view, hs, kp0, config):

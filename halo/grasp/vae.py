@@ -808,11 +808,7 @@ def most_occupied_indices(
     with torch.no_grad():
         logit = halo_occupancy_logit(halo_model, gather_points(points, pool), keypoints.detach(), cull=cull)
         if cull is not None and not halo_model.config.mixes_parts:
-            # The hand logit of a point every part was culled at (the max: culled_logit itself).
-            num_parts = halo_model.config.num_parts
-            floor = float(
-                halo_model.network.union_logit(logit.new_full((num_parts,), halo_model.config.culled_logit))
-            )
+            floor = halo_model.network.all_culled_logit()
             rank = torch.arange(pool.shape[1], dtype=logit.dtype, device=logit.device)
             logit = torch.where(logit > floor + 1e-5 * abs(floor), logit, floor - 1.0 - rank)
     return torch.gather(pool, 1, logit.topk(int(k), dim=-1).indices)

@@ -438,6 +438,8 @@ def test_soft_union_fills_the_crease_where_two_parts_meet():
     one = culled.clone()
     one[5] = 9.0
     assert float(net.union_logit(one)) == pytest.approx(9.0, abs=1e-3)
+    assert net.all_culled_logit() == pytest.approx(-12.0 + np.log(16.0), abs=1e-5)
+    assert HaloModel().network.all_culled_logit() == -12.0
     with pytest.raises(ValueError, match="union_temperature must be >= 0"):
         NetworkConfig(union_temperature=-1.0)
     with pytest.raises(ValueError, match="smooth_max"):
