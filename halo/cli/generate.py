@@ -34,9 +34,11 @@ from halo.cli.options import (
     GRASP_UPSAMPLING_STEPS,
     add_extraction_args,
     add_grip_depth_arg,
+    add_support_axis_arg,
     add_trust_checkpoint_arg,
     check_extraction_args,
     check_grip_depth,
+    support_direction,
 )
 from halo.geometry.mesh_io import save_mesh
 from halo.utils.atomic import atomic_write_npy, atomic_write_text
@@ -135,6 +137,8 @@ def _generate_grasps(args: argparse.Namespace) -> int:
     check_grip_depth(args.grip_depth_mm)
     if args.grip_depth_mm > 0 and not args.halo_refine:
         raise CliError("--grip-depth-mm is a setting of --halo-refine; add --halo-refine")
+    if args.support_axis is not None and not args.halo_refine:
+        raise CliError("--support-axis is a setting of --halo-refine; add --halo-refine")
     check_extraction_args(args)
     files = _object_files(args.objects)
     names = object_names(files)
@@ -184,7 +188,11 @@ def _generate_grasps(args: argparse.Namespace) -> int:
     if args.halo_refine:
         from halo.grasp.refine import RefineConfig, refine_grasps
 
-        refine_config = RefineConfig(steps=args.halo_refine_steps, grip_depth_m=args.grip_depth_mm / 1000.0)
+        refine_config = RefineConfig(
+            steps=args.halo_refine_steps,
+            grip_depth_m=args.grip_depth_mm / 1000.0,
+            support_direction=support_direction(args),
+        )
 
         def halo_refine(keypoints, obj):
             result = refine_grasps(halo, keypoints.astype(np.float32), obj.mesh, config=refine_config)
@@ -247,6 +255,7 @@ def _generate_grasps(args: argparse.Namespace) -> int:
                 "refine_steps": steps,
                 "halo_refine_steps": args.halo_refine_steps if args.halo_refine else 0,
                 "grip_depth_mm": args.grip_depth_mm if args.halo_refine else 0.0,
+                "support_axis": args.support_axis if args.halo_refine else None,
                 "oversample": args.oversample,
                 "halo_refine_seconds": refine_seconds,
                 "object_points": n_points,
@@ -318,6 +327,7 @@ def add_parser(commands) -> None:
         help="Adam steps of --halo-refine (default 80)",
     )
     add_grip_depth_arg(p)
+    add_support_axis_arg(p)
     p.add_argument(
         "--oversample",
         type=int,

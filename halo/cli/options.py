@@ -20,10 +20,12 @@ __all__ = [
     "add_extraction_args",
     "add_grasp_metric_args",
     "add_grip_depth_arg",
+    "add_support_axis_arg",
     "check_extraction_args",
     "check_grasp_metric_args",
     "check_grip_depth",
     "gravity",
+    "support_direction",
     "load_mesh_arg",
     "mesh_user_errors",
 ]
@@ -192,6 +194,24 @@ def add_grip_depth_arg(p: argparse.ArgumentParser) -> None:
         help="refinement through HALO: fingers that touch the object close onto it until their skin is this "
         "deep in it, and that overlap is not penetration (default 0: off; 1: README, HALO-VAE)",
     )
+
+
+def add_support_axis_arg(p: argparse.ArgumentParser) -> None:
+    """``--support-axis``: refinement's support term (:attr:`halo.grasp.refine.RefineConfig.support_direction`)."""
+    p.add_argument(
+        "--support-axis",
+        choices=sorted(GRAVITY_AXES),
+        default=None,
+        help="refinement through HALO: gravity's direction in the object's frame; the hand's skin must reach "
+        "the object's underside, so a static hand can carry it (default: off; write --support-axis=-z, the default of --simulate; "
+        "default; README, HALO-VAE)",
+    )
+
+
+def support_direction(args: argparse.Namespace) -> tuple[float, float, float] | None:
+    """The unit gravity direction of ``--support-axis`` (None when off)."""
+    axis = getattr(args, "support_axis", None)
+    return None if axis is None else tuple(float(c) for c in GRAVITY_AXES[axis])
 
 
 def check_grip_depth(value: float) -> None:

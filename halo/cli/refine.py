@@ -20,7 +20,13 @@ import math
 from pathlib import Path
 
 from halo.cli.common import CliError, default_checkpoint, load_halo_model
-from halo.cli.options import add_grip_depth_arg, add_trust_checkpoint_arg, check_grip_depth
+from halo.cli.options import (
+    add_grip_depth_arg,
+    add_support_axis_arg,
+    add_trust_checkpoint_arg,
+    check_grip_depth,
+    support_direction,
+)
 
 DEFAULT_STEPS = 60
 
@@ -58,6 +64,7 @@ def cmd_refine_grasps(args: argparse.Namespace) -> int:
         steps=args.steps,
         penetration_margin=args.penetration_margin,
         grip_depth_m=args.grip_depth_mm / 1000.0,
+        support_direction=support_direction(args),
         exact_gradient=not args.detached_gradient,
     )
     report: dict = {
@@ -65,6 +72,7 @@ def cmd_refine_grasps(args: argparse.Namespace) -> int:
         "steps": args.steps,
         "penetration_margin": args.penetration_margin,
         "grip_depth_mm": args.grip_depth_mm,
+        "support_axis": args.support_axis,
         "keypoint_gradient": "detached (the original's)" if args.detached_gradient else "exact",
         "objects": {},
         "skipped": [],
@@ -149,6 +157,7 @@ def add_parser(subparsers) -> None:
         "README, HALO-VAE)",
     )
     add_grip_depth_arg(p)
+    add_support_axis_arg(p)
     p.add_argument(
         "--detached-gradient",
         action="store_true",

@@ -268,3 +268,5 @@ def test_generate_grasps_oversamples_and_keeps_the_most_balanced(vae_checkpoint,
     assert "--oversample must be >= 1" in capsys.readouterr().err
     assert halo_main([*common, "--grip-depth-mm", "1", "--out", str(tmp_path / "bad")]) == 2
     assert "--grip-depth-mm is a setting of --halo-refine" in capsys.readouterr().err
+    assert halo_main([*common, "--support-axis=-z", "--out", str(tmp_path / "bad")]) == 2
+    assert "--support-axis is a setting of --halo-refine" in capsys.readouterr().err

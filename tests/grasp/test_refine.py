@@ -196,6 +196,13 @@ def test_cli_refines_a_grasp_folder_into_the_same_layout(random_base, tmp_path):
         "detached"
     )
     assert np.abs(detached - refined).max() > 1e-5
+    # --support-axis: the support term against gravity along -y, recorded in the report
+    rc = main(["refine", "grasps", "--grasps", str(tmp_path / "in"), "--checkpoint", str(random_base),
+               "--out", str(tmp_path / "support"), "--steps", "3", "--support-axis=-y"])  # fmt: skip
+    assert rc == 0
+    assert json.loads((tmp_path / "support" / "refine.json").read_text())["support_axis"] == "-y"
+    # (the random base's skin is everywhere within the term's slack, so it moves nothing here; the
+    # release moves it: test_the_support_term_brings_the_skin_to_the_objects_underside)
 
 
 def test_cli_uses_the_convex_hull_of_an_open_mesh_and_says_so(random_base, tmp_path, capsys):
@@ -285,3 +292,48 @@ def test_the_grip_closes_touching_fingers_skin_deep_into_the_object(halo_referen
         RefineConfig(grip_depth_m=-0.001)
     with pytest.raises(RefineError, match="grip_candidates"):
         RefineConfig(grip_points=8, grip_candidates=4)
+
+
+def test_the_support_term_brings_the_skin_to_the_objects_underside(halo_reference):
+    from halo.grasp.refine import surface_samples
+    from halo.grasp.vae import REFERENCE_SKIN_SLOPE, halo_logit_scale
+
+    halo, _ = load_model(halo_reference / "model_best.pt")
+    halo.eval()
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=SPHERE_R)
+    hands = _sunk_hands(4, depth_m=0.01)
+    gravity = (0.0, 1.0, 0.0)  # across the four hands' palm directions, none from below
+    points, normals = surface_samples(sphere, 3000, 0)
+    underside = normals @ np.asarray(gravity, dtype=np.float32) > 0.2
+
+    def underside_touch(keypoints: torch.Tensor) -> np.ndarray:
+        """(B,) soft count of underside points within ~2 mm of HALO's skin (selection.py's weight)."""
+        pts = torch.from_numpy(points[underside])[None].expand(len(keypoints), -1, -1)
+        with torch.no_grad():
+            logit = halo_logit_scale(halo) * halo_occupancy_logit(halo, pts, keypoints)
+        slope = REFERENCE_SKIN_SLOPE
+        return torch.sigmoid((logit + slope * 0.002) / (slope * 1e-3)).sum(-1).numpy()
+
+    plain = refine_grasps(halo, hands, sphere)
+    held = refine_grasps(halo, hands, sphere, config=RefineConfig(support_direction=(0.0, 2.0, 0.0)))
+    before, after = underside_touch(plain.keypoints), underside_touch(held.keypoints)
+    # Measured: 0.1 / 11.5 / 0.0 / 0.0 without the term, 7.7 / 84.2 / 3.7 / 34.1 with it.
+    assert (after > before + 2.0).all(), (before, after)
+    assert after.sum() > 3.0 * before.sum()
+    # the hands still leave the ball (the penetration term keeps its weight)
+    assert (held.penetration_after < held.penetration_before).all()
+    with pytest.raises(RefineError, match="support_direction"):
+        RefineConfig(support_direction=(0.0, 0.0, 0.0))
+    with pytest.raises(RefineError, match="support_direction"):
+        RefineConfig(support_direction=(0.0, 1.0))
+    with pytest.raises(RefineError, match="no surface of the object faces"):
+        flat = trimesh.Trimesh(
+            [[0, 0, 0], [0.05, 0, 0], [0, 0.05, 0], [0, 0, 0.05]],
+            [[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]],
+        )
+        refine_grasps(
+            halo,
+            hands[:1],
+            flat,
+            config=RefineConfig(support_direction=(1.0, 1.0, 0.0), support_normal_cos=0.9),
+        )
