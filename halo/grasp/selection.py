@@ -20,7 +20,7 @@ import torch
 import trimesh
 
 from halo.core.model import HaloModel
-from halo.grasp.refine import object_solid
+from halo.grasp.refine import object_solid, surface_samples
 from halo.grasp.vae import REFERENCE_SKIN_SLOPE, halo_logit_scale, halo_occupancy_logit
 
 __all__ = ["contact_balance", "most_balanced", "surface_with_normals"]
@@ -32,8 +32,7 @@ def surface_with_normals(
     """(n,3) surface samples of ``mesh`` (its convex hull when not watertight, the solid the
     grasp metrics use) and their (n,3) outward unit normals, float32."""
     solid, _ = object_solid(mesh)
-    points, faces = trimesh.sample.sample_surface(solid, int(n), seed=seed)
-    return np.asarray(points, dtype=np.float32), np.asarray(solid.face_normals[faces], dtype=np.float32)
+    return surface_samples(solid, n, seed)
 
 
 def contact_balance(
