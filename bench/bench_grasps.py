@@ -46,6 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from halo.cli.options import GRAVITY_AXES  # noqa: E402
 from halo.grasp.kinematics import bone_lengths  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -309,12 +310,21 @@ def cmd_table(args) -> None:
                     )
                     if config != "inter":
                         continue
-                    for margin, grip_mm in [(m_, g_) for m_ in args.margins for g_ in args.grips_mm]:
-                        # test-time refinement through HALO, per margin and grip depth
+                    for margin, grip_mm, support in [
+                        (m_, g_, s_) for m_ in args.margins for g_ in args.grips_mm for s_ in args.supports
+                    ]:
+                        # test-time refinement through HALO, per margin, grip depth and support axis
                         refined = f"{label}+HALO refine" + (f" (margin {margin:g})" if margin else "")
                         refined += f" (grip {grip_mm:g} mm)" if grip_mm else ""
+                        refined += f" (support {support})" if support != "none" else ""
+                        down = (
+                            None if support == "none" else GRAVITY_AXES[support[1] + support[0]]
+                        )  # "z-" -> "-z"
                         cfg = RefineConfig(
-                            steps=args.refine_steps, penetration_margin=margin, grip_depth_m=grip_mm / 1000.0
+                            steps=args.refine_steps,
+                            penetration_margin=margin,
+                            grip_depth_m=grip_mm / 1000.0,
+                            support_direction=down,
                         )
                         t0 = time.perf_counter()
                         out = refine_grasps(halo, drawn, mesh, config=cfg)  # every draw, as the CLI
@@ -335,6 +345,7 @@ def cmd_table(args) -> None:
                             render_pair is None
                             and set_name == "synthetic"
                             and not margin
+                            and support == "none"
                             and latent == "standard"
                             and oversample == 1
                         ):
@@ -503,6 +514,14 @@ def main() -> None:
         nargs="+",
         default=[0.0],
         help="grip depths (mm) of the test-time refinement (one row each; RefineConfig.grip_depth_m)",
+    )
+    p.add_argument(
+        "--supports",
+        nargs="+",
+        default=["none"],
+        choices=["none", "z-", "z+", "y-", "y+", "x-", "x+"],
+        help="refinement's support term against gravity along this axis (z-: halo refine grasps "
+        "--support-axis=-z; 'none': off; one row each, e.g. --supports none z-)",
     )
     p.add_argument(
         "--oversample",
