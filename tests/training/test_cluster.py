@@ -346,8 +346,9 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm_cluster, tmp_path, tiny_
     (SIGTERM, as on preemption) -> the job continues from checkpoints/last.ckpt.  Each restart
     resumes where the job stopped, never from step 0, and the sweep itself succeeds."""
     # Long enough that the job is still training when the signals arrive: at 120 steps a faster
-    # training step let the job finish between the first last.ckpt and SIGUSR1.
-    max_steps = 400
+    # training step let the job finish between the first last.ckpt and SIGUSR1, and at 400 one
+    # fresh-clone CI run (2026-12-06) ended the sweep before the restart from hpc_ckpt_1.
+    max_steps = 800
     log = tmp_path / "sweep.log"
     args = [
         "-m",
