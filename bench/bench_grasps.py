@@ -50,6 +50,8 @@ from halo.cli.options import GRAVITY_AXES  # noqa: E402
 from halo.grasp.kinematics import bone_lengths  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+#: --supports values: "z-" is `halo refine grasps --support-axis=-z` (a leading '-' would read as an option).
+SUPPORT_AXES = {"none": None, **{axis[1] + axis[0]: direction for axis, direction in GRAVITY_AXES.items()}}
 
 
 def recipe_model_settings() -> tuple[dict, dict]:
@@ -317,14 +319,11 @@ def cmd_table(args) -> None:
                         refined = f"{label}+HALO refine" + (f" (margin {margin:g})" if margin else "")
                         refined += f" (grip {grip_mm:g} mm)" if grip_mm else ""
                         refined += f" (support {support})" if support != "none" else ""
-                        down = (
-                            None if support == "none" else GRAVITY_AXES[support[1] + support[0]]
-                        )  # "z-" -> "-z"
                         cfg = RefineConfig(
                             steps=args.refine_steps,
                             penetration_margin=margin,
                             grip_depth_m=grip_mm / 1000.0,
-                            support_direction=down,
+                            support_direction=SUPPORT_AXES[support],
                         )
                         t0 = time.perf_counter()
                         out = refine_grasps(halo, drawn, mesh, config=cfg)  # every draw, as the CLI
@@ -519,7 +518,7 @@ def main() -> None:
         "--supports",
         nargs="+",
         default=["none"],
-        choices=["none", "z-", "z+", "y-", "y+", "x-", "x+"],
+        choices=list(SUPPORT_AXES),
         help="refinement's support term against gravity along this axis (z-: halo refine grasps "
         "--support-axis=-z; 'none': off; one row each, e.g. --supports none z-)",
     )

@@ -4,9 +4,11 @@ Lightning's :class:`~lightning.pytorch.callbacks.EMAWeightAveraging` keeps the a
 it into saved checkpoints (the raw weights go to ``current_model_state``, so a resumed run
 continues from them), but it swaps the average in only between ``on_validation_epoch_start``
 and ``on_validation_epoch_end``.  The mesh-validation callback meshes in ``on_validation_end``,
-after that, so it would mesh the raw weights while ``val/iou`` scored the average.  This
-subclass holds the average in place for the whole validation, ``on_validation_start`` to
-``on_validation_end``; list it after ``mesh_validation`` (``conf/callbacks/weight_ema.yaml``)
+after that, so it would mesh the raw weights while ``val/iou`` scored the average.
+:class:`WeightEMA` subclasses their common base,
+:class:`~lightning.pytorch.callbacks.WeightAveraging`, with a warm-up decay, and holds the
+average in place for the whole validation, ``on_validation_start`` to ``on_validation_end``;
+list it after ``mesh_validation`` (``conf/callbacks/weight_ema.yaml``)
 so its ``on_validation_end`` runs after the meshing.  When training ends the average becomes
 the model's weights (Lightning's behaviour): the final meshes and ``halo_base_best.pt`` are the
 average's.

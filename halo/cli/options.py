@@ -203,15 +203,14 @@ def add_support_axis_arg(p: argparse.ArgumentParser) -> None:
         choices=sorted(GRAVITY_AXES),
         default=None,
         help="refinement through HALO: gravity's direction in the object's frame; the hand's skin must reach "
-        "the object's underside, so a static hand can carry it (default: off; write --support-axis=-z, the default of --simulate; "
-        "default; README, HALO-VAE)",
+        "the object's underside, so a static hand can carry it (default: off; write it with '=', e.g. "
+        "--support-axis=-z, --simulate's gravity; README, HALO-VAE)",
     )
 
 
 def support_direction(args: argparse.Namespace) -> tuple[float, float, float] | None:
     """The unit gravity direction of ``--support-axis`` (None when off)."""
-    axis = getattr(args, "support_axis", None)
-    return None if axis is None else tuple(float(c) for c in GRAVITY_AXES[axis])
+    return None if args.support_axis is None else tuple(float(c) for c in GRAVITY_AXES[args.support_axis])
 
 
 def check_grip_depth(value: float) -> None:

@@ -263,9 +263,10 @@ def surface_samples(solid: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.n
 
 def object_interior(
     mesh: trimesh.Trimesh, n: int, surface_n: int, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, str]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(n,3) points uniform inside ``mesh`` (its convex hull when not watertight), (surface_n,3)
-    surface samples of the same solid (:func:`surface_samples`), and a note saying which solid was used."""
+    surface samples of the same solid and their outward normals (:func:`surface_samples`), and a
+    note saying which solid was used."""
     if len(mesh.faces) == 0:
         raise RefineError("object mesh has no faces")
     solid, note = object_solid(mesh)
@@ -275,8 +276,8 @@ def object_interior(
         raise RefineError(
             f"object mesh ({note}) has no interior (volume {solid.volume:.3g} m^3): {exc}"
         ) from exc
-    surface, _ = surface_samples(solid, surface_n, seed)
-    return inside.astype(np.float32), surface, note
+    surface, normals = surface_samples(solid, surface_n, seed)
+    return inside.astype(np.float32), surface, normals, note
 
 
 def finger_pad_anchors(keypoints: torch.Tensor) -> torch.Tensor:
@@ -342,7 +343,7 @@ def refine_grasps(
     device = next(halo_model.parameters()).device
     kp0 = kp_in.to(device, torch.float32)
     bsz = kp0.shape[0]
-    inside_np, surface_np, note = object_interior(
+    inside_np, surface_np, normals_np, note = object_interior(
         object_mesh, cfg.interior_samples, cfg.surface_samples, cfg.seed
     )
     inside = torch.from_numpy(inside_np).to(device)[None].expand(bsz, -1, -1)
@@ -368,14 +369,15 @@ def refine_grasps(
         gripping = torch.stack([contact[:, list(f[1:])].amax(-1) for f in FINGER_JOINTS], dim=-1)  # (B,5)
     grip = float(cfg.grip_depth_m) > 0.0 and float(cfg.w_grip) > 0.0
     support = cfg.support_direction is not None and float(cfg.w_support) > 0.0
-    if support:  # the object's underside: the same surface sample, its normals along gravity
-        _, normals_np = surface_samples(solid, cfg.surface_samples, cfg.seed)
+    if support:  # the object's underside: the surface samples whose normals point along gravity
         under = normals_np @ np.asarray(cfg.support_direction, dtype=np.float32) > cfg.support_normal_cos
         if not under.any():
             raise RefineError(
                 f"support_direction {cfg.support_direction}: no surface of the object faces that way"
             )
         underside = torch.from_numpy(surface_np[under]).to(device)
+        support_pool = min(int(cfg.support_candidates), len(underside))  # a small underside: all of it
+        support_k = min(int(cfg.support_points), support_pool)
     depth = None
     if grip:
         depth = torch.from_numpy(interior_depth(solid, inside_np, seed=cfg.seed)).to(device)
@@ -421,6 +423,14 @@ def refine_grasps(
                 underside_ok = underside[None].expand(int(ok.sum()), -1, -1)
             c = contact[ok]
             touch_slack = REFERENCE_SKIN_SLOPE * cfg.touch_distance_m
+
+            def skin_gap(points: torch.Tensor, kp_ok: torch.Tensor) -> torch.Tensor:
+                """(B,) how far HALO's skin stays from ``points`` (B,k,3): the touch and support terms."""
+                logit = scale * halo_occupancy_logit(
+                    halo_model, points, kp_ok, exact_gradient=cfg.exact_gradient
+                )
+                return F.softplus(-(logit + touch_slack), beta=cfg.penetration_sharpness).mean(-1)
+
             # Part culling with radii calibrated once on the input hands (bones keep their lengths,
             # so the radii hold; + margin for the finger joints' rotation): ~5x fewer part
             # evaluations per step than all 16 parts, ~2x faster per step (measured when added).
@@ -453,8 +463,8 @@ def refine_grasps(
                             halo_model,
                             kp[ok],
                             underside_ok,
-                            min(cfg.support_points, underside.shape[0]),
-                            min(cfg.support_candidates, underside.shape[0]),
+                            support_k,
+                            support_pool,
                             cull=radii,
                         )
                 logit = scale * halo_occupancy_logit(
@@ -478,18 +488,8 @@ def refine_grasps(
                     grip_term = (per_finger * g).sum(-1) / g.sum(-1).clamp_min(1.0)
                 else:
                     pen = pen.mean(-1)
-                touch_logit = scale * halo_occupancy_logit(
-                    halo_model, touch_pts, kp[ok], exact_gradient=cfg.exact_gradient
-                )
-                touch = F.softplus(-(touch_logit + touch_slack), beta=cfg.penetration_sharpness).mean(-1)
-                support_term = torch.zeros_like(touch)
-                if support:
-                    support_logit = scale * halo_occupancy_logit(
-                        halo_model, support_pts, kp[ok], exact_gradient=cfg.exact_gradient
-                    )
-                    support_term = F.softplus(
-                        -(support_logit + touch_slack), beta=cfg.penetration_sharpness
-                    ).mean(-1)
+                touch = skin_gap(touch_pts, kp[ok])
+                support_term = skin_gap(support_pts, kp[ok]) if support else torch.zeros_like(touch)
                 d = torch.cdist(kp[ok], surface_ok).amin(-1)
                 gap = F.relu(d - cfg.contact_distance_m) * CM_PER_M
                 contact_term = (gap.pow(2) * c).sum(-1) / c.sum(-1).clamp_min(1.0)

@@ -127,3 +127,13 @@ def test_bad_settings_are_refused():
         WeightEMA(decay=1.0)
     with pytest.raises(ValueError, match="update_every_n_steps"):
         WeightEMA(update_every_n_steps=0)
+
+
+def test_the_default_run_averages_after_mesh_validation(tmp_path):
+    from tests.training.test_train import compose_train
+
+    names = list(compose_train([], tmp_path).callbacks)
+    assert names.index("weight_ema") > names.index("mesh_validation")  # meshes see the average
+    assert (
+        "weight_ema" not in compose_train(["experiment=halo_base"], tmp_path).callbacks
+    )  # the original's recipe
