@@ -129,7 +129,7 @@ def train_one(args, config: str, seed: int) -> Path:
 def cmd_train(args) -> None:
     torch.set_num_threads(1)
     for seed in args.seeds:
-        for config in CONFIGS:
+        for config in args.configs:
             train_one(args, config, seed)
 
 
@@ -539,7 +539,7 @@ def main() -> None:
         nargs="+",
         default=list(CONFIGS),
         choices=list(CONFIGS),
-        help="trained runs to sample from (default both: without / with the HALO terms)",
+        help="runs to train / sample from (default both: without / with the HALO terms)",
     )
     p.add_argument(
         "--refine-steps", type=int, default=80, help="test-time refinement steps (the CLI default)"
