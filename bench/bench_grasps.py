@@ -17,8 +17,8 @@ displacement.
 installed pip packages, rescaled to a graspable size) and each method (VAE without the HALO
 term / with it / + test-time refinement through HALO (:func:`halo.grasp.refine.refine_grasps`),
 one row per ``--margins`` x ``--grips-mm`` value, each also with ``--oversample`` K (K x ``--grasps``
-drawn, all refined, the most balanced refined hands kept, as `halo generate grasps --oversample`:
-:func:`halo.grasp.selection.most_balanced`) / the training grasps,
+drawn, all refined, the refined hands most likely to hold kept, as `halo generate grasps --oversample`:
+:func:`halo.grasp.selection.choose_grasps`, with the support axis as gravity) / the training grasps,
 raw and, with ``--refine-training``, refined), ``--grasps`` sampled grasps per object
 per seed are meshed with HALO and scored (:func:`halo.grasp.pipeline.evaluate_grasp`):
 interpenetration volume (1 mm voxels; mean +- s.e. over grasps), depth, contact ratio (5 mm),
@@ -260,7 +260,7 @@ def summarize(rows: list[dict], keypoints: np.ndarray, seconds: float) -> dict:
 def cmd_table(args) -> None:
     from halo.grasp.pipeline import sample_surface_points
     from halo.grasp.refine import RefineConfig, refine_grasps
-    from halo.grasp.selection import most_balanced
+    from halo.grasp.selection import choose_grasps
     from halo.grasp.vae_checkpoint import load_grasp_vae
     from lightning_modules.halo_vae import load_frozen_halo
 
@@ -299,7 +299,7 @@ def cmd_table(args) -> None:
                     t_sample = (time.perf_counter() - t0) / args.grasps
                     kp = drawn
                     if oversample > 1:  # as `halo generate grasps --oversample` without refinement
-                        keep, _ = most_balanced(halo, drawn, mesh, args.grasps)
+                        keep = choose_grasps(halo, drawn, mesh, args.grasps).keep
                         kp = drawn[torch.from_numpy(keep)]
                     dt = (time.perf_counter() - t0) / args.grasps
                     m = methods.setdefault(label, {"rows": [], "kp": [], "t": []})
@@ -329,7 +329,9 @@ def cmd_table(args) -> None:
                         out = refine_grasps(halo, drawn, mesh, config=cfg)  # every draw, as the CLI
                         final = out.keypoints
                         if oversample > 1:  # chosen on the refined hands
-                            keep, _ = most_balanced(halo, final, mesh, args.grasps)
+                            keep = choose_grasps(
+                                halo, final, mesh, args.grasps, gravity=SUPPORT_AXES[support]
+                            ).keep
                             final = final[torch.from_numpy(keep)]
                         dt2 = t_sample + (time.perf_counter() - t0) / args.grasps
                         m2 = methods.setdefault(refined, {"rows": [], "kp": [], "t": []})

@@ -219,6 +219,7 @@ def _generate_grasps(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
         refine=halo_refine,
         oversample=args.oversample,
+        gravity=support_direction(args),
     )
     for r in results:
         keypoints_file, hand_file = grasp_files(out, r.object_name, r.index)
@@ -334,8 +335,9 @@ def add_parser(commands) -> None:
         default=1,
         metavar="K",
         help="draw K x n grasps per object (with --halo-refine: refine them all, K times the refinement time) "
-        "and keep the n whose final hands touch it from the most opposing sides (halo.grasp.selection: hands "
-        "touching one side only drop in simulation; README, HALO-VAE; default 1)",
+        "and keep the n whose final hands touch it from the most opposing sides and, with --support-axis, whose "
+        "contacts can best carry it against that gravity (halo.grasp.selection: hands touching one side only drop "
+        "in simulation; README, HALO-VAE; default 1)",
     )
     p.add_argument(
         "--object-points", type=int, default=None, help="surface samples per object (default: as in training)"

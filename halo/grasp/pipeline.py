@@ -24,7 +24,7 @@ import trimesh
 
 from halo.core.model import HaloModel
 from halo.grasp.metrics import GraspMetrics, grasp_metrics
-from halo.grasp.selection import most_balanced
+from halo.grasp.selection import choose_grasps
 from halo.meshing.hand_mesh import extract_hand_mesh
 from halo.utils.progress import progress_bar
 
@@ -160,6 +160,7 @@ def generate_grasps(
     interpolate: str = "logit",
     refine: Callable[[np.ndarray, GraspObject], np.ndarray] | None = None,
     oversample: int = 1,
+    gravity: tuple[float, float, float] | None = None,
 ) -> list[GraspResult]:
     """Sample ``grasps_per_object`` grasps per object, mesh each hand with HALO and score it.
 
@@ -170,9 +171,11 @@ def generate_grasps(
     :func:`halo.grasp.refine.refine_grasps`) maps each object's sampled grasps, in that frame,
     before they are meshed and scored.  ``oversample`` K > 1 draws K x ``grasps_per_object``
     grasps, refines them all (when ``refine`` is given) and keeps the ``grasps_per_object`` that
-    touch the object from the most opposing sides (:func:`halo.grasp.selection.most_balanced`),
-    in their sampling order.  The choice is made on the final hands: chosen before refinement,
-    it did not make refined grasps hold better in the simulation (README, HALO-VAE).
+    touch the object from the most opposing sides and, with ``gravity`` (its direction in the
+    objects' frames), whose contacts can best carry the object
+    (:func:`halo.grasp.selection.choose_grasps`), in their sampling order.  The choice is made on
+    the final hands: chosen before refinement, it did not make refined grasps hold better in the
+    simulation (README, HALO-VAE).
     """
     if int(grasps_per_object) < 1:
         raise ValueError(f"grasps_per_object must be >= 1, got {grasps_per_object}")
@@ -188,7 +191,9 @@ def generate_grasps(
         if refine is not None:
             keypoints = np.asarray(refine(keypoints, obj), dtype=np.float64)
         if int(oversample) > 1:
-            keep, _ = most_balanced(halo_model, keypoints, obj.mesh, int(grasps_per_object))
+            keep = choose_grasps(
+                halo_model, keypoints, obj.mesh, int(grasps_per_object), gravity=gravity
+            ).keep
             keypoints = keypoints[keep]
         for i, kp in progress_bar(
             enumerate(keypoints), total=len(keypoints), desc=obj.name, unit="grasp", enabled=show_progress

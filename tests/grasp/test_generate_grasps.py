@@ -244,11 +244,13 @@ def test_generate_grasps_draws_from_the_fitted_latent_when_asked(vae_checkpoint,
     assert halo_main([*common, "--checkpoint", str(old), "--out", str(tmp_path / "o2")]) == 0
 
 
-def test_generate_grasps_oversamples_and_keeps_the_most_balanced(vae_checkpoint, objects, tmp_path, capsys):
+def test_generate_grasps_oversamples_and_keeps_the_most_balanced(
+    vae_checkpoint, objects, tmp_path, capsys, monkeypatch
+):
     """--oversample 3 -n 2 keeps the 2 of the 6 draws (the same draws as -n 6) that
-    halo.grasp.selection.most_balanced picks against the written object mesh, in draw order."""
+    halo.grasp.selection.choose_grasps picks against the written object mesh, in draw order."""
     from halo.core.checkpoint import load_model
-    from halo.grasp.selection import most_balanced
+    from halo.grasp.selection import choose_grasps
 
     ckpt, base = vae_checkpoint
     common = ["generate", "grasps", "--checkpoint", str(ckpt), "--objects", str(objects / "ball.obj"),
@@ -260,9 +262,31 @@ def test_generate_grasps_oversamples_and_keeps_the_most_balanced(vae_checkpoint,
     assert not (tmp_path / "os" / "ball_2.npy").exists()
     halo, _ = load_model(base)
     mesh = trimesh.load(tmp_path / "os" / "ball_obj.ply", force="mesh")
-    keep, balance = most_balanced(halo, drawn, mesh, 2)
+    keep, balance, _ = choose_grasps(halo, drawn, mesh, 2)
     np.testing.assert_allclose(kept, drawn[keep], atol=1e-6)
     assert json.loads((tmp_path / "os" / "generation.json").read_text())["oversample"] == 3
+    # With --support-axis the choice also asks whether the refined hands' contacts can carry the
+    # object against that gravity (choose_grasps' gravity path).
+    import halo.grasp.pipeline as pipeline
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("gravity"))
+        return choose_grasps(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "choose_grasps", recording)
+    refined = ["--halo-refine", "--halo-refine-steps", "2", "--support-axis=+x"]
+    assert halo_main([*common, *refined, "-n", "6", "--out", str(tmp_path / "all_g")]) == 0
+    assert (
+        halo_main([*common, *refined, "-n", "2", "--oversample", "3", "--out", str(tmp_path / "os_g")]) == 0
+    )
+    assert seen == [(1.0, 0.0, 0.0)]
+    drawn = np.stack([np.load(tmp_path / "all_g" / f"ball_{i}.npy") for i in range(6)])
+    kept = np.stack([np.load(tmp_path / "os_g" / f"ball_{i}.npy") for i in range(2)])
+    choice = choose_grasps(halo, drawn, mesh, 2, gravity=(1.0, 0.0, 0.0))
+    assert choice.hold_residual is not None
+    np.testing.assert_allclose(kept, drawn[choice.keep], atol=1e-6)
     capsys.readouterr()
     assert halo_main([*common, "-n", "2", "--oversample", "0", "--out", str(tmp_path / "bad")]) == 2
     assert "--oversample must be >= 1" in capsys.readouterr().err

@@ -75,8 +75,8 @@ def test_generate_grasps_samples_in_the_object_frame_and_is_seeded(halo_model):
 
 def test_oversampling_refines_every_draw_and_keeps_the_most_balanced_refined_hands(halo_model):
     """--oversample K: K x n draws all go through ``refine``; the n kept are the most balanced
-    *refined* hands (halo.grasp.selection.most_balanced on what is meshed), in draw order."""
-    from halo.grasp.selection import most_balanced
+    *refined* hands (halo.grasp.selection.choose_grasps on what is meshed), in draw order."""
+    from halo.grasp.selection import choose_grasps
 
     ball = _target("ball", _ball([0.0, 0.0, 0.0]))
     seen = []
@@ -91,7 +91,7 @@ def test_oversampling_refines_every_draw_and_keeps_the_most_balanced_refined_han
     )
     assert len(seen) == 1 and seen[0].shape == (6, 21, 3)  # refine saw all 6 draws
     refined = refine(seen[0], ball)
-    keep, balance = most_balanced(halo_model, refined, ball.mesh, 2)
+    keep, balance, _ = choose_grasps(halo_model, refined, ball.mesh, 2)
     assert [r.index for r in results] == [0, 1]
     np.testing.assert_allclose(np.stack([r.keypoints for r in results]), refined[keep], atol=1e-9)
     assert balance[keep].max() <= np.delete(balance.numpy(), keep).min()
