@@ -9,6 +9,12 @@ trained for ``--steps`` steps (the recipe's 1500) on the synthetic grasp records
 plain loop over ``HaloVaeModule.losses``: no Lightning Trainer, no validation), identical except
 for the HALO term: ``nointer`` (no interpenetration terms) and ``inter`` (the recipe).
 
+``choice``: which refined hands ``halo generate grasps --oversample K`` should keep: K x ``--grasps``
+fitted-z draws per object and seed, every one refined (``--grips-mm``, ``--supports``: their first
+values) and simulated; per K of ``--oversample``, the first n against the n most balanced and the n
+best by balance + hold residual (:func:`halo.grasp.selection.choose_grasps` with gravity -z), on the
+same draws (cached under ``--out/choice``).
+
 ``pushed``: the `halo refine grasps` target: held-out ground-truth grasps pushed palm-first
 into their objects until they overlap by 4-12 cm³, refined; volume before / after, contact,
 displacement.
@@ -29,6 +35,8 @@ mean +- s.e. over seeds) and a before | after refinement render.
 
     python bench/bench_grasps.py train --halo-checkpoint model_best.pt --records data/synthetic_grasps/records-<key>
     python bench/bench_grasps.py pushed --halo-checkpoint model_best.pt --records ... --grasps 4
+    python bench/bench_grasps.py choice --halo-checkpoint model_best.pt --records ... --grasps 8 \
+        --oversample 1 2 4 --grips-mm 1 --supports z- --configs inter
     python bench/bench_grasps.py table --halo-checkpoint model_best.pt --records data/synthetic_grasps/records-<key>
 """
 
@@ -486,9 +494,126 @@ def save_render(halo, mesh, before, after, name, path: Path) -> None:
     print(f"render ({name}, before | after refinement through HALO): {path}")
 
 
+def cmd_choice(args) -> None:
+    """Which refined hands to keep: every one of K x --grasps fitted-z draws per object and seed
+    is refined (grip --grips-mm[0], support --supports[0]) and simulated, then the first n, the n
+    most balanced and the n best by balance + hold residual (:func:`halo.grasp.selection.choose_grasps`
+    with gravity -z, the simulation's) are compared for every K of --oversample on the same draws."""
+    from scipy.stats import rankdata
+
+    from halo.grasp.pipeline import sample_surface_points
+    from halo.grasp.refine import RefineConfig, refine_grasps
+    from halo.grasp.selection import contact_balance, hold_residuals, surface_with_normals, touch_logits
+    from halo.grasp.vae_checkpoint import load_grasp_vae
+    from lightning_modules.halo_vae import load_frozen_halo
+
+    torch.set_num_threads(1)
+    halo, _ = load_frozen_halo(args.halo_checkpoint)
+    k_max, n = max(args.oversample), args.grasps
+    grip_mm, support = args.grips_mm[0], args.supports[0]
+    gravity = np.array([0.0, 0.0, -1.0])  # the simulation's
+    cache = Path(args.out) / "choice"
+    cache.mkdir(parents=True, exist_ok=True)
+    table: dict[str, dict] = {}
+    for set_name in args.sets:
+        objs = synthetic_objects(args.records) if set_name == "synthetic" else real_objects(args.real)
+        rows: dict[str, dict[str, list]] = {}
+        for seed in args.seeds:
+            path = cache / f"{set_name}_seed{seed}_{support}_grip{grip_mm:g}_{k_max * n}.npy"
+            if path.is_file():
+                draws = np.load(path, allow_pickle=True).item()
+            else:
+                vae, _ = load_grasp_vae(Path(args.out) / "runs" / f"inter_seed{seed}.ckpt")
+                draws = {}
+                for obj_index, (name, mesh, _note) in enumerate(objs):
+                    pts = torch.tensor(sample_surface_points(mesh, 300, seed=0))
+                    gen = torch.Generator().manual_seed(1000 * (seed + 1) + obj_index)
+                    drawn = vae.sample(pts, k_max * n, generator=gen, latent="fitted")
+                    cfg = RefineConfig(
+                        steps=args.refine_steps,
+                        grip_depth_m=grip_mm / 1000.0,
+                        support_direction=SUPPORT_AXES[support],
+                    )
+                    out = refine_grasps(halo, drawn, mesh, config=cfg)
+                    scored = score(halo, mesh, name, out.keypoints.numpy(), True)
+                    surf, nrm = surface_with_normals(mesh, 3000, 0)
+                    logits = touch_logits(halo, out.keypoints, torch.from_numpy(surf))
+                    draws[name] = {
+                        "kp": out.keypoints.numpy(),
+                        "vol": np.array([r["volume_cm3"] for r in scored]),
+                        "contact": np.array([float(bool(r["contact"])) for r in scored]),
+                        "sim": np.array([r.get("sim_cm", math.nan) for r in scored]),
+                        "bal": contact_balance(halo, out.keypoints, surf, nrm, logits=logits).numpy(),
+                        "logit": logits.numpy().astype(np.float16),
+                        "surf": surf,
+                        "nrm": nrm,
+                        "centre": np.asarray(mesh.vertices).mean(0),
+                        "extent": np.asarray(mesh.extents),
+                        "t_ref": out.seconds,
+                    }
+                    print(
+                        f"[{set_name}] seed {seed} {name}: {k_max * n} refined in {out.seconds:.0f} s",
+                        flush=True,
+                    )
+                np.save(path, draws, allow_pickle=True)
+            for o in draws.values():
+                residual = hold_residuals(
+                    halo, None, o["surf"], o["nrm"], o["centre"], gravity,
+                    torque_length_m=0.5 * float(np.linalg.norm(o["extent"])),
+                    logits=torch.from_numpy(o["logit"].astype(np.float32)),
+                )  # fmt: skip
+                for k in args.oversample:
+                    m = k * n
+                    bal, res = o["bal"][:m], residual[:m]
+                    rules = {"first n": np.arange(n)} if k == 1 else {}
+                    if k > 1:
+                        rules["balance"] = np.argsort(bal, kind="stable")[:n]
+                        both = rankdata(bal, method="average") + rankdata(res, method="average")
+                        rules["balance + hold"] = np.argsort(both, kind="stable")[:n]
+                    for rule, keep in rules.items():
+                        r = rows.setdefault(f"K={k}, {rule}", {"sim": [], "vol": [], "contact": [], "kp": []})
+                        r["sim"] += list(o["sim"][keep])
+                        r["vol"] += list(o["vol"][keep])
+                        r["contact"] += list(o["contact"][keep])
+                        r["kp"].append(o["kp"][keep])
+                        r.setdefault("seed_sim", {}).setdefault(seed, []).extend(o["sim"][keep])
+                        # refinement time per kept grasp: k refined per kept one
+                        r.setdefault("t", []).append(o["t_ref"] / len(o["sim"]) * k)
+        from halo.grasp.diversity import grasp_diversity
+
+        table[set_name] = {}
+        print(f"\n### {set_name}: grip {grip_mm:g} mm, support {support}, {n} kept per object and seed")
+        print(
+            "| rule | sim. median cm (per seed) | held < 2 cm | volume cm³ | contact | entropy | cluster cm | s / kept grasp |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for label, r in rows.items():
+            div = grasp_diversity(np.concatenate(r["kp"]), k=20, seed=0)
+            per_seed = " / ".join(f"{np.nanmedian(v):.2f}" for v in r["seed_sim"].values())
+            entry = {
+                "sim_median_cm": float(np.nanmedian(r["sim"])),
+                "sim_median_per_seed": [float(np.nanmedian(v)) for v in r["seed_sim"].values()],
+                "held": float(np.mean(np.asarray(r["sim"]) < 2.0)),
+                "volume_cm3": float(np.nanmean(r["vol"])),
+                "contact_ratio": float(np.nanmean(r["contact"])),
+                "entropy": div.entropy,
+                "cluster_size_cm": div.cluster_size_cm,
+                "s_per_kept_grasp": float(np.mean(r["t"])),
+            }
+            table[set_name][label] = entry
+            print(
+                f"| {label} | {entry['sim_median_cm']:.2f} ({per_seed}) | {entry['held']:.0%} | "
+                f"{entry['volume_cm3']:.2f} | {entry['contact_ratio']:.2f} | {div.entropy:.2f} | "
+                f"{div.cluster_size_cm:.2f} | {entry['s_per_kept_grasp']:.2f} |",
+                flush=True,
+            )
+    name = "choice.json" if len(args.sets) == 2 else f"choice-{args.sets[0]}.json"
+    (Path(args.out) / name).write_text(json.dumps(table, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["train", "table", "pushed"])
+    p.add_argument("stage", choices=["train", "table", "pushed", "choice"])
     p.add_argument("--halo-checkpoint", required=True)
     p.add_argument("--records", required=True, help="synthetic grasp records folder (data=synthetic_grasps)")
     p.add_argument("--out", default="outputs/bench_grasps")
@@ -558,7 +683,7 @@ def main() -> None:
     p.add_argument("--render", default="docs/images/refine_before_after.png")
     p.add_argument("--real", nargs="+", default=list(REAL_OBJECTS), choices=list(REAL_OBJECTS))
     args = p.parse_args()
-    {"train": cmd_train, "table": cmd_table, "pushed": cmd_pushed}[args.stage](args)
+    {"train": cmd_train, "table": cmd_table, "pushed": cmd_pushed, "choice": cmd_choice}[args.stage](args)
 
 
 if __name__ == "__main__":
