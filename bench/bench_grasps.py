@@ -499,11 +499,16 @@ def cmd_choice(args) -> None:
     is refined (grip --grips-mm[0], support --supports[0]) and simulated, then the first n, the n
     most balanced and the n best by balance + hold residual (:func:`halo.grasp.selection.choose_grasps`
     with gravity -z, the simulation's) are compared for every K of --oversample on the same draws."""
-    from scipy.stats import rankdata
-
     from halo.grasp.pipeline import sample_surface_points
     from halo.grasp.refine import RefineConfig, refine_grasps
-    from halo.grasp.selection import contact_balance, hold_residuals, surface_with_normals, touch_logits
+    from halo.grasp.selection import (
+        contact_balance,
+        hold_frame,
+        hold_residuals,
+        keep_indices,
+        surface_with_normals,
+        touch_logits,
+    )
     from halo.grasp.vae_checkpoint import load_grasp_vae
     from lightning_modules.halo_vae import load_frozen_halo
 
@@ -547,8 +552,6 @@ def cmd_choice(args) -> None:
                         "logit": logits.numpy().astype(np.float16),
                         "surf": surf,
                         "nrm": nrm,
-                        "centre": np.asarray(mesh.vertices).mean(0),
-                        "extent": np.asarray(mesh.extents),
                         "t_ref": out.seconds,
                     }
                     print(
@@ -556,20 +559,22 @@ def cmd_choice(args) -> None:
                         flush=True,
                     )
                 np.save(path, draws, allow_pickle=True)
-            for o in draws.values():
+            meshes = {name: mesh for name, mesh, _note in objs}
+            for name, o in draws.items():
+                centre, torque_length = hold_frame(meshes[name])
                 residual = hold_residuals(
-                    halo, None, o["surf"], o["nrm"], o["centre"], gravity,
-                    torque_length_m=0.5 * float(np.linalg.norm(o["extent"])),
-                    logits=torch.from_numpy(o["logit"].astype(np.float32)),
+                    torch.from_numpy(o["logit"].astype(np.float32)), o["surf"], o["nrm"], centre, gravity,
+                    torque_length_m=torque_length,
                 )  # fmt: skip
                 for k in args.oversample:
                     m = k * n
-                    bal, res = o["bal"][:m], residual[:m]
-                    rules = {"first n": np.arange(n)} if k == 1 else {}
-                    if k > 1:
-                        rules["balance"] = np.argsort(bal, kind="stable")[:n]
-                        both = rankdata(bal, method="average") + rankdata(res, method="average")
-                        rules["balance + hold"] = np.argsort(both, kind="stable")[:n]
+                    if k == 1:
+                        rules = {"first n": np.arange(n)}
+                    else:  # as halo generate grasps --oversample k, without / with gravity
+                        rules = {
+                            "balance": keep_indices(o["bal"][:m], None, n),
+                            "balance + hold": keep_indices(o["bal"][:m], residual[:m], n),
+                        }
                     for rule, keep in rules.items():
                         r = rows.setdefault(f"K={k}, {rule}", {"sim": [], "vol": [], "contact": [], "kp": []})
                         r["sim"] += list(o["sim"][keep])

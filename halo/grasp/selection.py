@@ -16,7 +16,7 @@ When gravity's direction is known (``--support-axis``), a second measure joins i
 contacts could hold the object still at all (:func:`static_hold_residual`): the net force and
 torque that forces inside Coulomb friction cones at the touched points cannot cancel, at the
 points that press on the object as it falls.  :func:`choose_grasps` then ranks by the sum of the
-two ranks (README, Choosing grasps that hold).
+two ranks (README, Choosing the hands that hold).
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ __all__ = [
     "GraspChoice",
     "choose_grasps",
     "contact_balance",
+    "hold_frame",
     "hold_residuals",
+    "keep_indices",
     "static_hold_residual",
     "surface_with_normals",
     "touch_logits",
@@ -125,8 +127,8 @@ def static_hold_residual(
     Coulomb friction cone (coefficient ``friction``, linearised with ``cone_edges`` edges), with
     normal forces of at most ``max_force`` times the object's weight in all: a static hand
     pushes back about as hard as the object presses on it, so holds that need a squeeze (normal
-    forces far above the weight, friction carrying it) count as holds only that far (measured:
-    a bound of 3 chose refined grasps that held worse than 1; README).  The result is the smallest L1 norm
+    forces far above the weight, friction carrying it) count as holds only that far (a bound of
+    3 chose neither better nor worse on seed 0; README).  The result is the smallest L1 norm
     of the net wrench those forces and gravity (direction ``gravity`` (3,)) leave on the object:
     force in units of its weight, torque about ``centre_of_mass`` in weight x
     ``torque_length_m``.  No contacts, or none that can push against gravity: 1 (the whole
@@ -156,9 +158,17 @@ def static_hold_residual(
     return float(result.fun)
 
 
+def hold_frame(mesh: trimesh.Trimesh) -> tuple[np.ndarray, float]:
+    """The centre of mass (3,) and torque unit (metres) :func:`hold_residuals` uses for ``mesh``:
+    its vertex mean, where the simulation puts the centre of mass, and half the bounding-box
+    diagonal of its solid (the convex hull when it is not watertight)."""
+    solid, _ = object_solid(mesh)
+    centre = np.asarray(mesh.vertices, dtype=np.float64).mean(axis=0)
+    return centre, 0.5 * float(np.linalg.norm(solid.extents))
+
+
 def hold_residuals(
-    halo_model: HaloModel,
-    keypoints: torch.Tensor,
+    logits: torch.Tensor,
     surface: np.ndarray,
     normals: np.ndarray,
     centre_of_mass: np.ndarray,
@@ -172,17 +182,18 @@ def hold_residuals(
     friction: float = SIM_FRICTION,
     max_force: float = 1.0,
     seed: int = 0,
-    logits: torch.Tensor | None = None,
 ) -> np.ndarray:
     """(B,) :func:`static_hold_residual` of each hand's contacts with an object under gravity.
 
-    A surface sample is a contact where HALO's skin reaches within ``touch_distance_m`` of it and
-    it presses on the object as the object falls: its outward normal faces along gravity
-    (cosine > ``facing_cos``: the underside, and sides a falling object slides down onto) or the
-    skin already overlaps it by ``preload_depth_m`` (a grip's squeeze).  At most ``max_contacts``
-    of them (a seeded random subset) enter the programme.  ``logits``: :func:`touch_logits`.
+    ``logits`` (B,S): :func:`touch_logits` of the hands at the object's surface samples
+    ``surface`` (S,3) with outward normals ``normals`` (S,3).  A sample is a contact where HALO's
+    skin reaches within ``touch_distance_m`` of it and it presses on the object as the object
+    falls: its outward normal faces along gravity (cosine > ``facing_cos``: the underside, and
+    sides a falling object slides down onto) or the skin already overlaps it by
+    ``preload_depth_m`` (a grip's squeeze).  At most ``max_contacts`` of them (a seeded random
+    subset) enter the programme.
     """
-    logit = (touch_logits(halo_model, keypoints, surface) if logits is None else logits).numpy()
+    logit = torch.as_tensor(logits, dtype=torch.float32).numpy()
     nrm = np.asarray(normals, dtype=np.float64)
     g = np.asarray(gravity, dtype=np.float64).reshape(3)
     facing = nrm @ (g / np.linalg.norm(g)) > facing_cos
@@ -203,6 +214,16 @@ def hold_residuals(
             max_force=max_force,
         )
     return out
+
+
+def keep_indices(balance: np.ndarray, hold_residual: np.ndarray | None, n: int) -> np.ndarray:
+    """Indices (ascending) of the ``n`` grasps to keep: the lowest balance, or with hold residuals
+    the lowest sum of the two ranks (tied values share their mean rank); ties keep the earlier
+    draw."""
+    score = np.asarray(balance, dtype=np.float64)
+    if hold_residual is not None:
+        score = rankdata(score, method="average") + rankdata(hold_residual, method="average")
+    return np.sort(np.argsort(score, kind="stable")[: int(n)])
 
 
 class GraspChoice(NamedTuple):
@@ -226,9 +247,8 @@ def choose_grasps(
     """The ``n`` grasps of ``keypoints`` (M,21,3) most likely to hold ``mesh``, in their order.
 
     Without ``gravity``: the lowest :func:`contact_balance`.  With gravity's direction in the
-    mesh's frame: the lowest sum of the balance's rank and the :func:`hold_residuals` rank (the
-    object's centre of mass as the simulation places it, its vertex mean; torques in units of
-    half its bounding-box diagonal; tied values share their mean rank).  Ties keep the earlier draw.  ``n >= M`` keeps them all.
+    mesh's frame: also the :func:`hold_residuals` (in :func:`hold_frame`), ranked together by
+    :func:`keep_indices`.  ``n >= M`` keeps them all.
     """
     kp = torch.as_tensor(np.asarray(keypoints, dtype=np.float32))
     if kp.dim() != 3 or kp.shape[1:] != (21, 3):
@@ -238,25 +258,10 @@ def choose_grasps(
     surface, normals = surface_with_normals(mesh, surface_points, seed)
     logits = touch_logits(halo_model, kp, torch.from_numpy(surface))
     balance = contact_balance(halo_model, kp, surface, normals, logits=logits)
-    if gravity is None:
-        residual = None
-        order = np.argsort(balance.numpy(), kind="stable")
-    else:
-        solid, _ = object_solid(mesh)
+    residual = None
+    if gravity is not None:
+        centre, torque_length = hold_frame(mesh)
         residual = hold_residuals(
-            halo_model,
-            kp,
-            surface,
-            normals,
-            np.asarray(mesh.vertices, dtype=np.float64).mean(axis=0),
-            np.asarray(gravity, dtype=np.float64),
-            torque_length_m=0.5 * float(np.linalg.norm(solid.extents)),
-            seed=seed,
-            logits=logits,
+            logits, surface, normals, centre, np.asarray(gravity), torque_length_m=torque_length, seed=seed
         )
-        order = np.argsort(_ranks(balance.numpy()) + _ranks(residual), kind="stable")
-    return GraspChoice(np.sort(order[: int(n)]), balance, residual)
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    return rankdata(values, method="average")  # ties (e.g. several hands that hold) rank alike
+    return GraspChoice(keep_indices(balance.numpy(), residual, n), balance, residual)

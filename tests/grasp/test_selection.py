@@ -125,14 +125,7 @@ def test_hold_residuals_count_the_touched_points_that_press_as_the_object_falls(
     logits[1, top] = just_touching
     logits[2, top] = 0.002 * REFERENCE_SKIN_SLOPE  # 2 mm deep
     res = hold_residuals(
-        None,
-        None,
-        surface,
-        normals,
-        np.zeros(3),
-        np.array([0.0, 0.0, -1.0]),
-        torque_length_m=0.04,
-        logits=logits,
+        logits, surface, normals, np.zeros(3), np.array([0.0, 0.0, -1.0]), torque_length_m=0.04
     )
     assert res[0] < 1e-6 and res[1] == pytest.approx(1.0) and res[2] < 0.5, res
     assert SIM_FRICTION == 3.0
