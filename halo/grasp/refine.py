@@ -69,6 +69,7 @@ __all__ = [
     "RefineError",
     "RefineResult",
     "anatomy_penalty",
+    "interior_sample_count",
     "object_interior",
     "object_solid",
     "pose_keypoints",
@@ -96,7 +97,14 @@ class RefineConfig:
     lr_translation_cm: float = 0.2
     inside_points: int = 256  # interior points per grasp in the loss (the most occupied of the candidates)
     candidate_points: int = 1024  # interior points nearest to the skeleton that HALO ranks (>= inside_points)
-    interior_samples: int = 6000  # dense interior sample of the object (drawn once per object)
+    # Dense interior sample of the object, drawn once per object: interior_per_cm3 points per cm³ of
+    # the solid, at least interior_samples and at most interior_samples_max.  Why a density and not
+    # a count: 6,000 points in the 600 cm³ hull of pybullet_data's mug (10 per cm³) left refined
+    # hands 1.5 cm³ (up to 6 cm³, 2.8 cm deep) in it; 24,000 (40 per cm³) 0.09 cm³, same time per
+    # grasp (README, HALO-VAE: interior density).
+    interior_samples: int = 6000
+    interior_per_cm3: float = 40.0
+    interior_samples_max: int = 60000
     surface_samples: int = 3000
     contact_threshold_m: float = 0.02
     contact_distance_m: float = 0.010
@@ -151,6 +159,7 @@ class RefineConfig:
             "inside_points",
             "candidate_points",
             "interior_samples",
+            "interior_samples_max",
             "surface_samples",
             "reselect_every",
             "touch_points",
@@ -162,6 +171,13 @@ class RefineConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise RefineError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.interior_per_cm3) and self.interior_per_cm3 >= 0.0):
+            raise RefineError(f"interior_per_cm3 must be a finite density >= 0, got {self.interior_per_cm3}")
+        if int(self.interior_samples_max) < int(self.interior_samples):
+            raise RefineError(
+                f"interior_samples_max ({self.interior_samples_max}) must be >= interior_samples "
+                f"({self.interior_samples})"
+            )
         if not (math.isfinite(self.touch_distance_m) and self.touch_distance_m >= 0.0):
             raise RefineError(f"touch_distance_m must be a finite distance >= 0, got {self.touch_distance_m}")
         for name in ("grip_depth_m", "grip_radius_m"):
@@ -261,15 +277,25 @@ def surface_samples(solid: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.n
     return np.asarray(points, dtype=np.float32), np.asarray(solid.face_normals[faces], dtype=np.float32)
 
 
+def interior_sample_count(solid: trimesh.Trimesh, config: RefineConfig) -> int:
+    """How many interior points :func:`refine_grasps` draws in ``solid``: ``interior_per_cm3`` per
+    cm³ of its volume, clamped to [``interior_samples``, ``interior_samples_max``]."""
+    wanted = float(config.interior_per_cm3) * max(float(solid.volume), 0.0) * 1e6
+    return int(min(max(round(wanted), int(config.interior_samples)), int(config.interior_samples_max)))
+
+
 def object_interior(
-    mesh: trimesh.Trimesh, n: int, surface_n: int, seed: int = 0
+    mesh: trimesh.Trimesh, n: int | None, surface_n: int, seed: int = 0, config: RefineConfig | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(n,3) points uniform inside ``mesh`` (its convex hull when not watertight), (surface_n,3)
     surface samples of the same solid and their outward normals (:func:`surface_samples`), and a
-    note saying which solid was used."""
+    note saying which solid was used.  ``n=None``: as many as :func:`interior_sample_count` gives
+    for ``config`` (default :class:`RefineConfig`)."""
     if len(mesh.faces) == 0:
         raise RefineError("object mesh has no faces")
     solid, note = object_solid(mesh)
+    if n is None:
+        n = interior_sample_count(solid, config or RefineConfig())
     try:
         inside = sample_inside_points(solid, int(n), np.random.default_rng(seed), name=f"object ({note})")
     except ValueError as exc:  # flat or inside-out: no interior to push the hand out of
@@ -344,7 +370,7 @@ def refine_grasps(
     kp0 = kp_in.to(device, torch.float32)
     bsz = kp0.shape[0]
     inside_np, surface_np, normals_np, note = object_interior(
-        object_mesh, cfg.interior_samples, cfg.surface_samples, cfg.seed
+        object_mesh, None, cfg.surface_samples, cfg.seed, config=cfg
     )
     inside = torch.from_numpy(inside_np).to(device)[None].expand(bsz, -1, -1)
     surface = torch.from_numpy(surface_np).to(device)

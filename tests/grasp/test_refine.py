@@ -16,6 +16,8 @@ from halo.grasp.refine import (
     RefineConfig,
     RefineError,
     anatomy_penalty,
+    interior_sample_count,
+    object_interior,
     pose_keypoints,
     refine_grasps,
 )
@@ -150,6 +152,48 @@ def test_culled_ranking_takes_points_beyond_every_part_radius_nearest_first(rand
             halo_occupancy_logit(halo, ranked, kp).sort(-1).values,
             halo_occupancy_logit(halo, points_near_hand(kp, points, 64), kp).topk(8).values.sort(-1).values,
         )
+
+
+def test_the_interior_sample_follows_the_objects_volume_within_its_bounds():
+    cfg = RefineConfig()  # 40 per cm3, at least 6,000, at most 60,000
+    small = trimesh.creation.icosphere(subdivisions=3, radius=0.02)  # ~33 cm3: the floor
+    large = trimesh.creation.icosphere(subdivisions=3, radius=0.06)  # ~900 cm3
+    huge = trimesh.creation.box(extents=(0.3, 0.3, 0.3))  # 27,000 cm3: the cap
+    assert interior_sample_count(small, cfg) == 6000
+    assert interior_sample_count(large, cfg) == round(40.0 * large.volume * 1e6)
+    assert interior_sample_count(huge, cfg) == 60000
+    assert interior_sample_count(large, RefineConfig(interior_per_cm3=0.0)) == 6000
+    inside, _, _, _ = object_interior(large, None, 100, config=cfg)
+    assert len(inside) == interior_sample_count(large, cfg)
+    assert large.contains(inside).all()
+    for bad, match in (
+        (dict(interior_per_cm3=-1.0), "interior_per_cm3"),
+        (dict(interior_per_cm3=float("nan")), "interior_per_cm3"),
+        (dict(interior_samples=7000, interior_samples_max=6000), "interior_samples_max"),
+    ):
+        with pytest.raises(RefineError, match=match):
+            RefineConfig(**bad)
+
+
+def test_a_dense_interior_sample_leaves_no_overlap_in_a_large_object(halo_reference):
+    """6,000 interior points in a 900 cm3 ball (7 per cm3) let refined hands stay in it; the
+    default density (40 per cm3) does not (measured 0.85 / 0.53 cm3 against 0 / 0)."""
+    from halo.grasp.pipeline import evaluate_grasp
+
+    halo, _ = load_model(halo_reference / "model_best.pt")
+    radius = 0.06
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=radius)
+    hands = random_hands(4, seed=0, curl=0.5).float()[[0, 3]]
+    palm = hands[:, [0, 1, 5, 9, 13, 17]].mean(1, keepdim=True)
+    sunk = hands - palm + torch.nn.functional.normalize(palm, dim=-1) * (radius - 0.015)
+
+    def volumes(per_cm3: float) -> list[float]:
+        out = refine_grasps(halo.eval(), sunk, ball, config=RefineConfig(interior_per_cm3=per_cm3))
+        return [evaluate_grasp(halo, ball, k.numpy()).metrics.volume_cm3 for k in out.keypoints]
+
+    sparse, dense = volumes(0.0), volumes(RefineConfig().interior_per_cm3)
+    assert np.mean(sparse) > 0.2
+    assert max(dense) < 0.05
 
 
 def test_refine_rejects_bad_keypoints(random_base):
