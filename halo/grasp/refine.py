@@ -100,8 +100,8 @@ class RefineConfig:
     # Dense interior sample of the object, drawn once per object: interior_per_cm3 points per cm³ of
     # the solid, at least interior_samples and at most interior_samples_max.  Why a density and not
     # a count: 6,000 points in the 600 cm³ hull of pybullet_data's mug (10 per cm³) left refined
-    # hands 1.5 cm³ (up to 6 cm³, 2.8 cm deep) in it; 24,000 (40 per cm³) 0.09 cm³, same time per
-    # grasp (README, HALO-VAE: interior density).
+    # hands 1.15 cm³ in it on average (up to 5.8 cm³, 2.8 cm deep); 40 per cm³ 0.13 cm³, at ~25 %
+    # more refinement time on that mesh (README, HALO-VAE: interior density).
     interior_samples: int = 6000
     interior_per_cm3: float = 40.0
     interior_samples_max: int = 60000
@@ -285,25 +285,24 @@ def interior_sample_count(solid: trimesh.Trimesh, config: RefineConfig) -> int:
 
 
 def object_interior(
-    mesh: trimesh.Trimesh, n: int | None, surface_n: int, seed: int = 0, config: RefineConfig | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """(n,3) points uniform inside ``mesh`` (its convex hull when not watertight), (surface_n,3)
-    surface samples of the same solid and their outward normals (:func:`surface_samples`), and a
-    note saying which solid was used.  ``n=None``: as many as :func:`interior_sample_count` gives
-    for ``config`` (default :class:`RefineConfig`)."""
+    mesh: trimesh.Trimesh, config: RefineConfig
+) -> tuple[trimesh.Trimesh, np.ndarray, np.ndarray, np.ndarray, str]:
+    """The solid refinement works against (``mesh``, or its convex hull when not watertight), its
+    (n,3) uniform interior points (n from :func:`interior_sample_count`), (surface_samples,3)
+    surface samples and their outward normals (:func:`surface_samples`), and a note saying which
+    solid was used; seeded by ``config.seed``."""
     if len(mesh.faces) == 0:
         raise RefineError("object mesh has no faces")
     solid, note = object_solid(mesh)
-    if n is None:
-        n = interior_sample_count(solid, config or RefineConfig())
+    n = interior_sample_count(solid, config)
     try:
-        inside = sample_inside_points(solid, int(n), np.random.default_rng(seed), name=f"object ({note})")
+        inside = sample_inside_points(solid, n, np.random.default_rng(config.seed), name=f"object ({note})")
     except ValueError as exc:  # flat or inside-out: no interior to push the hand out of
         raise RefineError(
             f"object mesh ({note}) has no interior (volume {solid.volume:.3g} m^3): {exc}"
         ) from exc
-    surface, normals = surface_samples(solid, surface_n, seed)
-    return inside.astype(np.float32), surface, normals, note
+    surface, normals = surface_samples(solid, config.surface_samples, config.seed)
+    return solid, inside.astype(np.float32), surface, normals, note
 
 
 def finger_pad_anchors(keypoints: torch.Tensor) -> torch.Tensor:
@@ -369,13 +368,10 @@ def refine_grasps(
     device = next(halo_model.parameters()).device
     kp0 = kp_in.to(device, torch.float32)
     bsz = kp0.shape[0]
-    inside_np, surface_np, normals_np, note = object_interior(
-        object_mesh, None, cfg.surface_samples, cfg.seed, config=cfg
-    )
+    solid, inside_np, surface_np, normals_np, note = object_interior(object_mesh, cfg)
     inside = torch.from_numpy(inside_np).to(device)[None].expand(bsz, -1, -1)
     surface = torch.from_numpy(surface_np).to(device)
     ok = plausible_hands(kp0)
-    solid, _ = object_solid(object_mesh)  # the solid object_interior sampled (trimesh caches the hull)
 
     with torch.no_grad():
         d0 = torch.cdist(kp0, surface[None].expand(bsz, -1, -1)).amin(-1)  # (B,21)

@@ -167,7 +167,7 @@ def test_the_interior_sample_follows_the_objects_volume_within_its_bounds():
     assert interior_sample_count(large, cfg) == round(40.0 * large.volume * 1e6)
     assert interior_sample_count(huge, cfg) == 60000
     assert interior_sample_count(large, RefineConfig(interior_per_cm3=0.0)) == 6000
-    inside, _, _, _ = object_interior(large, None, 100, config=cfg)
+    _, inside, _, _, _ = object_interior(large, RefineConfig(surface_samples=100))
     assert len(inside) == interior_sample_count(large, cfg)
     assert large.contains(inside).all()
     for bad, match in (
