@@ -56,10 +56,11 @@ from halo.grasp.vae import (
     gather_points,
     halo_logit_scale,
     halo_occupancy_logit,
-    most_occupied_indices,
+    most_occupied_indices_grouped,
     most_occupied_points,
     plausible_hands,
 )
+from halo.utils.allocator import flush_denormals
 from halo.utils.errors import InputError
 
 __all__ = [
@@ -437,7 +438,9 @@ def refine_grasps(
             pen_before[ok] = penetration(kp0[ok])
     halo_model.requires_grad_(False)
     # enable_grad: callers may sit in a no_grad scope (``halo generate grasps`` samples under one).
-    with torch.enable_grad():
+    # flush_denormals: the backward through HALO is full of ~1e-40 gradients (points far outside
+    # the hand); flushed, its matrix products run ~15x faster on a CPU (halo.utils.allocator).
+    with torch.enable_grad(), flush_denormals():
         if bool(ok.any()):
             inside_ok = inside[ok]
             surface_ok = surface[None].expand(int(ok.sum()), -1, -1)
@@ -446,77 +449,99 @@ def refine_grasps(
             c = contact[ok]
             touch_slack = REFERENCE_SKIN_SLOPE * cfg.touch_distance_m
 
-            def skin_gap(points: torch.Tensor, kp_ok: torch.Tensor) -> torch.Tensor:
-                """(B,) how far HALO's skin stays from ``points`` (B,k,3): the touch and support terms."""
-                logit = scale * halo_occupancy_logit(
-                    halo_model, points, kp_ok, exact_gradient=cfg.exact_gradient
-                )
+            def skin_gap(logit: torch.Tensor) -> torch.Tensor:
+                """(B,) how far HALO's skin stays from the points of ``logit`` (B,k, scaled): the
+                touch and support terms."""
                 return F.softplus(-(logit + touch_slack), beta=cfg.penetration_sharpness).mean(-1)
 
             # Part culling with radii calibrated once on the input hands (bones keep their lengths,
             # so the radii hold; + margin for the finger joints' rotation): ~5x fewer part
             # evaluations per step than all 16 parts, ~2x faster per step (measured when added).
+            # A model trained with part_radii is defined with them: its own radii, no margin, and
+            # then every term's points share one culled HALO call per step.
             radii = None
-            if cfg.cull and not halo_model.config.mixes_parts:
+            trained_radii = halo_model.config.part_radii is not None
+            if trained_radii:
+                radii = halo_model.culling_radii(kp0[ok])
+            elif cfg.cull and not halo_model.config.mixes_parts:
                 radii = halo_model.culling_radii(kp0[ok]) * (1.0 + cfg.cull_margin)
+
+            def step_logits(kp_ok: torch.Tensor, culled: torch.Tensor, skin: list[torch.Tensor]):
+                """Scaled HALO logits of the interior points ``culled`` (evaluated with ``radii``) and
+                of each skin group (touch, support, grip: without culling, see above), in as few
+                forward passes as the model allows: one canonicalization and one graph per call."""
+                groups = [culled, *skin] if trained_radii else [culled]
+                sizes = [g.shape[1] for g in groups]
+                out = scale * halo_occupancy_logit(
+                    halo_model, torch.cat(groups, 1), kp_ok, cull=radii, exact_gradient=cfg.exact_gradient
+                )
+                parts = list(out.split(sizes, dim=1))
+                if not trained_radii and skin:
+                    sizes = [g.shape[1] for g in skin]
+                    out = scale * halo_occupancy_logit(
+                        halo_model, torch.cat(skin, 1), kp_ok, exact_gradient=cfg.exact_gradient
+                    )
+                    parts += list(out.split(sizes, dim=1))
+                return parts
+
             for step in range(int(cfg.steps)):
-                kp = current()
+                kp_ok = current()[ok]
                 gripping_now = grip and step >= stage1  # the fingers close once they may move
                 if step % int(cfg.reselect_every) == 0 or (grip and step == stage1):
                     # The interior points HALO finds most inside the hand.  Re-choosing them only
                     # every few steps saves work but moved hands further (measured at 5).
-                    index = most_occupied_indices(
-                        halo_model, kp[ok], inside_ok, cfg.inside_points, cfg.candidate_points, cull=radii
+                    # Touch and support points are ranked culled too (beyond the radii, nearest
+                    # first) and evaluated below without culling: a floating hand's nearest surface
+                    # points lie beyond the part radii, where a culled logit is a constant floor
+                    # without gradient.  One HALO call ranks all three sets.
+                    groups = [
+                        (inside_ok, cfg.inside_points, cfg.candidate_points),
+                        (surface_ok, cfg.touch_points, cfg.touch_candidates),
+                    ]
+                    if support:
+                        groups.append((underside_ok, support_k, support_pool))
+                    index, touch_index, *support_index = most_occupied_indices_grouped(
+                        halo_model, kp_ok, groups, cull=radii
                     )
                     inside_pts = gather_points(inside_ok, index)
+                    touch_pts = gather_points(surface_ok, touch_index)
+                    if support:
+                        support_pts = gather_points(underside_ok, support_index[0])
                     if gripping_now:
                         shallow = depth[index] < cfg.grip_depth_m  # (B,k)
                         grip_pts = _grip_points(
-                            halo_model, kp[ok], surface_ok, cfg.grip_candidates, cfg.grip_points
+                            halo_model, kp_ok, surface_ok, cfg.grip_candidates, cfg.grip_points
                         ).flatten(1, 2)
-                    # Ranked culled (beyond the radii, nearest first), evaluated below without
-                    # culling: a floating hand's nearest surface points lie beyond the part radii,
-                    # where a culled logit is a constant floor without gradient.
-                    touch_pts = most_occupied_points(
-                        halo_model, kp[ok], surface_ok, cfg.touch_points, cfg.touch_candidates, cull=radii
-                    )
-                    if support:
-                        support_pts = most_occupied_points(
-                            halo_model,
-                            kp[ok],
-                            underside_ok,
-                            support_k,
-                            support_pool,
-                            cull=radii,
-                        )
-                logit = scale * halo_occupancy_logit(
-                    halo_model, inside_pts, kp[ok], cull=radii, exact_gradient=cfg.exact_gradient
-                )
+                skin = [touch_pts] + ([support_pts] if support else []) + ([grip_pts] if gripping_now else [])
+                logit, touch_logit, *rest = step_logits(kp_ok, inside_pts, skin)
+                support_logit = rest.pop(0) if support else None
                 pen = F.softplus(logit - cfg.penetration_margin, beta=cfg.penetration_sharpness)
                 grip_term = torch.zeros_like(pen[:, 0])
                 if gripping_now:
                     g = gripping[ok]
                     with torch.no_grad():  # shallow points under a gripping finger's pad are the grip
-                        pads = finger_pad_anchors(kp[ok].detach())  # (B,5,5,3)
+                        pads = finger_pad_anchors(kp_ok.detach())  # (B,5,5,3)
                         pads = torch.where(g[:, :, None, None] > 0, pads, torch.full_like(pads, 1e3))
                         near_pad = torch.cdist(inside_pts, pads.flatten(1, 2)).amin(-1) < cfg.grip_radius_m
                         keep = (~(shallow & near_pad)).float()
                     pen = (pen * keep).sum(-1) / keep.sum(-1).clamp_min(1.0)
-                    grip_logit = scale * halo_occupancy_logit(
-                        halo_model, grip_pts, kp[ok], exact_gradient=cfg.exact_gradient
-                    ).view(len(g), 5, -1)
+                    grip_logit = rest.pop(0).view(len(g), 5, -1)
                     grip_target = REFERENCE_SKIN_SLOPE * cfg.grip_depth_m
                     per_finger = F.softplus(grip_target - grip_logit, beta=cfg.penetration_sharpness).mean(-1)
                     grip_term = (per_finger * g).sum(-1) / g.sum(-1).clamp_min(1.0)
                 else:
                     pen = pen.mean(-1)
-                touch = skin_gap(touch_pts, kp[ok])
-                support_term = skin_gap(support_pts, kp[ok]) if support else torch.zeros_like(touch)
-                d = torch.cdist(kp[ok], surface_ok).amin(-1)
+                touch = skin_gap(touch_logit)
+                support_term = skin_gap(support_logit) if support else torch.zeros_like(touch)
+                # Distance to the nearest surface sample, found without autograd: the gradient of
+                # the min is the nearest sample's anyway, and a (B,21,S) cdist backward is not free.
+                with torch.no_grad():
+                    nearest = torch.cdist(kp_ok, surface_ok).argmin(-1)  # (B,21)
+                d = (kp_ok - gather_points(surface_ok, nearest)).norm(dim=-1)
                 gap = F.relu(d - cfg.contact_distance_m) * CM_PER_M
                 contact_term = (gap.pow(2) * c).sum(-1) / c.sum(-1).clamp_min(1.0)
-                pose_term = ((kp[ok] - kp0[ok]) * CM_PER_M).pow(2).sum(-1).mean(-1)
-                anatomy = anatomy_penalty(kp[ok])
+                pose_term = ((kp_ok - kp0[ok]) * CM_PER_M).pow(2).sum(-1).mean(-1)
+                anatomy = anatomy_penalty(kp_ok)
                 loss = (
                     cfg.w_penetration * pen
                     + cfg.w_contact * contact_term

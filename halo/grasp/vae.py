@@ -29,7 +29,7 @@ without importing Lightning or Hydra.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -71,6 +71,7 @@ __all__ = [
     "INTER_MODES",
     "gather_points",
     "most_occupied_indices",
+    "most_occupied_indices_grouped",
     "most_occupied_points",
     "nearest_to_hand_indices",
     "points_near_hand",
@@ -802,16 +803,42 @@ def most_occupied_indices(
     beyond every part's radius read the culled floor: among those the nearest to the skeleton rank
     first, so a hand that floats off the points still gets its nearest ones.
     """
-    pool = nearest_to_hand_indices(keypoints, points, int(candidates))  # nearest first
-    if int(k) >= pool.shape[1]:
-        return pool
-    with torch.no_grad():
-        logit = halo_occupancy_logit(halo_model, gather_points(points, pool), keypoints.detach(), cull=cull)
-        if cull is not None and not halo_model.config.mixes_parts:
-            floor = halo_model.network.all_culled_logit()
-            rank = torch.arange(pool.shape[1], dtype=logit.dtype, device=logit.device)
-            logit = torch.where(logit > floor + 1e-5 * abs(floor), logit, floor - 1.0 - rank)
-    return torch.gather(pool, 1, logit.topk(int(k), dim=-1).indices)
+    return most_occupied_indices_grouped(halo_model, keypoints, [(points, k, candidates)], cull)[0]
+
+
+def most_occupied_indices_grouped(
+    halo_model: HaloModel,
+    keypoints: torch.Tensor,
+    groups: Sequence[tuple[torch.Tensor, int, int]],
+    cull: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """:func:`most_occupied_indices` for several point sets of the same hands at once: ``groups``
+    of (points (B,M_i,3), k_i, candidates_i) give one (B,k_i) index tensor each, ranked with one
+    HALO call for all candidate pools (one canonicalization instead of one per set; test-time
+    refinement ranks its interior, touch and support points together every other step)."""
+    pools, ranked, out = [], [], []
+    for points, k, candidates in groups:
+        pool = nearest_to_hand_indices(keypoints, points, int(candidates))  # nearest first
+        pools.append(pool)
+        if int(k) < pool.shape[1]:
+            ranked.append(len(pools) - 1)
+    logits: dict[int, torch.Tensor] = {}
+    if ranked:
+        with torch.no_grad():
+            pts = torch.cat([gather_points(groups[i][0], pools[i]) for i in ranked], dim=1)
+            logit = halo_occupancy_logit(halo_model, pts, keypoints.detach(), cull=cull)
+            parts = logit.split([pools[i].shape[1] for i in ranked], dim=1)
+            culled = cull is not None and not halo_model.config.mixes_parts
+            floor = halo_model.network.all_culled_logit() if culled else None
+            for i, part in zip(ranked, parts, strict=True):
+                if floor is not None:
+                    rank = torch.arange(part.shape[1], dtype=part.dtype, device=part.device)
+                    part = torch.where(part > floor + 1e-5 * abs(floor), part, floor - 1.0 - rank)
+                logits[i] = part
+    for i, (_points, k, _candidates) in enumerate(groups):
+        pool = pools[i]
+        out.append(pool if i not in logits else torch.gather(pool, 1, logits[i].topk(int(k), dim=-1).indices))
+    return out
 
 
 def most_occupied_points(

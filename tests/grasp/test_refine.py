@@ -21,7 +21,14 @@ from halo.grasp.refine import (
     pose_keypoints,
     refine_grasps,
 )
-from halo.grasp.vae import halo_occupancy_logit, most_occupied_points, points_near_hand
+from halo.grasp.vae import (
+    gather_points,
+    halo_occupancy_logit,
+    most_occupied_indices,
+    most_occupied_indices_grouped,
+    most_occupied_points,
+    points_near_hand,
+)
 from tests.helpers import random_hands
 
 SPHERE_R = 0.04
@@ -385,3 +392,24 @@ def test_the_support_term_brings_the_skin_to_the_objects_underside(halo_referenc
             flat,
             config=RefineConfig(support_direction=(1.0, 1.0, 0.0), support_normal_cos=0.9),
         )
+
+
+def test_grouped_ranking_picks_what_each_set_picks_alone(random_base):
+    # Refinement ranks its interior, touch and support points in one HALO call: each set's choice
+    # must be the one it gets on its own (same pool, same largest logits), culled or not.
+    halo, _ = load_model(random_base)
+    kp = _sunk_hands(2, depth_m=0.012)
+    g = torch.Generator().manual_seed(5)
+    sets = [(torch.rand(2, n, 3, generator=g) - 0.5) * 0.1 for n in (500, 300, 40)]
+    groups = [(sets[0], 16, 64), (sets[1], 8, 32), (sets[2], 50, 60)]  # the last: k >= its 40 points
+    radii = torch.tensor(halo.config.part_radii).expand(2, -1)
+    for cull in (None, radii):
+        together = most_occupied_indices_grouped(halo, kp, groups, cull=cull)
+        for (points, k, candidates), index in zip(groups, together, strict=True):
+            alone = most_occupied_indices(halo, kp, points, k, candidates, cull=cull)
+            assert index.shape == alone.shape
+            with torch.no_grad():  # other batch sizes round differently: compare logits to 1e-5
+                a = halo_occupancy_logit(halo, gather_points(points, index), kp).sort(-1).values
+                b = halo_occupancy_logit(halo, gather_points(points, alone), kp).sort(-1).values
+            assert torch.allclose(a, b, atol=1e-5)
+    assert torch.equal(together[2], torch.arange(40).expand(2, -1))  # nothing to rank: the whole set
