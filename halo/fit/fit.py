@@ -61,6 +61,7 @@ from halo.core.model import DEFAULT_PART_RADII, HaloModel
 from halo.core.skeleton import BONES, FINGER_NAMES, NUM_JOINTS
 from halo.fit.inputs import HandSurface, free_space_samples
 from halo.fit.priors import HandParameters, KinematicHand, PosePrior, bone_lengths_ok
+from halo.utils.allocator import flush_denormals
 
 #: Surrogate radius (metres, mean-hand size) of each of the 20 bones for the coarse capsule model:
 #: wrist->finger-root bones are palm (thick), then proximal / middle / distal phalanges.
@@ -606,18 +607,21 @@ def _optimise(params: HandParameters, iterations: int, lr: float, loss_fn, rigid
         opt, lambda it: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / max(iterations - 1, 1)))
     )
     history = []
-    for it in range(iterations):
-        frac = it / max(iterations - 1, 1)
-        for t in tensors:
-            t.grad = None
-        loss, _ = loss_fn(params, frac)
-        loss.sum().backward()
-        if it < rigid_only_for:
-            for t in tensors[3:]:
+    # flush_denormals: far from the hand the BCE gradients underflow to ~1e-40, and the backward's
+    # matrix products then take x86's slow denormal path (halo.utils.allocator).
+    with flush_denormals():
+        for it in range(iterations):
+            frac = it / max(iterations - 1, 1)
+            for t in tensors:
                 t.grad = None
-        opt.step()
-        schedule.step()
-        history.append(loss.detach())
+            loss, _ = loss_fn(params, frac)
+            loss.sum().backward()
+            if it < rigid_only_for:
+                for t in tensors[3:]:
+                    t.grad = None
+            opt.step()
+            schedule.step()
+            history.append(loss.detach())
     for t in tensors:
         t.requires_grad_(False)
     return torch.stack(history) if history else None
