@@ -30,6 +30,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig
 
 from halo.utils.allocator import tune_allocator
@@ -59,6 +60,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     # Large, short-lived activations: glibc's default mmap threshold makes every step
     # page-fault fresh memory, which is several times slower on VMs (halo/utils/allocator.py).
     tune_allocator()
+    # Backward passes through HALO (the VAE's frozen-base terms, the base's own culled parts) are
+    # full of ~1e-40 gradients, on which a CPU's matrix products take a slow path; flushing them to
+    # zero changes values by < 1.2e-38 (halo/utils/allocator.py, flush_denormals).
+    torch.set_flush_denormal(True)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
