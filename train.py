@@ -30,10 +30,9 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from omegaconf import DictConfig
 
-from halo.utils.allocator import tune_allocator
+from halo.utils.allocator import flush_denormals, tune_allocator
 from lightning_modules import run_utils
 
 log = logging.getLogger("train")
@@ -62,8 +61,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     tune_allocator()
     # Backward passes through HALO (the VAE's frozen-base terms, the base's own culled parts) are
     # full of ~1e-40 gradients, on which a CPU's matrix products take a slow path; flushing them to
-    # zero changes values by < 1.2e-38 (halo/utils/allocator.py, flush_denormals).
-    torch.set_flush_denormal(True)
+    # zero changes values by < 1.2e-38.  The same context refinement and halo fit use, so their
+    # own blocks inside a run do not switch it off, and it is off again after the run.
+    with flush_denormals():
+        return _fit_and_test(cfg)
+
+
+def _fit_and_test(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)

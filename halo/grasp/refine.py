@@ -468,8 +468,8 @@ def refine_grasps(
 
             def step_logits(kp_ok: torch.Tensor, culled: torch.Tensor, skin: list[torch.Tensor]):
                 """Scaled HALO logits of the interior points ``culled`` (evaluated with ``radii``) and
-                of each skin group (touch, support, grip: without culling, see above), in as few
-                forward passes as the model allows: one canonicalization and one graph per call."""
+                of each skin group (touch, support, grip: without calibrated radii, see below), in
+                one HALO call for a base with trained radii, two otherwise."""
                 groups = [culled, *skin] if trained_radii else [culled]
                 sizes = [g.shape[1] for g in groups]
                 out = scale * halo_occupancy_logit(
@@ -491,9 +491,10 @@ def refine_grasps(
                     # The interior points HALO finds most inside the hand.  Re-choosing them only
                     # every few steps saves work but moved hands further (measured at 5).
                     # Touch and support points are ranked culled too (beyond the radii, nearest
-                    # first) and evaluated below without culling: a floating hand's nearest surface
-                    # points lie beyond the part radii, where a culled logit is a constant floor
-                    # without gradient.  One HALO call ranks all three sets.
+                    # first) and evaluated below without the calibrated radii: a floating hand's
+                    # nearest surface points lie beyond them, where a culled logit is a constant
+                    # floor without gradient (a base's own trained radii apply always).  One HALO
+                    # call ranks all three sets.
                     groups = [
                         (inside_ok, cfg.inside_points, cfg.candidate_points),
                         (surface_ok, cfg.touch_points, cfg.touch_candidates),

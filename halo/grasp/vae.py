@@ -816,28 +816,21 @@ def most_occupied_indices_grouped(
     of (points (B,M_i,3), k_i, candidates_i) give one (B,k_i) index tensor each, ranked with one
     HALO call for all candidate pools (one canonicalization instead of one per set; test-time
     refinement ranks its interior, touch and support points together every other step)."""
-    pools, ranked, out = [], [], []
-    for points, k, candidates in groups:
-        pool = nearest_to_hand_indices(keypoints, points, int(candidates))  # nearest first
-        pools.append(pool)
-        if int(k) < pool.shape[1]:
-            ranked.append(len(pools) - 1)
-    logits: dict[int, torch.Tensor] = {}
-    if ranked:
-        with torch.no_grad():
-            pts = torch.cat([gather_points(groups[i][0], pools[i]) for i in ranked], dim=1)
-            logit = halo_occupancy_logit(halo_model, pts, keypoints.detach(), cull=cull)
-            parts = logit.split([pools[i].shape[1] for i in ranked], dim=1)
-            culled = cull is not None and not halo_model.config.mixes_parts
-            floor = halo_model.network.all_culled_logit() if culled else None
-            for i, part in zip(ranked, parts, strict=True):
-                if floor is not None:
-                    rank = torch.arange(part.shape[1], dtype=part.dtype, device=part.device)
-                    part = torch.where(part > floor + 1e-5 * abs(floor), part, floor - 1.0 - rank)
-                logits[i] = part
-    for i, (_points, k, _candidates) in enumerate(groups):
-        pool = pools[i]
-        out.append(pool if i not in logits else torch.gather(pool, 1, logits[i].topk(int(k), dim=-1).indices))
+    pools = [nearest_to_hand_indices(keypoints, points, int(c)) for points, _k, c in groups]  # nearest first
+    ranked = [i for i, (_points, k, _c) in enumerate(groups) if int(k) < pools[i].shape[1]]
+    out = list(pools)  # a pool no larger than its k is the answer as it is
+    if not ranked:
+        return out
+    with torch.no_grad():
+        pts = torch.cat([gather_points(groups[i][0], pools[i]) for i in ranked], dim=1)
+        logit = halo_occupancy_logit(halo_model, pts, keypoints.detach(), cull=cull)
+        culled = cull is not None and not halo_model.config.mixes_parts
+        floor = halo_model.network.all_culled_logit() if culled else None
+        for i, part in zip(ranked, logit.split([pools[i].shape[1] for i in ranked], dim=1), strict=True):
+            if floor is not None:
+                rank = torch.arange(part.shape[1], dtype=part.dtype, device=part.device)
+                part = torch.where(part > floor + 1e-5 * abs(floor), part, floor - 1.0 - rank)
+            out[i] = torch.gather(pools[i], 1, part.topk(int(groups[i][1]), dim=-1).indices)
     return out
 
 
