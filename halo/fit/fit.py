@@ -158,6 +158,14 @@ class FitConfig:
     finger_restart_unexplained: float = 0.005
     finger_restart_poses: tuple[str, ...] = ("open", "fist")
     finger_restart_iterations: int = 150
+    #: Finger restarts by successive halving: after ``finger_restart_prune_after`` iterations only
+    #: each input's ``finger_restart_keep`` restarts of lowest loss go on (0 keeps all): the
+    #: restarts were 60 % of a closed-surface fit.  bench/bench_fit.py, 1 thread, 16 reference /
+    #: 16 dataset meshes: unpruned 1.44 mm at 12.5 s / 5.30 mm at 8.8 s per hand; 3 after 100
+    #: 1.14 / 5.33 mm at 10.9 / 8.7 s; 3 after 50 1.45 / 6.33 mm at 9.8 / 8.8 s (a dataset hand's
+    #: right restart, index open, ranked 4th-6th of 10 at iteration 50 and ended 20 mm off).
+    finger_restart_keep: int = 3
+    finger_restart_prune_after: int = 100
     lr: float = 0.01
     fine_lr: float = 0.004
     #: Part culling radius (x the calibrated radii) while fitting; 0 evaluates every part everywhere.
@@ -642,20 +650,47 @@ def _halo_losses(
     return s_loss, f_loss, s_logit
 
 
-def _optimise(params: HandParameters, iterations: int, lr: float, loss_fn, rigid_only_for: int = 0):
+_PARAMETER_NAMES = ("rot6d", "translation", "log_scale", "root_offsets", "bone_log_lengths", "angles")
+
+
+def _keep_rows(params: HandParameters, opt: torch.optim.Optimizer, rows: torch.Tensor) -> list[torch.Tensor]:
+    """Drop every row of ``params`` but ``rows``, in place, Adam's moments with them; the new leaves."""
+    leaves = []
+    for group, name in zip(opt.param_groups, _PARAMETER_NAMES, strict=True):
+        (old,) = group["params"]
+        new = old.detach()[rows].clone().requires_grad_(True)
+        state = opt.state.pop(old, {})
+        opt.state[new] = {
+            k: v[rows].clone() if torch.is_tensor(v) and v.dim() and v.shape[0] == old.shape[0] else v
+            for k, v in state.items()
+        }
+        group["params"] = [new]
+        setattr(params, name, new)
+        leaves.append(new)
+    return leaves
+
+
+def _optimise(
+    params: HandParameters,
+    iterations: int,
+    lr: float,
+    loss_fn,
+    rigid_only_for: int = 0,
+    prune: tuple[int, object] | None = None,
+):
+    """Adam on ``params`` (in place) for ``iterations``; returns the (iterations, B) loss history.
+
+    ``prune=(k, choose)``: after iteration k, ``choose(loss (B,))`` names the rows to go on with
+    (and adapts ``loss_fn`` to them); the others stop there, with their Adam moments, and the
+    history keeps the chosen rows only.  The schedules run on as if nothing had been dropped.
+    """
     tensors = params.tensors()
     for t in tensors:
         t.requires_grad_(True)
-    # Per-group step sizes: metres for positions, radians for angles, log factors for lengths.
-    groups = [
-        {"params": [params.rot6d], "lr": 3 * lr},
-        {"params": [params.translation], "lr": 0.5 * lr},
-        {"params": [params.log_scale], "lr": lr},
-        {"params": [params.root_offsets], "lr": 0.1 * lr},
-        {"params": [params.bone_log_lengths], "lr": lr},
-        {"params": [params.angles], "lr": 5 * lr},
-    ]
-    opt = torch.optim.Adam(groups)
+    # Per-group step sizes: metres for positions, radians for angles, log factors for lengths
+    # (in the order of HandParameters.tensors(), which _keep_rows relies on).
+    factors = (3.0, 0.5, 1.0, 0.1, 1.0, 5.0)
+    opt = torch.optim.Adam([{"params": [t], "lr": f * lr} for t, f in zip(tensors, factors, strict=True)])
     # Cosine decay of every group's step size to a tenth.
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda it: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / max(iterations - 1, 1)))
@@ -676,6 +711,10 @@ def _optimise(params: HandParameters, iterations: int, lr: float, loss_fn, rigid
             opt.step()
             schedule.step()
             history.append(loss.detach())
+            if prune is not None and it + 1 == prune[0] and it + 1 < iterations:
+                rows = prune[1](loss.detach())
+                tensors = _keep_rows(params, opt, rows)
+                history = [h[rows] for h in history]
     for t in tensors:
         t.requires_grad_(False)
     return torch.stack(history) if history else None
@@ -890,15 +929,31 @@ def fit_hands(
         keep_t = torch.tensor(keep, device=device)
         return coarse_params.select(keep_t), owner_c[keep_t], [coarse_labels[k] for k in keep]
 
-    def refine(params: HandParameters, owner_k: torch.Tensor, labels_k: list[str], iterations: int) -> dict:
+    def refine(
+        params: HandParameters,
+        owner_k: torch.Tensor,
+        labels_k: list[str],
+        iterations: int,
+        prune: tuple[int, int] | None = None,
+    ) -> dict:
         """The fine stage from ``params`` (rows owned by inputs ``owner_k``); returns their final
-        state (one entry per row)."""
+        state (one entry per row).  ``prune=(k, n)``: after k iterations only each input's n rows
+        of lowest loss go on (the returned state has those rows only)."""
         surf_k, free_k, lab_k, part_k = (
             batch.surface[owner_k],
             batch.free[owner_k],
             batch.labels[owner_k],
             batch.partial[owner_k],
         )
+
+        def choose(loss: torch.Tensor) -> torch.Tensor:
+            nonlocal owner_k, labels_k, surf_k, free_k, lab_k, part_k
+            rows = torch.tensor(
+                sorted(best_rows(loss.cpu().numpy(), owner_k.cpu().numpy(), prune[1])), device=device
+            )
+            owner_k, labels_k = owner_k[rows], [labels_k[r] for r in rows.tolist()]
+            surf_k, free_k, lab_k, part_k = surf_k[rows], free_k[rows], lab_k[rows], part_k[rows]
+            return rows
 
         def fine_loss(p: HandParameters, frac: float = 1.0):
             kp = hand(p)
@@ -914,7 +969,9 @@ def fit_hands(
                 )
             return loss, kp
 
-        history = _optimise(params, iterations, config.fine_lr, fine_loss)
+        history = _optimise(
+            params, iterations, config.fine_lr, fine_loss, prune=None if prune is None else (prune[0], choose)
+        )
         with torch.no_grad():
             kp = hand(params)
             s_loss, f_loss, _ = _halo_losses(net, kp, surf_k, free_k, lab_k)
@@ -1037,7 +1094,11 @@ def fit_hands(
             for n, (_, f, pose) in enumerate(jobs):
                 start.angles[n, f] = torch.as_tensor(start_angles(pose)[f], dtype=dtype, device=device)
         labels_s = [f"{fine['labels'][r]}+{FINGER_NAMES[f]}:{pose}" for r, f, pose in jobs]
-        fine = merged(fine, refine(start, fine["owner"][rows], labels_s, config.finger_restart_iterations))
+        keep = config.finger_restart_keep
+        prune = (config.finger_restart_prune_after, keep) if keep > 0 else None
+        fine = merged(
+            fine, refine(start, fine["owner"][rows], labels_s, config.finger_restart_iterations, prune)
+        )
     kp, s_loss, f_loss, pr = fine["kp"], fine["s_loss"], fine["f_loss"], fine["prior"]
     final, err, history = fine["final"].cpu().numpy(), fine["err"].cpu().numpy(), fine["history"]
     filled, pose_penalty = fine["filled"].cpu().numpy(), fine["pose_prior"].cpu().numpy()

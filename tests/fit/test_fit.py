@@ -205,3 +205,48 @@ def test_reference_mesh_frame0_is_fitted_within_5mm(halo_reference):
     err_mm = np.linalg.norm(result.keypoints - truth, axis=1) * 1000
     assert err_mm.mean() <= 5.0 and err_mm.max() <= 15.0, err_mm.round(1)
     assert result.report.converged, result.report.reason
+
+
+def test_pruned_descent_continues_the_kept_rows_exactly_as_without_pruning():
+    """_optimise(prune=...): the kept rows carry on with their Adam moments and the schedule, so a
+    loss that is a sum over rows gives them the same end point as never dropping the others."""
+    from halo.fit.fit import _optimise
+
+    def start():
+        g = torch.Generator().manual_seed(0)
+        return HandParameters(*[torch.randn(s, generator=g, dtype=torch.float64) for s in _shapes(6)])
+
+    target = start()
+    for t in target.tensors():
+        t.add_(0.3)
+
+    def loss_for(rows):
+        def loss(p, frac=1.0):
+            sq = [(a - b[rows]) ** 2 * (1 + frac) for a, b in zip(p.tensors(), target.tensors(), strict=True)]
+            return sum(x.reshape(len(x), -1).sum(1) for x in sq), None
+
+        return loss
+
+    full = start()
+    full_history = _optimise(full, 30, 0.05, loss_for(torch.arange(6)))
+    state = {"rows": torch.arange(6)}
+
+    def loss(p, frac=1.0):
+        return loss_for(state["rows"])(p, frac)
+
+    def choose(step_loss):
+        assert step_loss.shape == (6,)
+        state["rows"] = torch.tensor([1, 4])
+        return state["rows"]
+
+    pruned = start()
+    history = _optimise(pruned, 30, 0.05, loss, prune=(10, choose))
+    assert pruned.rot6d.shape == (2, 6) and history.shape == (30, 2)
+    for got, want in zip(pruned.tensors(), full.tensors(), strict=True):
+        torch.testing.assert_close(got, want[[1, 4]])
+    torch.testing.assert_close(history, full_history[:, [1, 4]])
+    assert not pruned.angles.requires_grad
+
+
+def _shapes(b):
+    return [(b, 6), (b, 3), (b,), (b, 5, 3), (b, 15), (b, 5, 3, 3)]
