@@ -49,7 +49,7 @@ import copy
 import math
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -650,13 +650,11 @@ def _halo_losses(
     return s_loss, f_loss, s_logit
 
 
-_PARAMETER_NAMES = ("rot6d", "translation", "log_scale", "root_offsets", "bone_log_lengths", "angles")
-
-
 def _keep_rows(params: HandParameters, opt: torch.optim.Optimizer, rows: torch.Tensor) -> list[torch.Tensor]:
     """Drop every row of ``params`` but ``rows``, in place, Adam's moments with them; the new leaves."""
     leaves = []
-    for group, name in zip(opt.param_groups, _PARAMETER_NAMES, strict=True):
+    names = [f.name for f in fields(params)]  # the order of params.tensors(), one Adam group each
+    for group, name in zip(opt.param_groups, names, strict=True):
         (old,) = group["params"]
         new = old.detach()[rows].clone().requires_grad_(True)
         state = opt.state.pop(old, {})
@@ -688,7 +686,7 @@ def _optimise(
     for t in tensors:
         t.requires_grad_(True)
     # Per-group step sizes: metres for positions, radians for angles, log factors for lengths
-    # (in the order of HandParameters.tensors(), which _keep_rows relies on).
+    # (one group per tensor, in the order of HandParameters.tensors(), which _keep_rows relies on).
     factors = (3.0, 0.5, 1.0, 0.1, 1.0, 5.0)
     opt = torch.optim.Adam([{"params": [t], "lr": f * lr} for t, f in zip(tensors, factors, strict=True)])
     # Cosine decay of every group's step size to a tenth.
@@ -939,20 +937,20 @@ def fit_hands(
         """The fine stage from ``params`` (rows owned by inputs ``owner_k``); returns their final
         state (one entry per row).  ``prune=(k, n)``: after k iterations only each input's n rows
         of lowest loss go on (the returned state has those rows only)."""
-        surf_k, free_k, lab_k, part_k = (
-            batch.surface[owner_k],
-            batch.free[owner_k],
-            batch.labels[owner_k],
-            batch.partial[owner_k],
-        )
+
+        def inputs_of(owner: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return batch.surface[owner], batch.free[owner], batch.labels[owner], batch.partial[owner]
+
+        surf_k, free_k, lab_k, part_k = inputs_of(owner_k)
 
         def choose(loss: torch.Tensor) -> torch.Tensor:
+            """The rows that go on after ``prune[0]`` iterations; the loss follows them."""
             nonlocal owner_k, labels_k, surf_k, free_k, lab_k, part_k
             rows = torch.tensor(
                 sorted(best_rows(loss.cpu().numpy(), owner_k.cpu().numpy(), prune[1])), device=device
             )
             owner_k, labels_k = owner_k[rows], [labels_k[r] for r in rows.tolist()]
-            surf_k, free_k, lab_k, part_k = surf_k[rows], free_k[rows], lab_k[rows], part_k[rows]
+            surf_k, free_k, lab_k, part_k = inputs_of(owner_k)
             return rows
 
         def fine_loss(p: HandParameters, frac: float = 1.0):
