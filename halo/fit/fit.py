@@ -32,10 +32,11 @@ Initialisation and schedule (fingers can fit the wrong finger, so several starts
    never kept, :func:`fresh_placements`).
 4. Finger restarts (closed surfaces): an input that still misses is mostly right but for one
    finger (fitted onto a neighbour's surface, or curled the wrong way); its best fit is refined
-   again with each finger in turn reset to an open and to a fist pose, for up to
-   ``finger_restart_rounds`` rounds; one that passes but leaves more than
-   ``finger_restart_unexplained`` of its points unexplained gets one round for the two fingers
-   nearest to those points (:func:`suspect_fingers`).  The best final loss (priors included) wins.
+   again with each finger in turn reset to an open and to a fist pose (angles, root offset and
+   bone lengths: :func:`finger_restarts`), for up to ``finger_restart_rounds`` rounds; one that
+   passes but leaves more than ``finger_restart_unexplained`` of its points unexplained gets a
+   round for the two fingers nearest to those points (:func:`suspect_fingers`).  The best final
+   loss (priors included) wins.
 
 Every stage runs batched over inputs x starts on the model's device.
 
@@ -166,6 +167,15 @@ class FitConfig:
     #: right restart, index open, ranked 4th-6th of 10 at iteration 50 and ended 20 mm off).
     finger_restart_keep: int = 3
     finger_restart_prune_after: int = 100
+    #: A restarted finger also gets the mean hand's root offset and bone lengths back (not only its
+    #: angles), and a fit that still leaves more than ``finger_restart_unexplained`` of its points
+    #: unexplained after a round gets another (until ``finger_restart_rounds``; was: round 0 only).
+    #: Session 20, bench/bench_fit.py, 1 thread, CPU per hand: 16 reference meshes 1.14 mm (13 / 16
+    #: hands with every joint <= 15 mm) at 10.8 s -> 0.74 mm (16 / 16) at 10.5 s with the reset
+    #: alone -> 0.72 mm (16 / 16) at 11.2 s with both; 16 dataset meshes 5.33 mm (9 / 16) at 8.7 s
+    #: -> 3.70 mm (9 / 16) at 9.1 s -> 3.24 mm (11 / 16) at 10.0 s.  A ring finger fitted onto the
+    #: thumb's place kept its root 21 mm off whatever angles it restarted from.
+    finger_restart_resets_root: bool = True
     lr: float = 0.01
     fine_lr: float = 0.004
     #: Part culling radius (x the calibrated radii) while fitting; 0 evaluates every part everywhere.
@@ -348,6 +358,23 @@ def suspect_fingers(kp: torch.Tensor, points: torch.Tensor, count: int) -> list[
     nearest_bone = point_segment_distance(points[None].to(kp.dtype), a, b)[0].argmin(dim=1)
     votes = torch.bincount(nearest_bone // 4, minlength=5)  # bone j-1 ends at joint j: 4 per finger
     return [int(f) for f in votes.argsort(descending=True, stable=True)[:count] if votes[f] > 0]
+
+
+def finger_restarts(
+    params: HandParameters, rows: torch.Tensor, restarts: list[tuple[int, str]], reset_root: bool = True
+) -> HandParameters:
+    """Copies of the fits ``rows`` with, in copy n, finger ``restarts[n] = (finger, pose)`` set to
+    that start pose's angles (and, with ``reset_root``, to the mean hand's root offset and bone
+    lengths: a finger fitted onto its neighbour also moved its root there); the rest of each hand
+    as it was fitted."""
+    start = params.select(rows)
+    with torch.no_grad():
+        for n, (f, pose) in enumerate(restarts):
+            start.angles[n, f] = torch.as_tensor(start_angles(pose)[f]).to(start.angles)
+            if reset_root:
+                start.root_offsets[n, f] = 0.0
+                start.bone_log_lengths[n, 3 * f : 3 * f + 3] = 0.0
+    return start
 
 
 def capsule_loss(
@@ -1076,7 +1103,7 @@ def fit_hands(
             far = err_rows[r] > config.unexplained_distance_mm
             if surface_misses(err_rows[r], work[i].partial, config, filled_rows[r]):
                 fingers = range(5)
-            elif round_ == 0 and far.mean() > config.finger_restart_unexplained:
+            elif far.mean() > config.finger_restart_unexplained:
                 fingers = suspect_fingers(
                     fine["kp"][r], batch.surface[i][torch.from_numpy(far).to(device)], 2
                 )
@@ -1087,10 +1114,9 @@ def fit_hands(
         if not jobs:
             break
         rows = torch.tensor([r for r, _, _ in jobs], device=device)
-        start = fine["params"].select(rows)
-        with torch.no_grad():
-            for n, (_, f, pose) in enumerate(jobs):
-                start.angles[n, f] = torch.as_tensor(start_angles(pose)[f], dtype=dtype, device=device)
+        start = finger_restarts(
+            fine["params"], rows, [(f, pose) for _, f, pose in jobs], config.finger_restart_resets_root
+        )
         labels_s = [f"{fine['labels'][r]}+{FINGER_NAMES[f]}:{pose}" for r, f, pose in jobs]
         keep = config.finger_restart_keep
         prune = (config.finger_restart_prune_after, keep) if keep > 0 else None

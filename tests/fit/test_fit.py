@@ -250,3 +250,29 @@ def test_pruned_descent_continues_the_kept_rows_exactly_as_without_pruning():
 
 def _shapes(b):
     return [(b, 6), (b, 3), (b,), (b, 5, 3), (b, 15), (b, 5, 3, 3)]
+
+
+def test_a_finger_restart_resets_that_fingers_angles_root_and_bone_lengths_only():
+    from halo.fit.fit import finger_restarts
+
+    g = torch.Generator().manual_seed(0)
+    fitted = HandParameters(*[torch.randn(s, generator=g, dtype=torch.float64) for s in _shapes(3)])
+    rows = torch.tensor([2, 0])
+    starts = finger_restarts(fitted, rows, [(3, "fist"), (0, "open")])
+    for n, (row, finger, pose) in enumerate([(2, 3, "fist"), (0, 0, "open")]):
+        np.testing.assert_allclose(starts.angles[n, finger].numpy(), start_angles(pose)[finger])
+        assert (starts.root_offsets[n, finger] == 0).all()
+        assert (starts.bone_log_lengths[n, 3 * finger : 3 * finger + 3] == 0).all()
+        # Every other finger and the rigid placement stay as fitted.
+        others = [f for f in range(5) if f != finger]
+        assert torch.equal(starts.angles[n, others], fitted.angles[row, others])
+        assert torch.equal(starts.root_offsets[n, others], fitted.root_offsets[row, others])
+        kept = [i for i in range(15) if i // 3 != finger]
+        assert torch.equal(starts.bone_log_lengths[n, kept], fitted.bone_log_lengths[row, kept])
+        for name in ("rot6d", "translation", "log_scale"):
+            assert torch.equal(getattr(starts, name)[n], getattr(fitted, name)[row])
+    # The fits themselves are not modified; without the reset only the angles change.
+    assert not torch.equal(fitted.angles[2, 3], starts.angles[0, 3])
+    angles_only = finger_restarts(fitted, rows, [(3, "fist"), (0, "open")], reset_root=False)
+    assert torch.equal(angles_only.root_offsets, fitted.root_offsets[rows])
+    assert torch.equal(angles_only.bone_log_lengths, fitted.bone_log_lengths[rows])
