@@ -38,10 +38,12 @@ Initialisation and schedule (fingers can fit the wrong finger, so several starts
    round for the two fingers nearest to those points (:func:`suspect_fingers`).  The best final
    loss (priors included) wins.
 
-Every stage runs batched over inputs x starts on the model's device.
+Every stage runs batched over inputs x starts on the model's device.  Where the starts come from
+and which to retry: :mod:`halo.fit.starts`; the capsule model of the coarse stage:
+:mod:`halo.fit.capsules`; the kinematic hand and its priors: :mod:`halo.fit.priors`.
 
-Size: one cohesive module over 500 lines: initialisation, the coarse capsule stage, the fine
-HALO stage and the convergence report are one optimisation whose stages hand state to each other.
+Size: over 500 lines because :func:`fit_hands` is one optimisation whose stages hand state to each
+other (its inputs x starts rows, their losses, the retries and restarts) through closures.
 """
 
 from __future__ import annotations
@@ -59,28 +61,24 @@ from torch.nn import functional as F
 
 from halo.core.canonicalization import CanonicalizationError
 from halo.core.model import DEFAULT_PART_RADII, HaloModel
-from halo.core.skeleton import BONES, FINGER_NAMES, NUM_JOINTS
+from halo.core.skeleton import FINGER_NAMES, NUM_JOINTS
+from halo.fit.capsules import capsule_loss, capsule_radii
 from halo.fit.inputs import HandSurface, free_space_samples
 from halo.fit.priors import HandParameters, KinematicHand, PosePrior, bone_lengths_ok
+from halo.fit.starts import (
+    START_POSES,
+    finger_restarts,
+    fresh_placements,
+    hand_volume_samples,
+    orientation_family,
+    pca_flips,
+    principal_axes,
+    retry_rows,
+    start_angles,
+    suspect_fingers,
+    view_starts,
+)
 from halo.utils.allocator import flush_denormals
-
-#: Surrogate radius (metres, mean-hand size) of each of the 20 bones for the coarse capsule model:
-#: wrist->finger-root bones are palm (thick), then proximal / middle / distal phalanges.
-_CAPSULE_RADII = {
-    "root": 0.0155,
-    "thumb": (0.012, 0.0095, 0.0085),
-    "finger": (0.0095, 0.0083, 0.0072),
-}
-#: Extra palm segments (index MCP - pinky MCP, thumb CMC - index MCP) and their radii.
-_PALM_SEGMENTS = ((5, 17), (1, 5))
-_PALM_RADII = (0.009, 0.0125)
-#: Wrist stump (mean-hand metres): distance behind the wrist, half width, radius.
-_STUMP = (0.008, 0.014, 0.016)
-# (Radii: median distance of the original checkpoint's surface to each segment of the skeleton
-# that made it, rounded; a mean HALO hand, not tuned per input.)
-
-#: Named start poses: per finger (curl in [0,1]); thumb angles are set separately.
-START_POSES = ("open", "relaxed", "fist")
 
 
 @dataclass
@@ -243,180 +241,6 @@ class FitResult:
     report: FitReport
 
 
-# ----------------------------------------------------------------------------- start poses
-
-
-def start_angles(pose: str) -> np.ndarray:
-    """(5,3,3) radians: finger (thumb..pinky), level, (flex, abd, twist) of a named start pose."""
-    a = np.zeros((5, 3, 3))
-    curl = {"open": 0.0, "relaxed": 0.45, "fist": 0.95}[pose]
-    for f in range(1, 5):
-        a[f, 0, 0] = 85.0 * curl
-        a[f, 1, 0] = 100.0 * curl
-        a[f, 2, 0] = 75.0 * curl
-    thumb = {"open": (0, 10, 0, 5, 5), "relaxed": (15, 30, -15, 20, 15), "fist": (35, 30, -25, 35, 30)}[pose]
-    a[0, 0] = thumb[:3]
-    a[0, 1, 0] = thumb[3]
-    a[0, 2, 0] = thumb[4]
-    return np.deg2rad(a)
-
-
-def capsule_radii() -> np.ndarray:
-    radii = []
-    for parent, child in BONES:
-        finger, level = (child - 1) // 4, (child - 1) % 4
-        if parent == 0:
-            radii.append(_CAPSULE_RADII["root"] if finger else _CAPSULE_RADII["thumb"][0])
-        else:
-            radii.append((_CAPSULE_RADII["thumb"] if finger == 0 else _CAPSULE_RADII["finger"])[level - 1])
-    return np.array(radii + list(_PALM_RADII) + [_STUMP[2]])
-
-
-_SEGMENTS = tuple(BONES) + _PALM_SEGMENTS
-
-
-def capsule_axes(kp: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Capsule axes (B,S,3) x2: the 20 bones, the palm segments and the wrist stump."""
-    a = kp[:, [p for p, _ in _SEGMENTS]]
-    b = kp[:, [c for _, c in _SEGMENTS]]
-    # HALO's palm part reaches ~1.7 cm behind the wrist joint, ~5 cm wide: one segment across it.
-    along = kp[:, 9] - kp[:, 0]
-    along = along / along.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-    across = kp[:, 5] - kp[:, 17]
-    across = across - (across * along).sum(-1, keepdim=True) * along
-    across = across / across.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-    s = scale[:, None]
-    back = kp[:, 0] - _STUMP[0] * s * along
-    a = torch.cat([a, (back + _STUMP[1] * s * across)[:, None]], dim=1)
-    b = torch.cat([b, (back - _STUMP[1] * s * across)[:, None]], dim=1)
-    return a, b
-
-
-def point_segment_distance(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """p (B,N,3), segments a,b (B,S,3) -> (B,N,S) distances."""
-    ab = (b - a)[:, None]  # (B,1,S,3)
-    ap = p[:, :, None] - a[:, None]  # (B,N,S,3)
-    t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-10)).clamp(0, 1)
-    return (ap - t[..., None] * ab).norm(dim=-1)
-
-
-def point_segment_distance_by_dots(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """:func:`point_segment_distance` expanded into dot products: for choosing, not for values.
-
-    ``|p-a|^2 = |p|^2 - 2 p.a + |a|^2`` and the like are batched matrix products, so no (B,N,S,3)
-    tensor is formed (the coarse stage searches ~800 starts x 300 points x 24 capsules per
-    iteration; the direct form took 2.4x as long).  The cancellation costs accuracy near an
-    axis: in float32, up to ~40 um for centimetre-scale coordinates (the fit centres its inputs).
-    """
-    ab = b - a  # (B,S,3)
-    ab2 = (ab * ab).sum(-1).clamp_min(1e-10)[:, None]  # (B,1,S)
-    ap_ab = torch.bmm(p, ab.transpose(1, 2)) - (a * ab).sum(-1)[:, None]  # (B,N,S) = (p-a).(b-a)
-    ap2 = (p * p).sum(-1, keepdim=True) - 2 * torch.bmm(p, a.transpose(1, 2)) + (a * a).sum(-1)[:, None]
-    t = (ap_ab / ab2).clamp(0, 1)
-    # |p - a - t ab|^2 = |ap|^2 - 2 t (ap.ab) + t^2 |ab|^2
-    return (ap2 - t * (2 * ap_ab - t * ab2)).clamp_min(0.0).sqrt()
-
-
-def nearest_capsule_distance(
-    p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, r: torch.Tensor
-) -> torch.Tensor:
-    """(B,N) signed distance of points p (B,N,3) to the nearest of the capsules a,b (B,S,3), radii r (B,S).
-
-    ``(point_segment_distance(p, a, b) - r[:, None]).min(-1)``'s values and gradient (a min
-    passes its gradient to the chosen capsule only), but the (B,N,S) search runs without autograd
-    (:func:`point_segment_distance_by_dots`; two capsules within its rounding of each other may
-    swap) and only each point's own capsule, measured directly, is in the graph: the coarse
-    stage's backward handles (B,N) tensors instead of (B,N,S,3) ones (forward + backward of
-    :func:`capsule_loss` for 768 starts x 300 points: 1.39 -> 0.23 s, one thread).
-    """
-    with torch.no_grad():  # .min().indices: argmin over a short last dim runs 2x slower on CPU
-        nearest = (point_segment_distance_by_dots(p, a, b) - r[:, None]).min(dim=-1).indices  # (B,N)
-    gather = nearest[..., None].expand(-1, -1, 3)
-    a_n, b_n = torch.gather(a, 1, gather), torch.gather(b, 1, gather)  # (B,N,3)
-    ab, ap = b_n - a_n, p - a_n
-    t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-10)).clamp(0, 1)
-    return (ap - t[..., None] * ab).norm(dim=-1) - torch.gather(r, 1, nearest)
-
-
-def nearest_point_distance(q: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """(B,M) distance of each q (B,M,3) to its nearest of ``points`` (B,N,3), differentiable in q.
-
-    ``torch.cdist(q, points).min(-1)``'s value and gradient, without cdist's backward (which
-    forms the full (B,M,N) gradient): the nearest point is found without autograd.
-    """
-    with torch.no_grad():
-        nearest = torch.cdist(q, points).min(dim=-1).indices  # (B,M)
-    return (q - torch.gather(points, 1, nearest[..., None].expand(-1, -1, 3))).norm(dim=-1)
-
-
-def suspect_fingers(kp: torch.Tensor, points: torch.Tensor, count: int) -> list[int]:
-    """The ``count`` fingers (0 thumb .. 4 pinky) whose bones are nearest to most of ``points``
-    (M,3), the input points a fit with keypoints ``kp`` (21,3) leaves unexplained."""
-    if len(points) == 0:
-        return []
-    a, b = kp[[p for p, _ in BONES]][None], kp[[c for _, c in BONES]][None]
-    nearest_bone = point_segment_distance(points[None].to(kp.dtype), a, b)[0].argmin(dim=1)
-    votes = torch.bincount(nearest_bone // 4, minlength=5)  # bone j-1 ends at joint j: 4 per finger
-    return [int(f) for f in votes.argsort(descending=True, stable=True)[:count] if votes[f] > 0]
-
-
-def finger_restarts(
-    params: HandParameters, rows: torch.Tensor, restarts: list[tuple[int, str]], reset_root: bool = True
-) -> HandParameters:
-    """Copies of the fits ``rows`` with, in copy n, finger ``restarts[n] = (finger, pose)`` set to
-    that start pose's angles (and, with ``reset_root``, to the mean hand's root offset and bone
-    lengths: a finger fitted onto its neighbour also moved its root there); the rest of each hand
-    as it was fitted."""
-    start = params.select(rows)
-    with torch.no_grad():
-        for n, (f, pose) in enumerate(restarts):
-            start.angles[n, f] = torch.as_tensor(start_angles(pose)[f]).to(start.angles)
-            if reset_root:
-                start.root_offsets[n, f] = 0.0
-                start.bone_log_lengths[n, 3 * f : 3 * f + 3] = 0.0
-    return start
-
-
-def capsule_loss(
-    kp: torch.Tensor,
-    scale: torch.Tensor,
-    points: torch.Tensor,
-    radii: torch.Tensor,
-    partial: torch.Tensor,
-    free: torch.Tensor | None = None,
-    free_weight: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """(B,) surrogate surface loss of a skeleton as capsules: both ways, metres^2 (Huber).
-
-    ``free`` (B,M,3) samples known to be outside the hand (``free_weight`` (B,M), 0 drops one)
-    add the depth of each inside the capsules: for single views this is what keeps the
-    skeleton behind the visible points and inside their silhouette.
-    """
-    a, b = capsule_axes(kp, scale)
-    r = radii[None] * scale[:, None]  # (B,S)
-    to_skeleton = F.huber_loss(
-        nearest_capsule_distance(points, a, b, r),
-        torch.zeros_like(points[..., 0]),
-        delta=0.01,
-        reduction="none",
-    )
-    # Coverage: points along every bone should have the surface about one radius away.
-    t = torch.linspace(0.15, 0.85, 4, device=kp.device, dtype=kp.dtype)
-    axis = a[:, :, None] + t[None, None, :, None] * (b - a)[:, :, None]  # (B,S,4,3)
-    nn = nearest_point_distance(axis.flatten(1, 2), points).view(*axis.shape[:3])
-    gap = torch.relu(nn - r[..., None])
-    # Single views see about half of each bone's circumference: only penalise gaps beyond it.
-    gap = torch.where(partial[:, None, None], torch.relu(nn - 1.6 * r[..., None]), gap)
-    cover = F.huber_loss(gap, torch.zeros_like(gap), delta=0.01, reduction="none")
-    loss = to_skeleton.mean(1) + 0.5 * cover.mean(dim=(1, 2))
-    if free is not None:
-        depth = torch.relu(-nearest_capsule_distance(free, a, b, r))
-        inside = F.huber_loss(depth, torch.zeros_like(depth), delta=0.01, reduction="none")
-        w = torch.ones_like(inside) if free_weight is None else free_weight
-        loss = loss + (w * inside).sum(1) / w.sum(1).clamp_min(1.0)
-    return loss
-
-
 # ----------------------------------------------------------------------------- the fit
 
 
@@ -430,115 +254,6 @@ def fitting_model(model: HaloModel, radius_factor: float = 1.0) -> HaloModel:
     culled.load_state_dict(model.state_dict())
     p = next(model.parameters())
     return culled.to(device=p.device, dtype=p.dtype).eval()
-
-
-def _pca(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    c = points.mean(0)
-    cov = np.cov((points - c).T)
-    w, v = np.linalg.eigh(cov)
-    order = np.argsort(w)[::-1]
-    return c, v[:, order], np.sqrt(np.maximum(w[order], 0))
-
-
-def _hand_samples(kp: np.ndarray, rng: np.random.Generator, n: int = 3000) -> np.ndarray:
-    """Points filling the capsules of a skeleton (for its PCA), volume-weighted."""
-    radii = capsule_radii()
-    a, b = (x[0].numpy() for x in capsule_axes(torch.tensor(kp[None]), torch.ones(1, dtype=torch.float64)))
-    vol = radii**2 * np.linalg.norm(b - a, axis=1)
-    seg = rng.choice(len(a), n, p=vol / vol.sum())
-    t = rng.uniform(0, 1, (n, 1))
-    ball = rng.normal(size=(n, 3))
-    ball *= (rng.uniform(0, 1, (n, 1)) ** (1 / 3)) / np.linalg.norm(ball, axis=1, keepdims=True)
-    return a[seg] + t * (b[seg] - a[seg]) + ball * radii[seg, None]
-
-
-def _flips() -> list[np.ndarray]:
-    return [np.diag(s) for s in ([1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1])]
-
-
-def _orientation(label: str) -> str:
-    """The orientation family of a start label: ``flipK`` (PCA starts) or the side of a view start."""
-    tail = label.split("/")[-1]
-    return tail if tail.startswith("flip") else tail[:4]
-
-
-def _view_starts(points: np.ndarray, view: np.ndarray, hand_samples: np.ndarray, kp: np.ndarray, config):
-    """Rigid starts for a single view: the mean hand's palm facing the camera or turned away, its
-    long axis along the visible points' long axis in the image (and turned by ``view_angles``).
-
-    Yields (rotation, scale, label); the scale matches the spreads in the image plane.
-    """
-    v = view / max(np.linalg.norm(view), 1e-9)
-    flat = np.eye(3) - np.outer(v, v)
-    _, e, sd = _pca(points @ flat)  # the two largest axes lie in the image plane
-    normal = np.cross(kp[9] - kp[0], kp[5] - kp[0])  # the back of the hand
-    normal /= np.linalg.norm(normal)
-    hflat = np.eye(3) - np.outer(normal, normal)
-    _, h, hsd = _pca(hand_samples @ hflat)
-    h1 = h[:, 0]
-    hand_frame = np.stack([h1, np.cross(normal, h1), normal], axis=1)
-    sc = float(np.clip((sd[0] + sd[1]) / (hsd[0] + hsd[1]), 0.7, 1.4))
-    for side, m in (("back", -v), ("palm", v)):
-        for deg in config.view_angles:
-            a = np.deg2rad(deg)
-            u = np.cos(a) * e[:, 0] + np.sin(a) * np.cross(m, e[:, 0])
-            u -= (u @ m) * m
-            u /= np.linalg.norm(u)
-            frame = np.stack([u, np.cross(m, u), m], axis=1)
-            yield frame @ hand_frame.T, sc, f"{side}{deg:+d}"
-
-
-def retry_rows(
-    order: np.ndarray,
-    owner: np.ndarray,
-    refined: list[int],
-    placement: list[str],
-    i: int,
-    count: int,
-    new_placements: bool,
-) -> list[int]:
-    """The ``count`` starts of input ``i`` to refine next, when its refined starts missed its surface.
-
-    ``order``: start rows by loss (best first); ``owner``: input per row; ``refined``: rows already
-    refined; ``placement``: per row, the rigid placement it started from (PCA flip, or view side
-    and turn).  ``new_placements`` False: the next starts by loss.  True: first the best start of
-    each placement none of the refined or chosen rows had, then the next by loss.  Why the two
-    (bench/bench_fit.py, 16 hands): a single view that misses its surface sits on the wrong side
-    or points the wrong way, and new placements fixed 3 wrong-side fits the next starts by loss
-    did not (16.9 -> 11.2 mm); a closed mesh's miss is the right PCA placement in the wrong finger
-    pose, and the next by loss fixed 2 hands that new placements did not (4.65 against 6.50 mm).
-    """
-    rows = [int(r) for r in order if owner[r] == i and r not in refined]
-    chosen: list[int] = []
-    if new_placements:
-        seen = {placement[r] for r in refined if owner[r] == i}
-        for r in rows:
-            if len(chosen) < count and placement[r] not in seen:
-                chosen.append(r)
-                seen.add(placement[r])
-    return chosen + [r for r in rows if r not in chosen][: count - len(chosen)]
-
-
-def fresh_placements(
-    score: np.ndarray,
-    owner: np.ndarray,
-    placement: list[str],
-    inputs: list[int],
-    tried: set[tuple[int, str]],
-    count: int,
-) -> list[int]:
-    """Rigid-stage rows to fit afresh for ``inputs``: per input, the best-scoring row (``score``, lower
-    is better) of each of up to ``count`` placements not in ``tried`` ((input, placement) pairs)."""
-    chosen: list[int] = []
-    for i in inputs:
-        seen = {p for o, p in tried if o == i}
-        for r in np.argsort(score, kind="stable"):
-            if len([c for c in chosen if owner[c] == i]) >= count:
-                break
-            if owner[r] == i and placement[r] not in seen:
-                chosen.append(int(r))
-                seen.add(placement[r])
-    return chosen
 
 
 def surface_misses(
@@ -823,11 +538,11 @@ def fit_hands(
                 torch.tensor(ang, dtype=torch.float32)[None],
             )
             kp0 = KinematicHand()(p0)[0].numpy()
-        hs = _hand_samples(kp0, np.random.default_rng(config.seed))
-        mean_hands[pose] = (ang, kp0, hs, *_pca(hs))
+        hs = hand_volume_samples(kp0, np.random.default_rng(config.seed))
+        mean_hands[pose] = (ang, kp0, hs, *principal_axes(hs))
     rots, trans, scales, angles, owner, labels = [], [], [], [], [], []
     for i, s in enumerate(work):
-        c, e, sd = _pca(s.points - batch.centres[i])
+        c, e, sd = principal_axes(s.points - batch.centres[i])
         if s.partial:  # the visible side is the near half of the hand: its middle lies behind it
             view = batch.centres[i] - s.camera
             c = c + config.partial_depth_offset * view / max(np.linalg.norm(view), 1e-9)
@@ -835,7 +550,7 @@ def fit_hands(
             ang, kp0, hs, hc, h, hsd = mean_hands[pose]
             sc = float(np.clip((sd[0] + sd[1]) / (hsd[0] + hsd[1]), 0.7, 1.4))
             if s.partial:
-                for r, sc_v, lab in _view_starts(s.points - batch.centres[i], view, hs, kp0, config):
+                for r, sc_v, lab in view_starts(s.points - batch.centres[i], view, hs, kp0, config):
                     rots.append(r)
                     trans.append(c - sc_v * r @ hc)
                     scales.append(sc_v)
@@ -844,7 +559,7 @@ def fit_hands(
                     labels.append(f"{pose}/{lab}")
                 if not config.partial_pca_starts:
                     continue
-            for k, flip in enumerate(_flips()):
+            for k, flip in enumerate(pca_flips()):
                 r = e @ flip @ h.T
                 if np.linalg.det(r) < 0:
                     r = e @ (flip @ np.diag([1, 1, -1])) @ h.T
@@ -946,7 +661,7 @@ def fit_hands(
         score = (s_loss + config.free_weight * f_loss).cpu().numpy()
     coarse_params, coarse_labels = params, labels
     keep = diverse_rows(
-        score, owner_c.cpu().numpy(), [_orientation(lab) for lab in labels], config.keep_starts
+        score, owner_c.cpu().numpy(), [orientation_family(lab) for lab in labels], config.keep_starts
     )
 
     def coarse_rows(keep: list[int]) -> tuple[HandParameters, torch.Tensor, list[str]]:

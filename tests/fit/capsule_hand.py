@@ -13,8 +13,10 @@ import torch
 
 from halo.core.canonicalization import canonicalize
 from halo.core.model import DEFAULT_PART_RADII, NetworkConfig, OccupancyOutput
-from halo.fit.fit import capsule_axes, capsule_radii, point_segment_distance
+from halo.fit.capsules import capsule_axes, capsule_radii, point_segment_distance
 from halo.fit.inputs import HandSurface
+from halo.fit.priors import HandParameters, KinematicHand
+from halo.fit.starts import start_angles
 
 #: Logit per metre inside a capsule wall (1 mm -> logit 2, like HALO's steep occupancy).
 SHARPNESS = 2000.0
@@ -63,3 +65,15 @@ def capsule_surface(keypoints: np.ndarray, n: int = 6000, seed: int = 0) -> Hand
     keep = own & outside_others
     pts, normals = pts[keep][:n], ((pts - axis) / radii[seg, None])[keep][:n]
     return HandSurface(pts, normals, closed=True, name="<capsule hand>")
+
+
+def relaxed_hand(rotation: np.ndarray) -> np.ndarray:
+    """(21,3) the mean hand in the relaxed start pose, rotated by ``rotation`` (3,3), wrist at 0."""
+    params = HandParameters.initial(
+        torch.tensor(rotation[None]),
+        torch.zeros(1, 3, dtype=torch.float64),
+        torch.ones(1, dtype=torch.float64),
+        torch.tensor(start_angles("relaxed"))[None],
+    )
+    with torch.no_grad():
+        return KinematicHand().double()(params)[0].numpy()

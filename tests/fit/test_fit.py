@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from halo.fit import FitConfig, fit_hands
-from halo.fit.fit import start_angles
 from halo.fit.inputs import HandSurface
 from halo.fit.priors import HandParameters, KinematicHand, rotation_6d_to_matrix
+from halo.fit.starts import start_angles
 from tests.fit.capsule_hand import CapsuleHandModel, capsule_surface
 
 FAST = FitConfig(num_surface=400, num_free=400, coarse_iterations=80, fine_iterations=100)
@@ -124,7 +124,8 @@ def test_a_part_of_the_surface_the_fit_leaves_unexplained_is_reported_as_not_con
 
 
 def test_the_share_of_the_cameras_empty_space_inside_the_fitted_hand_decides_a_single_views_convergence():
-    from halo.fit.fit import _filled_free, capsule_axes, surface_misses
+    from halo.fit.capsules import capsule_axes
+    from halo.fit.fit import _filled_free, surface_misses
 
     truth = _posed_hand(2)
     kp = torch.tensor(truth[None], dtype=torch.float32)
@@ -253,7 +254,7 @@ def _shapes(b):
 
 
 def test_a_finger_restart_resets_that_fingers_angles_root_and_bone_lengths_only():
-    from halo.fit.fit import finger_restarts
+    from halo.fit.starts import finger_restarts
 
     g = torch.Generator().manual_seed(0)
     fitted = HandParameters(*[torch.randn(s, generator=g, dtype=torch.float64) for s in _shapes(3)])

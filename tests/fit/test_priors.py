@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from halo.core.skeleton import BONES
-from halo.fit.fit import start_angles
 from halo.fit.priors import (
     REST_KEYPOINTS,
     HandParameters,
@@ -12,6 +11,7 @@ from halo.fit.priors import (
     fit_angles_from_mano_pose,
     rotation_6d_to_matrix,
 )
+from halo.fit.starts import start_angles
 
 
 def _params(angles, rotation=None, scale=1.0, translation=(0.0, 0.0, 0.0)):
