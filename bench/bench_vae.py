@@ -75,8 +75,9 @@ def bench(module: HaloVaeModule, batches: list[dict], warmup: int, steps: int) -
 def diagnose_inter(halo_checkpoint: str, records: str, n_inside: int = 300, seed: int = 0) -> None:
     import numpy as np
 
+    from halo.grasp.halo_terms import interpenetration_loss
     from halo.grasp.records import grasp_object, load_objects
-    from halo.grasp.vae import interpenetration_loss, keypoint_loss
+    from halo.grasp.vae import keypoint_loss
     from lightning_modules.halo_vae import load_frozen_halo
 
     halo, _ = load_frozen_halo(halo_checkpoint)

@@ -43,10 +43,10 @@ neither trained nor applied at generation):
 * ``inter_rank_candidates``: of this many interior points nearest to the hand, the term sees the
   ``inter_near_hand_points`` that HALO finds most occupied (no gradient in the ranking); nearest
   alone misses a penetrating palm when the fingers wrap a thin object
-  (:func:`halo.grasp.vae.most_occupied_points`, also what test-time refinement uses);
+  (:func:`halo.grasp.halo_terms.most_occupied_points`, also what test-time refinement uses);
 * ``inter_start_steps`` / ``inter_warmup_steps``: the HALO terms are off (not computed) before the
   start step, then ramp in linearly;
-* ``use_contact_loss``: this project's contact term (:func:`halo.grasp.vae.contact_loss`;
+* ``use_contact_loss``: this project's contact term (:func:`halo.grasp.halo_terms.contact_loss`;
   the original had none active);
 * ``train_refine_net``: train the refinement net on noisy ground truth (the original's config
   enabled it but its trainer never trained it);
@@ -82,22 +82,24 @@ from halo.core.checkpoint import (
     load_model,
 )
 from halo.core.model import HaloModel
+from halo.grasp.halo_terms import (
+    INTER_MODES,
+    contact_loss,
+    halo_logit_scale,
+    interpenetration_loss,
+    plausible_hands,
+    prior_contact_loss,
+)
 from halo.grasp.kinematics import fit_template, rigid_gradient_only
 from halo.grasp.vae import (
-    INTER_MODES,
     REFINE_NOISE,
     GraspVAE,
     GraspVaeConfig,
     all_bone_angle_loss,
     bone_length_loss,
-    contact_loss,
-    halo_logit_scale,
-    interpenetration_loss,
     keypoint_loss,
     kl_divergence,
     perturb_for_refinement,
-    plausible_hands,
-    prior_contact_loss,
     root_bone_angle_loss,
     root_plane_angle_loss,
 )
@@ -116,7 +118,7 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "contact": 1.0,  # new: cm^2 like the keypoint term
     "prior_inter": 4.0,  # new: the interpenetration term on prior samples (same scale as inter)
     "prior_anatomy": 1.0,  # new: keeps prior samples hand-shaped (already weighted bone/root-angle terms)
-    "prior_contact": 0.0,  # new: prior samples touch their object (halo.grasp.vae.prior_contact_loss), cm^2
+    "prior_contact": 0.0,  # new: prior samples touch their object (halo.grasp.halo_terms.prior_contact_loss), cm^2
     "refine": 1.0,  # new: weight of the whole refinement objective
 }
 
@@ -496,7 +498,7 @@ class HaloVaeModule(TrainStepLogging, L.LightningModule):
         """Terms on grasps decoded from z ~ N(0, I), i.e. on what generation produces (seeded in
         validation, so ``val/prior_inter_loss`` compares across runs and configurations).
 
-        ``prior_inter``: :func:`halo.grasp.vae.interpenetration_loss`.  ``prior_anatomy``: the
+        ``prior_inter``: :func:`halo.grasp.halo_terms.interpenetration_loss`.  ``prior_anatomy``: the
         pose-independent hand-shape terms against the batch's ground-truth hand (bone lengths, root-bone
         angles, root-plane angles, with their reconstruction weights).  Without it the decoder learns to
         escape the interpenetration term on prior samples by producing hands the frozen HALO base

@@ -702,7 +702,7 @@ class HaloModel(nn.Module):
         keypoints, which keypoint fitting needs; False (the original's detached frames) for training.
 
         ``validate=False`` skips the keypoint checks of :func:`canonicalize` (callers that filter
-        degenerate hands themselves, e.g. with ``halo.grasp.vae.plausible_hands``, inside a training
+        degenerate hands themselves, e.g. with ``halo.grasp.halo_terms.plausible_hands``, inside a training
         step); the float32 geometry guard under autocast applies either way.  ``cull``: see
         :meth:`occupancy`.  Differentiable w.r.t. keypoints and weights; for inference without
         part logits, :meth:`occupancy` under ``torch.no_grad()`` is the fast, bounded-memory path.

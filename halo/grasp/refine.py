@@ -9,7 +9,7 @@ against
 * penetration: a sharp ``softplus`` (``penetration_sharpness``; about zero just outside the
   hand's surface, so a touching hand is not pushed away) of HALO's occupancy logit minus
   ``penetration_margin`` (0: out of the object; a few logits: a skin-deep overlap is tolerated,
-  which is what lets a static hand hold an object in a physics simulation, measured in the README) (:func:`halo.grasp.vae.halo_occupancy_logit`,
+  which is what lets a static hand hold an object in a physics simulation, measured in the README) (:func:`halo.grasp.halo_terms.halo_occupancy_logit`,
   the one HALO forward pass) at the ``inside_points`` interior points of the object that HALO
   finds most inside the current hand, out of the ``candidate_points`` nearest to its skeleton (a
   dense interior sample of the object is drawn once per object).  Ranking by HALO, not by distance
@@ -50,8 +50,7 @@ from halo.core.canonicalization import canonicalize
 from halo.core.model import HaloModel
 from halo.core.skeleton import FINGER_JOINTS, NUM_JOINTS
 from halo.geometry.inside import sample_inside_points
-from halo.grasp.kinematics import PALM_JOINTS, axis_angle_to_matrix
-from halo.grasp.vae import (
+from halo.grasp.halo_terms import (
     REFERENCE_SKIN_SLOPE,
     gather_points,
     halo_logit_scale,
@@ -60,6 +59,7 @@ from halo.grasp.vae import (
     most_occupied_points,
     plausible_hands,
 )
+from halo.grasp.kinematics import PALM_JOINTS, axis_angle_to_matrix
 from halo.utils.allocator import flush_denormals
 from halo.utils.errors import InputError
 
@@ -424,7 +424,7 @@ def refine_grasps(
     def current() -> torch.Tensor:
         return pose_keypoints(kp0, rotation, translation_cm / CM_PER_M, fingers)
 
-    # The release's logit units whatever the base (halo.grasp.vae.skin_logit_slope).
+    # The release's logit units whatever the base (halo.grasp.halo_terms.skin_logit_slope).
     scale = halo_logit_scale(halo_model)
 
     def penetration(kp: torch.Tensor) -> torch.Tensor:

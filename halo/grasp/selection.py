@@ -30,8 +30,8 @@ from scipy.optimize import linprog
 from scipy.stats import rankdata
 
 from halo.core.model import HaloModel
+from halo.grasp.halo_terms import REFERENCE_SKIN_SLOPE, halo_logit_scale, halo_occupancy_logit
 from halo.grasp.refine import object_solid, surface_samples
-from halo.grasp.vae import REFERENCE_SKIN_SLOPE, halo_logit_scale, halo_occupancy_logit
 
 __all__ = [
     "GraspChoice",

@@ -12,9 +12,9 @@ import trimesh
 from halo.core.model import HaloModel, NetworkConfig
 from halo.core.skeleton import plausible_skeletons
 from halo.grasp.diversity import cluster_analysis, diversity_k, grasp_diversity
+from halo.grasp.halo_terms import plausible_hands
 from halo.grasp.pipeline import GraspObject, GraspResult, generate_grasps, sample_surface_points
 from halo.grasp.report import grasp_label, object_rows, report_markdown, summarize_grasps
-from halo.grasp.vae import plausible_hands
 from halo.hands.sequences import random_skeletons
 
 MESH = {"resolution_0": 8, "upsampling_steps": 1}

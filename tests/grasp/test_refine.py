@@ -11,6 +11,14 @@ import trimesh
 
 from halo.core.checkpoint import load_model, save_checkpoint
 from halo.core.model import HaloModel, NetworkConfig
+from halo.grasp.halo_terms import (
+    gather_points,
+    halo_occupancy_logit,
+    most_occupied_indices,
+    most_occupied_indices_grouped,
+    most_occupied_points,
+    points_near_hand,
+)
 from halo.grasp.kinematics import bone_lengths
 from halo.grasp.refine import (
     RefineConfig,
@@ -20,14 +28,6 @@ from halo.grasp.refine import (
     object_interior,
     pose_keypoints,
     refine_grasps,
-)
-from halo.grasp.vae import (
-    gather_points,
-    halo_occupancy_logit,
-    most_occupied_indices,
-    most_occupied_indices_grouped,
-    most_occupied_points,
-    points_near_hand,
 )
 from tests.helpers import random_hands
 
@@ -318,8 +318,8 @@ def test_cli_rejects_a_negative_penetration_margin_in_one_line(random_base, tmp_
 def _pad_skin_depth_mm(halo, keypoints, mesh) -> np.ndarray:
     """(B,5): how deep (mm, from HALO's logit in the release's units) each finger's skin reaches
     into ``mesh`` at the surface points nearest to its pad."""
+    from halo.grasp.halo_terms import REFERENCE_SKIN_SLOPE, halo_logit_scale
     from halo.grasp.refine import _grip_points
-    from halo.grasp.vae import REFERENCE_SKIN_SLOPE, halo_logit_scale
 
     surface = torch.tensor(trimesh.sample.sample_surface(mesh, 3000, seed=0)[0], dtype=torch.float32)
     points = _grip_points(halo, keypoints, surface[None].expand(len(keypoints), -1, -1), 64, 3)
@@ -350,8 +350,8 @@ def test_the_grip_closes_touching_fingers_skin_deep_into_the_object(halo_referen
 
 
 def test_the_support_term_brings_the_skin_to_the_objects_underside(halo_reference):
+    from halo.grasp.halo_terms import REFERENCE_SKIN_SLOPE, halo_logit_scale
     from halo.grasp.refine import surface_samples
-    from halo.grasp.vae import REFERENCE_SKIN_SLOPE, halo_logit_scale
 
     halo, _ = load_model(halo_reference / "model_best.pt")
     halo.eval()

@@ -113,8 +113,8 @@ def test_hold_residuals_count_the_touched_points_that_press_as_the_object_falls(
     """A ball touched on its bottom cap is carried against -z gravity; touched on its top cap it
     is not, unless the skin overlaps those points: a squeeze presses whatever way they face, and
     with the simulation's friction (3) a squeezed cap carries the ball."""
+    from halo.grasp.halo_terms import REFERENCE_SKIN_SLOPE
     from halo.grasp.selection import SIM_FRICTION, hold_residuals
-    from halo.grasp.vae import REFERENCE_SKIN_SLOPE
 
     ball = trimesh.creation.icosphere(subdivisions=3, radius=0.04)
     surface, normals = surface_with_normals(ball, 1500)
