@@ -70,12 +70,14 @@ from halo.fit.starts import (
     finger_restarts,
     fresh_placements,
     hand_volume_samples,
+    is_tilted,
     orientation_family,
     pca_flips,
     principal_axes,
     retry_rows,
     start_angles,
     suspect_fingers,
+    tilted_starts,
     view_starts,
 )
 from halo.utils.allocator import flush_denormals
@@ -128,13 +130,22 @@ class FitConfig:
     #: single views: 17.6 -> 14.7 mm (a 69 mm miss fitted to 16 mm), 9.4 s CPU per hand; the 16
     #: reference single views: unchanged at 9.4 mm, 8.9 -> 10.8 s (their four misses pay for it).
     #: 1 changed nothing; 2 with 2 retries instead of 3 gave 17.1 / 16.5 mm.
-    partial_fresh_starts: int = 2
+    partial_fresh_starts: int = 4
     #: Single views: also the closed surfaces' starts (the visible points' principal axes, 4 flips
     #: per pose), for hands seen along their long axis or rolled, which the view starts (long axis
     #: in the image plane) cannot reach.  bench/bench_fit.py's 16 reference single views, 1 thread:
     #: 17.65 -> 11.36 mm (two hands 76 / 73 -> 26 / 28 mm) at 13.5 -> 15.5 s per hand; with another
     #: draw of the input samples 11.14 -> 8.05 mm.
     partial_pca_starts: bool = True
+    #: Single views: the PCA starts also tilted by these angles (degrees) about the visible points'
+    #: second and third principal axes, for hands whose palm the other starts miss by 25-50°
+    #: (seen along the long axis, or rolled).  They are not among the starts the coarse stage keeps:
+    #: only a single view that misses can get them, as fresh placements (``partial_fresh_starts``).
+    #: bench/bench_fit.py, 2 threads, 16 dataset single views 16.67 -> 8.88 mm (hands 2 / 11: 96 / 35
+    #: -> 2.4 / 4.6 mm) at 3.5 -> 6.1 s per hand; 16 reference single views 4.69 -> 5.12 mm (hand 10,
+    #: flagged either way, 5.3 -> 11.4 mm) at 4.1 -> 6.0 s.  In the starts the coarse stage keeps
+    #: they crowded out the right ones of two hands (33 -> 116 and 5 -> 113 mm).
+    partial_tilt_angles: tuple[int, ...] = (40, -40)
     #: Closed surfaces that still miss after the retries: their best fit is refined again with each
     #: finger in turn reset to each of ``finger_restart_poses`` (10 more rows of
     #: ``finger_restart_iterations`` per such input), for up to this many rounds (the next round
@@ -174,6 +185,9 @@ class FitConfig:
     #: -> 3.70 mm (9 / 16) at 9.1 s -> 3.24 mm (11 / 16) at 10.0 s.  A ring finger fitted onto the
     #: thumb's place kept its root 21 mm off whatever angles it restarted from.
     finger_restart_resets_root: bool = True
+    #: Each input's result (and the fit the retries and restarts judge) is its lowest final loss
+    #: among the fits that explain the surface (:func:`surface_misses`), or among all when none does.
+    prefer_passing_fits: bool = True
     lr: float = 0.01
     fine_lr: float = 0.004
     #: Part culling radius (x the calibrated radii) while fitting; 0 evaluates every part everywhere.
@@ -559,16 +573,18 @@ def fit_hands(
                     labels.append(f"{pose}/{lab}")
                 if not config.partial_pca_starts:
                     continue
+            tilts = config.partial_tilt_angles if s.partial else ()
             for k, flip in enumerate(pca_flips()):
-                r = e @ flip @ h.T
-                if np.linalg.det(r) < 0:
-                    r = e @ (flip @ np.diag([1, 1, -1])) @ h.T
-                rots.append(r)
-                trans.append(c - sc * r @ hc)
-                scales.append(sc)
-                angles.append(ang)
-                owner.append(i)
-                labels.append(f"{pose}/flip{k}")
+                r0 = e @ flip @ h.T
+                if np.linalg.det(r0) < 0:
+                    r0 = e @ (flip @ np.diag([1, 1, -1])) @ h.T
+                for r, lab in tilted_starts(r0, e, f"flip{k}", tilts):
+                    rots.append(r)
+                    trans.append(c - sc * r @ hc)
+                    scales.append(sc)
+                    angles.append(ang)
+                    owner.append(i)
+                    labels.append(f"{pose}/{lab}")
     t = lambda x: torch.tensor(np.asarray(x), dtype=dtype, device=device)  # noqa: E731
     params = HandParameters.initial(t(rots), t(trans), t(scales), t(angles))
     owner_t = torch.tensor(owner, device=device)
@@ -604,9 +620,10 @@ def fit_hands(
         return coarse_loss
 
     def best_rows(score: np.ndarray, rows_owner: np.ndarray, count: int) -> list[int]:
+        """Each input's ``count`` rows of lowest score; rows scored +inf (reserved) are never chosen."""
         keep = []
         for i in range(len(work)):
-            rows = np.flatnonzero(rows_owner == i)
+            rows = np.flatnonzero((rows_owner == i) & (score < np.inf))
             keep.extend(rows[np.argsort(score[rows], kind="stable")[:count]].tolist())
         return keep
 
@@ -644,7 +661,10 @@ def fit_hands(
         halo_score = (torch.cat(s_loss) + config.free_weight * torch.cat(f_loss)).cpu().numpy()
     rigid_params, rigid_owner, rigid_labels = params, owner_t, labels
     # Half by each score: the capsules judge the placement, HALO also the free space (silhouette).
-    by_halo = best_rows(halo_score, np.asarray(owner), config.coarse_keep // 2)
+    # Tilted starts are kept for the retries (fresh placements of a single view that misses).
+    reserved = np.array([is_tilted(lab) for lab in labels], dtype=bool)
+    score = np.where(reserved, np.inf, score)
+    by_halo = best_rows(np.where(reserved, np.inf, halo_score), np.asarray(owner), config.coarse_keep // 2)
     score = np.where(np.isin(np.arange(len(owner)), by_halo), -np.inf, score)
     keep = best_rows(score, np.asarray(owner), config.coarse_keep)
     params = params.select(torch.tensor(keep, device=device))
@@ -752,8 +772,18 @@ def fit_hands(
 
     # --- 4. inputs whose best fit does not explain the surface: the next starts, then the best ------
     def best_per_input(state: dict) -> dict[int, int]:
+        """Each input's best row: the lowest final loss among its fits that explain the surface
+        (:func:`surface_misses`), or among all of them when none does."""
         own, final = state["owner"].cpu().numpy(), state["final"].cpu().numpy()
-        return {i: int(np.flatnonzero(own == i)[np.argmin(final[own == i])]) for i in np.unique(own)}
+        err, filled = state["err"].cpu().numpy(), state["filled"].cpu().numpy()
+        best = {}
+        for i in np.unique(own):
+            rows = np.flatnonzero(own == i)
+            if config.prefer_passing_fits:
+                missing = [bool(surface_misses(err[r], work[i].partial, config, filled[r])) for r in rows]
+                rows = rows[~np.array(missing)] if not all(missing) else rows
+            best[int(i)] = int(rows[np.argmin(final[rows])])
+        return best
 
     err_rows, filled_rows = fine["err"].cpu().numpy(), fine["filled"].cpu().numpy()
     failed = [
@@ -841,13 +871,13 @@ def fit_hands(
     kp, s_loss, f_loss, pr = fine["kp"], fine["s_loss"], fine["f_loss"], fine["prior"]
     final, err, history = fine["final"].cpu().numpy(), fine["err"].cpu().numpy(), fine["history"]
     filled, pose_penalty = fine["filled"].cpu().numpy(), fine["pose_prior"].cpu().numpy()
-    owner_k, labels = fine["owner"], fine["labels"]
+    labels = fine["labels"]
     kp_np = kp.detach().cpu().double().numpy()
     elapsed = time.perf_counter() - t0
     results = []
+    chosen = best_per_input(fine)
     for i, s in enumerate(surfaces):
-        rows = np.flatnonzero(owner_k.cpu().numpy() == i)
-        best = rows[np.argmin(final[rows])]
+        rows, best = np.flatnonzero(fine["owner"].cpu().numpy() == i), chosen[i]
         keypoints = kp_np[best] + batch.centres[i]
         if lefts[i]:
             keypoints = keypoints @ mirror

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 
 from halo.core.skeleton import BONES
 from halo.fit.capsules import capsule_axes, capsule_radii, point_segment_distance
@@ -54,6 +55,25 @@ def hand_volume_samples(kp: np.ndarray, rng: np.random.Generator, n: int = 3000)
 
 def pca_flips() -> list[np.ndarray]:
     return [np.diag(s) for s in ([1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1])]
+
+
+def tilted_starts(
+    rotation: np.ndarray, axes: np.ndarray, label: str, angles_deg
+) -> list[tuple[np.ndarray, str]]:
+    """``rotation`` (3,3) labelled ``label``, and the same turned by each of ``angles_deg`` about
+    the second and the third of ``axes`` (3,3, columns: principal axes): labels ``{label}t{axis}{deg:+d}``."""
+    out = [(rotation, label)]
+    for deg in angles_deg:
+        for ax in (1, 2):
+            turn = Rotation.from_rotvec(np.deg2rad(deg) * axes[:, ax]).as_matrix()
+            out.append((turn @ rotation, f"{label}t{ax}{int(deg):+d}"))
+    return out
+
+
+def is_tilted(label: str) -> bool:
+    """Whether a start label names a tilted start (:func:`tilted_starts`)."""
+    tail = label.split("/")[-1]
+    return tail.startswith("flip") and "t" in tail[4:]
 
 
 def orientation_family(label: str) -> str:
