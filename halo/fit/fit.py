@@ -129,7 +129,8 @@ class FitConfig:
     #: by the rigid stage's HALO loss), fitted coarsely and refined with the retries.  16 dataset
     #: single views: 17.6 -> 14.7 mm (a 69 mm miss fitted to 16 mm), 9.4 s CPU per hand; the 16
     #: reference single views: unchanged at 9.4 mm, 8.9 -> 10.8 s (their four misses pay for it).
-    #: 1 changed nothing; 2 with 2 retries instead of 3 gave 17.1 / 16.5 mm.
+    #: 1 changed nothing; 2 with 2 retries instead of 3 gave 17.1 / 16.5 mm.  4 since session 20, with
+    #: ``partial_tilt_angles`` among the candidates (there: 2 -> 4 took dataset hand 2 from 62 to 2.4 mm).
     partial_fresh_starts: int = 4
     #: Single views: also the closed surfaces' starts (the visible points' principal axes, 4 flips
     #: per pose), for hands seen along their long axis or rolled, which the view starts (long axis
