@@ -143,8 +143,8 @@ class FitConfig:
     #: (seen along the long axis, or rolled).  They are not among the starts the coarse stage keeps:
     #: only a single view that misses can get them, as fresh placements (``partial_fresh_starts``).
     #: bench/bench_fit.py, 2 threads, 16 dataset single views 16.67 -> 8.88 mm (hands 2 / 11: 96 / 35
-    #: -> 2.4 / 4.6 mm) at 3.5 -> 6.1 s per hand; 16 reference single views 4.69 -> 5.12 mm (hand 10,
-    #: flagged either way, 5.3 -> 11.4 mm) at 4.1 -> 6.0 s.  In the starts the coarse stage keeps
+    #: -> 2.4 / 4.6 mm) at 3.5 -> 5.7 s per hand; 16 reference single views 4.69 -> 5.12 mm (hand 10,
+    #: flagged either way, 5.3 -> 11.4 mm) at 4.1 -> 5.0 s.  In the starts the coarse stage keeps
     #: they crowded out the right ones of two hands (33 -> 116 and 5 -> 113 mm).
     partial_tilt_angles: tuple[int, ...] = (40, -40)
     #: Closed surfaces that still miss after the retries: their best fit is refined again with each
