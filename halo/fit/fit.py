@@ -70,7 +70,6 @@ from halo.fit.starts import (
     finger_restarts,
     fresh_placements,
     hand_volume_samples,
-    is_tilted,
     orientation_family,
     pca_flips,
     principal_axes,
@@ -555,38 +554,47 @@ def fit_hands(
             kp0 = KinematicHand()(p0)[0].numpy()
         hs = hand_volume_samples(kp0, np.random.default_rng(config.seed))
         mean_hands[pose] = (ang, kp0, hs, *principal_axes(hs))
-    rots, trans, scales, angles, owner, labels = [], [], [], [], [], []
-    for i, s in enumerate(work):
-        c, e, sd = principal_axes(s.points - batch.centres[i])
-        if s.partial:  # the visible side is the near half of the hand: its middle lies behind it
-            view = batch.centres[i] - s.camera
-            c = c + config.partial_depth_offset * view / max(np.linalg.norm(view), 1e-9)
-        for pose in config.poses:
-            ang, kp0, hs, hc, h, hsd = mean_hands[pose]
-            sc = float(np.clip((sd[0] + sd[1]) / (hsd[0] + hsd[1]), 0.7, 1.4))
-            if s.partial:
-                for r, sc_v, lab in view_starts(s.points - batch.centres[i], view, hs, kp0, config):
-                    rots.append(r)
-                    trans.append(c - sc_v * r @ hc)
-                    scales.append(sc_v)
-                    angles.append(ang)
-                    owner.append(i)
-                    labels.append(f"{pose}/{lab}")
-                if not config.partial_pca_starts:
+
+    def start_rows(inputs: list[int], tilted: bool) -> tuple[list, ...]:
+        """(rotations, translations, scales, angles, owner, labels) of the rigid stage's starts for
+        ``inputs``: the view and PCA starts, or (``tilted``) only the PCA starts' tilted copies,
+        which a single view that misses gets at retry time (:func:`tilted_starts`)."""
+        rots, trans, scales, angles, owner, labels = [], [], [], [], [], []
+        for i in inputs:
+            s = work[i]
+            c, e, sd = principal_axes(s.points - batch.centres[i])
+            if s.partial:  # the visible side is the near half of the hand: its middle lies behind it
+                view = batch.centres[i] - s.camera
+                c = c + config.partial_depth_offset * view / max(np.linalg.norm(view), 1e-9)
+            for pose in config.poses:
+                ang, kp0, hs, hc, h, hsd = mean_hands[pose]
+                sc = float(np.clip((sd[0] + sd[1]) / (hsd[0] + hsd[1]), 0.7, 1.4))
+                if s.partial and not tilted:
+                    for r, sc_v, lab in view_starts(s.points - batch.centres[i], view, hs, kp0, config):
+                        rots.append(r)
+                        trans.append(c - sc_v * r @ hc)
+                        scales.append(sc_v)
+                        angles.append(ang)
+                        owner.append(i)
+                        labels.append(f"{pose}/{lab}")
+                if s.partial and not config.partial_pca_starts:
                     continue
-            tilts = config.partial_tilt_angles if s.partial else ()
-            for k, flip in enumerate(pca_flips()):
-                r0 = e @ flip @ h.T
-                if np.linalg.det(r0) < 0:
-                    r0 = e @ (flip @ np.diag([1, 1, -1])) @ h.T
-                for r, lab in tilted_starts(r0, e, f"flip{k}", tilts):
-                    rots.append(r)
-                    trans.append(c - sc * r @ hc)
-                    scales.append(sc)
-                    angles.append(ang)
-                    owner.append(i)
-                    labels.append(f"{pose}/{lab}")
+                for k, flip in enumerate(pca_flips()):
+                    r0 = e @ flip @ h.T
+                    if np.linalg.det(r0) < 0:
+                        r0 = e @ (flip @ np.diag([1, 1, -1])) @ h.T
+                    turned = tilted_starts(r0, e, f"flip{k}", config.partial_tilt_angles)[1:]
+                    for r, lab in turned if tilted else [(r0, f"flip{k}")]:
+                        rots.append(r)
+                        trans.append(c - sc * r @ hc)
+                        scales.append(sc)
+                        angles.append(ang)
+                        owner.append(i)
+                        labels.append(f"{pose}/{lab}")
+        return rots, trans, scales, angles, owner, labels
+
     t = lambda x: torch.tensor(np.asarray(x), dtype=dtype, device=device)  # noqa: E731
+    rots, trans, scales, angles, owner, labels = start_rows(list(range(len(work))), tilted=False)
     params = HandParameters.initial(t(rots), t(trans), t(scales), t(angles))
     owner_t = torch.tensor(owner, device=device)
 
@@ -643,29 +651,34 @@ def fit_hands(
             keep.extend(chosen)
         return keep
 
-    rigid_loss = coarse_loss_for(owner_t, config.rigid_points)
-    _optimise(params, config.coarse_rigid_iterations, config.lr, rigid_loss, config.coarse_rigid_iterations)
-    with torch.no_grad():
-        score = rigid_loss(params)[0].cpu().numpy()
-        kp = hand(params)
-        s_loss, f_loss = [], []
-        for rows in torch.split(torch.arange(len(owner), device=device), 256):  # bounded memory
-            sl, fl, _ = _halo_losses(
-                net,
-                kp[rows],
-                batch.surface[owner_t[rows]],
-                batch.free[owner_t[rows]],
-                batch.labels[owner_t[rows]],
-            )
-            s_loss.append(sl)
-            f_loss.append(fl)
-        halo_score = (torch.cat(s_loss) + config.free_weight * torch.cat(f_loss)).cpu().numpy()
+    def rigid_fit(params: HandParameters, owner_r: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The rigid stage on starts ``params`` (rows owned by ``owner_r``), in place; returns their
+        capsule scores and HALO scores (lower is better)."""
+        rigid_loss = coarse_loss_for(owner_r, config.rigid_points)
+        _optimise(
+            params, config.coarse_rigid_iterations, config.lr, rigid_loss, config.coarse_rigid_iterations
+        )
+        with torch.no_grad():
+            score = rigid_loss(params)[0].cpu().numpy()
+            kp = hand(params)
+            s_loss, f_loss = [], []
+            for rows in torch.split(torch.arange(len(owner_r), device=device), 256):  # bounded memory
+                sl, fl, _ = _halo_losses(
+                    net,
+                    kp[rows],
+                    batch.surface[owner_r[rows]],
+                    batch.free[owner_r[rows]],
+                    batch.labels[owner_r[rows]],
+                )
+                s_loss.append(sl)
+                f_loss.append(fl)
+            halo_score = (torch.cat(s_loss) + config.free_weight * torch.cat(f_loss)).cpu().numpy()
+        return score, halo_score
+
+    score, halo_score = rigid_fit(params, owner_t)
     rigid_params, rigid_owner, rigid_labels = params, owner_t, labels
     # Half by each score: the capsules judge the placement, HALO also the free space (silhouette).
-    # Tilted starts are kept for the retries (fresh placements of a single view that misses).
-    reserved = np.array([is_tilted(lab) for lab in labels], dtype=bool)
-    score = np.where(reserved, np.inf, score)
-    by_halo = best_rows(np.where(reserved, np.inf, halo_score), np.asarray(owner), config.coarse_keep // 2)
+    by_halo = best_rows(halo_score, np.asarray(owner), config.coarse_keep // 2)
     score = np.where(np.isin(np.arange(len(owner)), by_halo), -np.inf, score)
     keep = best_rows(score, np.asarray(owner), config.coarse_keep)
     params = params.select(torch.tensor(keep, device=device))
@@ -796,11 +809,21 @@ def fit_hands(
         own_c = owner_c.cpu().numpy()
         order = np.argsort(score, kind="stable")
         placements = [lab.split("/")[-1] for lab in labels]
+        # A single view that misses also gets the tilted PCA starts, rigidly fitted only now (among
+        # the first stage's starts they crowded out the right start of good fits, README).
+        missed_views = [i for i in failed if work[i].partial] if config.partial_fresh_starts else []
+        if missed_views and config.partial_tilt_angles and config.partial_pca_starts:
+            rots, trans, scales, angles, owner_x, labels_x = start_rows(missed_views, tilted=True)
+            tilted = HandParameters.initial(t(rots), t(trans), t(scales), t(angles))
+            owner_x = torch.tensor(owner_x, device=device)
+            halo_x = rigid_fit(tilted, owner_x)[1]
+            rigid_params, rigid_owner = rigid_params.cat(tilted), torch.cat([rigid_owner, owner_x])
+            rigid_labels, halo_score = rigid_labels + labels_x, np.concatenate([halo_score, halo_x])
         fresh = fresh_placements(
             halo_score,
             rigid_owner.cpu().numpy(),
             [lab.split("/")[-1] for lab in rigid_labels],
-            [i for i in failed if work[i].partial],
+            missed_views,
             {(int(o), p) for o, p in zip(own_c, placements, strict=True)},
             config.partial_fresh_starts,
         )
@@ -877,6 +900,7 @@ def fit_hands(
     elapsed = time.perf_counter() - t0
     results = []
     chosen = best_per_input(fine)
+    starts_placed = np.bincount(rigid_owner.cpu().numpy(), minlength=len(work))  # rigid-stage starts
     for i, s in enumerate(surfaces):
         rows, best = np.flatnonzero(fine["owner"].cpu().numpy() == i), chosen[i]
         keypoints = kp_np[best] + batch.centres[i]
@@ -936,6 +960,7 @@ def fit_hands(
                 "plateau": plateau,
                 "retried": i in failed,
                 "starts_refined": int(rows.size),
+                "starts_placed": int(starts_placed[i]),
                 "joint_gap_mm": float(gaps_mm[worst_joint]),
                 "unexplained_fraction": far,
                 "filled_free_fraction": float(filled[best]),

@@ -70,12 +70,6 @@ def tilted_starts(
     return out
 
 
-def is_tilted(label: str) -> bool:
-    """Whether a start label names a tilted start (:func:`tilted_starts`)."""
-    tail = label.split("/")[-1]
-    return tail.startswith("flip") and "t" in tail[4:]
-
-
 def orientation_family(label: str) -> str:
     """The orientation family of a start label: ``flipK`` (PCA starts) or the side of a view start."""
     tail = label.split("/")[-1]

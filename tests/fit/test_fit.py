@@ -279,29 +279,32 @@ def test_a_finger_restart_resets_that_fingers_angles_root_and_bone_lengths_only(
     assert torch.equal(angles_only.bone_log_lengths, fitted.bone_log_lengths[rows])
 
 
-def test_tilted_single_view_starts_are_kept_for_the_retries_and_a_fit_that_passes_wins():
+def test_tilted_single_view_starts_are_placed_only_for_misses_and_a_fit_that_passes_wins():
     truth = _posed_hand(4)
     full = capsule_surface(truth, n=3000)
     camera = truth.mean(0) + 0.4 * np.array([0.0, 0.0, -1.0])
     seen = ((camera - full.points) * full.normals).sum(1) > 0
     view = HandSurface(full.points[seen], full.normals[seen], partial=True, camera=camera, name="view")
     # Every start the coarse stage may keep is refined (no retries): the 16 untilted starts of the
-    # one pose (12 view starts, 4 PCA flips), never the 16 tilted ones, so the fit is the same with
-    # or without them.
+    # one pose (12 view starts, 4 PCA flips). The 16 tilted ones are placed only for a miss that gets
+    # fresh placements (none here), so the fit is the same with or without them.
     no_retries = dataclasses.replace(
         TINY, partial_retry_starts=0, partial_fresh_starts=0, coarse_keep=64, keep_starts=64
     )
     configs = [dataclasses.replace(no_retries, partial_tilt_angles=t) for t in ((), (40, -40))]
     plain, tilted = (fit_hands(CapsuleHandModel(), [view], config=c)[0] for c in configs)
     assert plain.report.extra["starts_refined"] == tilted.report.extra["starts_refined"] == 16
+    assert plain.report.extra["starts_placed"] == tilted.report.extra["starts_placed"] == 16
     np.testing.assert_allclose(tilted.keypoints, plain.keypoints, atol=1e-6)
     assert tilted.report.start == plain.report.start
-    # A fit that misses on purpose (no free-space share can pass) retries with fresh placements, tilted
-    # ones among the candidates; whatever wins, no fit passes, so the lowest loss of all is reported.
+    # A fit that misses on purpose (no free-space share can pass) retries with fresh placements, the
+    # 16 tilted ones (4 flips x 2 axes x 2 angles) placed now among the candidates; whatever wins, no
+    # fit passes, so the lowest loss of all is reported.
     flagged = fit_hands(
         CapsuleHandModel(),
         [view],
         config=dataclasses.replace(TINY, filled_free_fraction=-1.0, partial_fresh_starts=8),
     )[0]
     assert flagged.report.extra["retried"] and not flagged.report.converged
+    assert flagged.report.extra["starts_placed"] == 32
     assert flagged.report.extra["starts_refined"] > TINY.keep_starts + TINY.partial_retry_starts

@@ -9,7 +9,6 @@ from halo.fit.inputs import single_view_cloud
 from halo.fit.starts import (
     fresh_placements,
     hand_volume_samples,
-    is_tilted,
     retry_rows,
     suspect_fingers,
     tilted_starts,
@@ -95,10 +94,8 @@ def test_tilted_starts_turn_the_start_about_the_second_and_third_principal_axes(
     starts = tilted_starts(base, axes, "flip2", (40, -40))
     assert [lab for _, lab in starts] == ["flip2", "flip2t1+40", "flip2t2+40", "flip2t1-40", "flip2t2-40"]
     assert np.allclose(starts[0][0], base)
-    for (rot, lab), (ax, deg) in zip(starts[1:], [(1, 40), (2, 40), (1, -40), (2, -40)], strict=True):
+    for (rot, _), (ax, deg) in zip(starts[1:], [(1, 40), (2, 40), (1, -40), (2, -40)], strict=True):
         assert np.allclose(rot @ rot.T, np.eye(3), atol=1e-9) and np.linalg.det(rot) > 0
         turn = Rotation.from_matrix(rot @ base.T).as_rotvec()  # the turn applied to the start
         assert np.degrees(np.linalg.norm(turn)) == pytest.approx(40.0)
         assert np.allclose(turn / np.linalg.norm(turn) * np.sign(deg), axes[:, ax], atol=1e-9)
-        assert is_tilted(f"relaxed/{lab}")
-    assert not any(is_tilted(lab) for lab in ("relaxed/flip3", "open/back+30", "fist/palm-30", "flip0"))
