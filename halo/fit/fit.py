@@ -140,7 +140,8 @@ class FitConfig:
     #: Single views: the PCA starts also tilted by these angles (degrees) about the visible points'
     #: second and third principal axes, for hands whose palm the other starts miss by 25-50°
     #: (seen along the long axis, or rolled).  They are not among the starts the coarse stage keeps:
-    #: only a single view that misses can get them, as fresh placements (``partial_fresh_starts``).
+    #: only a single view that misses gets them, placed and rigidly fitted at retry time, as fresh
+    #: placements (``partial_fresh_starts``; session 21: same fits, 8.8 -> 6.0 s per hand).
     #: bench/bench_fit.py, 2 threads, 16 dataset single views 16.67 -> 8.88 mm (hands 2 / 11: 96 / 35
     #: -> 2.4 / 4.6 mm) at 3.5 -> 5.7 s per hand; 16 reference single views 4.69 -> 5.12 mm (hand 10,
     #: flagged either way, 5.3 -> 11.4 mm) at 4.1 -> 5.0 s.  In the starts the coarse stage keeps
