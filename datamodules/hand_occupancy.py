@@ -266,6 +266,7 @@ class SyntheticHandsDataModule(HandOccupancyDataModule):
         n_points: int = 100_000,
         n_iou_points: int = 100_000,
         n_pointcloud: int = 100_000,
+        noise_std: float = 0.01,
         **kwargs,
     ):
         super().__init__(None, **kwargs)
@@ -274,7 +275,7 @@ class SyntheticHandsDataModule(HandOccupancyDataModule):
         self.generation_seed = int(generation_seed)
         self.build_workers = int(build_workers)
         self.build_config = BuildConfig(
-            n_points=n_points, n_iou_points=n_iou_points, n_pointcloud=n_pointcloud
+            n_points=n_points, n_iou_points=n_iou_points, n_pointcloud=n_pointcloud, noise_std=noise_std
         )
         key = synthetic_dataset_key(self.num, self.generation_seed, self.build_config)
         self.root = keyed_dir(self.cache_dir, "synthetic_hands", key)
@@ -282,7 +283,7 @@ class SyntheticHandsDataModule(HandOccupancyDataModule):
         self.hparams.update(
             root=str(self.root.resolve()), cache_dir=str(self.cache_dir), num_train=num_train, num_val=num_val,
             num_test=num_test, generation_seed=generation_seed, n_points=n_points, n_iou_points=n_iou_points,
-            n_pointcloud=n_pointcloud,
+            n_pointcloud=n_pointcloud, noise_std=noise_std,
         )  # fmt: skip
 
     def is_built(self) -> bool:

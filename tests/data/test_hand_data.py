@@ -185,6 +185,14 @@ def test_sampling_follows_the_original_scheme(hands):
     # N(0, 0.01 model units = 4 mm) per axis: distances to the surface are mostly within a few sigma.
     assert 0.001 < np.median(dist) < 0.004 and dist.max() < 0.025
     assert 0.2 < s.occupancies[2000:].mean() < 0.8  # near-surface points straddle the surface
+    # A narrower band (data.noise_std) puts the near points closer; the uniform and IoU points stay.
+    narrow = sample_occupancy(
+        hands[2], BuildConfig(n_points=4000, n_iou_points=1000, n_pointcloud=500, noise_std=0.0025), seed=0
+    )
+    _, dist_narrow, _ = trimesh.proximity.closest_point(mesh, narrow.points[2000:2500])
+    assert np.median(dist_narrow) < 0.5 * np.median(dist) and dist_narrow.max() < 0.01
+    np.testing.assert_array_equal(narrow.points[:2000], uniform)
+    np.testing.assert_array_equal(narrow.iou_points, s.iou_points)
 
 
 def test_build_is_resumable_and_skips_bad_samples(tmp_path, hands):
@@ -282,6 +290,9 @@ def test_synthetic_datamodule_builds_once_and_batches(tmp_path):
     dm2.prepare_data()  # reuses the cache
     assert sample_paths(dm.root / "train", "synth_train_000000")["points"].stat().st_mtime_ns == stamp
     assert SyntheticHandsDataModule(tmp_path / "cache", **{**kw, "num_train": 5}).root != dm.root
+    narrow = SyntheticHandsDataModule(tmp_path / "cache", **{**kw, "noise_std": 0.004})
+    assert narrow.root != dm.root and narrow.build_config.noise_std == 0.004
+    assert narrow.hparams["noise_std"] == 0.004  # recorded in checkpoints with the other parameters
 
     dm2.setup("fit")
     batch = next(iter(dm2.train_dataloader()))
