@@ -124,6 +124,12 @@ def test_defaults_are_the_cpu_sized_experiment(tmp_path):
     assert original.model.loss == "mse" and original.model.lr == 1e-4 and original.model.scheduler is None
     assert original.data.batch_size == 64 and original.data.points_per_sample == 2048
     assert original.model.net.part_radii is None  # every part everywhere, as the release
+    # The near-surface band: 1.6 mm for the default run, the original's 4 mm for its recipe; real-data
+    # modules get no such key (they read built files), whichever experiment is chosen.
+    assert cfg.data.noise_std == 0.004 and original.data.noise_std == 0.01
+    for args in ([], ["experiment=halo_base"]):
+        real = compose_train([*args, "data=youtube3d", "data.root=/data/yt3d"], tmp_path)
+        assert "noise_std" not in real.data
 
 
 @pytest.mark.parametrize("debug", _config_names("debug"))
