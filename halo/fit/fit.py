@@ -141,7 +141,7 @@ class FitConfig:
     #: second and third principal axes, for hands whose palm the other starts miss by 25-50°
     #: (seen along the long axis, or rolled).  They are not among the starts the coarse stage keeps:
     #: only a single view that misses gets them, placed and rigidly fitted at retry time, as fresh
-    #: placements (``partial_fresh_starts``; session 21: same fits, 8.8 -> 6.0 s per hand).
+    #: placements (``partial_fresh_starts``; session 21: the same fits, half the rigid starts of a view that passes).
     #: bench/bench_fit.py, 2 threads, 16 dataset single views 16.67 -> 8.88 mm (hands 2 / 11: 96 / 35
     #: -> 2.4 / 4.6 mm) at 3.5 -> 5.7 s per hand; 16 reference single views 4.69 -> 5.12 mm (hand 10,
     #: flagged either way, 5.3 -> 11.4 mm) at 4.1 -> 5.0 s.  In the starts the coarse stage keeps
@@ -560,7 +560,7 @@ def fit_hands(
         """(rotations, translations, scales, angles, owner, labels) of the rigid stage's starts for
         ``inputs``: the view and PCA starts, or (``tilted``) only the PCA starts' tilted copies,
         which a single view that misses gets at retry time (:func:`tilted_starts`)."""
-        rots, trans, scales, angles, owner, labels = [], [], [], [], [], []
+        rows: list[tuple] = []  # (rotation, translation, scale, angles, owner, label)
         for i in inputs:
             s = work[i]
             c, e, sd = principal_axes(s.points - batch.centres[i])
@@ -572,27 +572,19 @@ def fit_hands(
                 sc = float(np.clip((sd[0] + sd[1]) / (hsd[0] + hsd[1]), 0.7, 1.4))
                 if s.partial and not tilted:
                     for r, sc_v, lab in view_starts(s.points - batch.centres[i], view, hs, kp0, config):
-                        rots.append(r)
-                        trans.append(c - sc_v * r @ hc)
-                        scales.append(sc_v)
-                        angles.append(ang)
-                        owner.append(i)
-                        labels.append(f"{pose}/{lab}")
+                        rows.append((r, c - sc_v * r @ hc, sc_v, ang, i, f"{pose}/{lab}"))
                 if s.partial and not config.partial_pca_starts:
                     continue
                 for k, flip in enumerate(pca_flips()):
                     r0 = e @ flip @ h.T
                     if np.linalg.det(r0) < 0:
                         r0 = e @ (flip @ np.diag([1, 1, -1])) @ h.T
-                    turned = tilted_starts(r0, e, f"flip{k}", config.partial_tilt_angles)[1:]
-                    for r, lab in turned if tilted else [(r0, f"flip{k}")]:
-                        rots.append(r)
-                        trans.append(c - sc * r @ hc)
-                        scales.append(sc)
-                        angles.append(ang)
-                        owner.append(i)
-                        labels.append(f"{pose}/{lab}")
-        return rots, trans, scales, angles, owner, labels
+                    starts = [(r0, f"flip{k}")]
+                    if tilted:  # the copies only, the untilted start is among the first ones
+                        starts = tilted_starts(r0, e, f"flip{k}", config.partial_tilt_angles)[1:]
+                    for r, lab in starts:
+                        rows.append((r, c - sc * r @ hc, sc, ang, i, f"{pose}/{lab}"))
+        return tuple(list(column) for column in zip(*rows, strict=True)) if rows else ([],) * 6
 
     t = lambda x: torch.tensor(np.asarray(x), dtype=dtype, device=device)  # noqa: E731
     rots, trans, scales, angles, owner, labels = start_rows(list(range(len(work))), tilted=False)
