@@ -93,10 +93,15 @@ def _add_source_args(p: argparse.ArgumentParser, with_prepared: bool) -> None:
 def _build_config(args: argparse.Namespace):
     from halo.data.build import BuildConfig
 
-    for name in ("points", "iou_points", "pointcloud"):
+    from halo.core.skeleton import metres_to_model_units
+
+    for name in ("points", "iou_points", "pointcloud", "near_surface_std_mm"):
         if getattr(args, name) <= 0:
             raise CliError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    return BuildConfig(n_points=args.points, n_iou_points=args.iou_points, n_pointcloud=args.pointcloud)
+    return BuildConfig(
+        n_points=args.points, n_iou_points=args.iou_points, n_pointcloud=args.pointcloud,
+        noise_std=float(metres_to_model_units(args.near_surface_std_mm / 1000.0)),
+    )  # fmt: skip
 
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
@@ -108,6 +113,11 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--pointcloud", type=int, default=100_000, help="pointcloud/ samples per hand (default 100k)"
     )
+    p.add_argument(
+        "--near-surface-std-mm", type=float, default=4.0,
+        help="std of the near-surface samples' offsets per axis, mm (default 4: the original's; "
+        "the default training run's data uses 1.6)",
+    )  # fmt: skip
     p.add_argument("--no-resume", action="store_true", help="rebuild samples that already exist")
 
 

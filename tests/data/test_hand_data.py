@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -342,11 +343,16 @@ def _halo(*args, cwd=None):
 def test_cli_synth_prepare_build_show(tmp_path):
     small = ["--points", "2000", "--iou-points", "1000", "--pointcloud", "1000", "--workers", "1"]
     r = _halo(
-        "data", "synth", "--out", tmp_path / "ds", "--train", 2, "--val", 1, "--test", 0, "--seed", 3, *small
-    )
+        "data", "synth", "--out", tmp_path / "ds", "--train", 2, "--val", 1, "--test", 0, "--seed", 3, *small,
+        "--near-surface-std-mm", 1.6,
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert read_datalist(tmp_path / "ds" / "train") == ["synth_train_000000", "synth_train_000001"]
     assert read_datalist(tmp_path / "ds" / "val") == ["synth_val_000000"]
+    manifest = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert manifest["config"]["noise_std"] == pytest.approx(0.004)  # 1.6 mm in model units (x 2.5 / m)
+    r = _halo("data", "synth", "--out", tmp_path / "bad", "--near-surface-std-mm", 0)
+    assert r.returncode == 2 and "--near-surface-std-mm must be positive, got 0.0" in r.stderr
 
     r = _halo("data", "prepare", "--synthetic", 2, "--out", tmp_path / "prep")
     assert r.returncode == 0, r.stderr
