@@ -91,9 +91,8 @@ def _add_source_args(p: argparse.ArgumentParser, with_prepared: bool) -> None:
 
 
 def _build_config(args: argparse.Namespace):
-    from halo.data.build import BuildConfig
-
     from halo.core.skeleton import metres_to_model_units
+    from halo.data.build import BuildConfig
 
     for name in ("points", "iou_points", "pointcloud", "near_surface_std_mm"):
         if getattr(args, name) <= 0:
