@@ -319,7 +319,11 @@ class MeshValidation(ValidationRounds):
         ax.set_xlim(left=0.0)
         ax.set_ylabel("val/iou")
         ax.set_title(f"val/iou vs wall time (step {int(last['step'])})", fontsize=10)
-        ax.set_ylim(0.0, 1.0)
+        # Zoomed to the values (a fixed 0..1 axis drew a trained run's 0.86 -> 0.89 as a flat line).
+        values = [b for _, b in finite]
+        low = max(0.0, min(values) - 0.02) if values else 0.0
+        high = min(1.0, max(values) + 0.02) if values else 1.0
+        ax.set_ylim(low, max(high, low + 0.05))
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         path = out / "val_iou_curve.png"
