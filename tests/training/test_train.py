@@ -127,9 +127,9 @@ def test_defaults_are_the_cpu_sized_experiment(tmp_path):
     # The near-surface band: 1.6 mm for the default run, the original's 4 mm for its recipe; real-data
     # modules get no such key (they read built files), whichever experiment is chosen.
     assert cfg.data.noise_std == 0.004 and original.data.noise_std == 0.01
-    # The weight average: the default run caps it at 0.9995, after the mesh validation (so the
-    # validation meshes are the average's); the original recipe has none unless asked for.
-    assert list(cfg.callbacks)[-1] == "weight_ema" and cfg.callbacks.weight_ema.decay == 0.9995
+    # The weight average: the default run appends it after the mesh validation (so the validation
+    # meshes are the average's); the original recipe has none unless asked for.
+    assert list(cfg.callbacks)[-1] == "weight_ema" and cfg.callbacks.weight_ema.decay == 0.999
     assert "weight_ema" not in original.callbacks
     asked = compose_train(["experiment=halo_base", "callbacks=[default,weight_ema]"], tmp_path)
     assert asked.callbacks.weight_ema.decay == 0.999
