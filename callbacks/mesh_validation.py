@@ -314,16 +314,16 @@ class MeshValidation(ValidationRounds):
         if finite:
             best = max(finite, key=lambda p: p[1])
             ax.annotate(f"best {best[1]:.3f}", best, textcoords="offset points", xytext=(-10, 8), fontsize=8)
+            # Zoomed to the values (a fixed 0..1 axis drew a trained run's 0.86 -> 0.89 as a flat line).
+            low = max(0.0, min(b for _, b in finite) - 0.02)
+            ax.set_ylim(low, max(min(1.0, best[1] + 0.02), low + 0.05))
+        else:
+            ax.set_ylim(0.0, 1.0)
         last = self.history[-1]
         ax.set_xlabel(f"training wall time ({'min' if minutes else 's'}; mesh validation excluded)")
         ax.set_xlim(left=0.0)
         ax.set_ylabel("val/iou")
         ax.set_title(f"val/iou vs wall time (step {int(last['step'])})", fontsize=10)
-        # Zoomed to the values (a fixed 0..1 axis drew a trained run's 0.86 -> 0.89 as a flat line).
-        values = [b for _, b in finite]
-        low = max(0.0, min(values) - 0.02) if values else 0.0
-        high = min(1.0, max(values) + 0.02) if values else 1.0
-        ax.set_ylim(low, max(high, low + 0.05))
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         path = out / "val_iou_curve.png"

@@ -350,7 +350,7 @@ def test_cli_synth_prepare_build_show(tmp_path):
     assert read_datalist(tmp_path / "ds" / "train") == ["synth_train_000000", "synth_train_000001"]
     assert read_datalist(tmp_path / "ds" / "val") == ["synth_val_000000"]
     manifest = json.loads((tmp_path / "ds" / "dataset.json").read_text())
-    assert manifest["config"]["noise_std"] == pytest.approx(0.004)  # 1.6 mm in model units (x 2.5 / m)
+    assert manifest["config"]["noise_std"] == pytest.approx(0.004)  # 1.6 mm in model units (2.5 per metre)
     r = _halo("data", "synth", "--out", tmp_path / "bad", "--near-surface-std-mm", 0)
     assert r.returncode == 2 and "--near-surface-std-mm must be positive, got 0.0" in r.stderr
 
