@@ -75,7 +75,7 @@ from halo.geometry.mesh_io import save_mesh
 from halo.meshing.hand_mesh import extract_hand_meshes
 from halo.utils.tables import write_csv
 
-__all__ = ["MeshValidation"]
+__all__ = ["MeshValidation", "curve_y_limits"]
 
 #: Logged as ``val_mesh/<name>``: the mean of the per-hand row value.
 LOGGED = {
@@ -88,6 +88,18 @@ LOGGED = {
     "empty_fraction": "empty",
     "seconds_per_mesh": "seconds",
 }
+
+
+def curve_y_limits(values: list[float]) -> tuple[float, float]:
+    """The val-IoU curve's y range: the values' range with 0.02 of room, at least 0.05 tall, within 0..1.
+
+    Zoomed to the values because a fixed 0..1 axis drew a trained run's 0.86 -> 0.89 as a flat line;
+    0..1 when there is no finite value yet.
+    """
+    if not values:
+        return 0.0, 1.0
+    low = max(0.0, min(values) - 0.02)
+    return low, max(min(1.0, max(values) + 0.02), low + 0.05)
 
 
 class MeshValidation(ValidationRounds):
@@ -314,11 +326,7 @@ class MeshValidation(ValidationRounds):
         if finite:
             best = max(finite, key=lambda p: p[1])
             ax.annotate(f"best {best[1]:.3f}", best, textcoords="offset points", xytext=(-10, 8), fontsize=8)
-            # Zoomed to the values (a fixed 0..1 axis drew a trained run's 0.86 -> 0.89 as a flat line).
-            low = max(0.0, min(b for _, b in finite) - 0.02)
-            ax.set_ylim(low, max(min(1.0, best[1] + 0.02), low + 0.05))
-        else:
-            ax.set_ylim(0.0, 1.0)
+        ax.set_ylim(*curve_y_limits([b for _, b in finite]))
         last = self.history[-1]
         ax.set_xlabel(f"training wall time ({'min' if minutes else 's'}; mesh validation excluded)")
         ax.set_xlim(left=0.0)

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from PIL import Image
 
-from callbacks.mesh_validation import MeshValidation
+from callbacks.mesh_validation import MeshValidation, curve_y_limits
 from datamodules.hand_occupancy import SyntheticHandsDataModule
 from halo.core.checkpoint import CheckpointError, load_model
 from halo.core.model import HaloModel, NetworkConfig
@@ -261,3 +261,14 @@ def test_history_survives_a_checkpoint_and_settings_are_checked(tmp_path):
     for bad in ({"every_n_epochs": 0}, {"num_hands": 0}, {"resolution_0": 1}, {"n_samples": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             MeshValidation(**bad)
+
+
+def test_curve_y_axis_zooms_to_the_values():
+    # A trained run's 0.861 -> 0.891: drawn over 0.841..0.911, not 0..1 (where it looked flat).
+    low, high = curve_y_limits([0.861, 0.880, 0.885, 0.891])
+    assert low == pytest.approx(0.841) and high == pytest.approx(0.911)
+    # One value still gets an axis 0.05 tall; values near 1 are capped at 1, near 0 at 0.
+    assert curve_y_limits([0.5]) == pytest.approx((0.48, 0.53))
+    assert curve_y_limits([0.97, 0.995]) == pytest.approx((0.95, 1.0))
+    assert curve_y_limits([0.01, 0.2]) == pytest.approx((0.0, 0.22))
+    assert curve_y_limits([]) == (0.0, 1.0)  # nothing finite yet
